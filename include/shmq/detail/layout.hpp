@@ -1,0 +1,131 @@
+// The shared-memory layout of one queue. Internal: the public API never exposes it.
+//
+// A segment /dev/shm/shmq.<name> holds, in address order:
+//
+//   offset 0            SharedHeader (one page, kHeaderBytes)
+//   offset kHeaderBytes the ring: capacity_bytes of frames, a multiple of the page size
+//
+// Each process maps the ring twice, back to back, right after the header (see segment.cpp), so a
+// frame that runs past the ring's end continues in the second view: every frame is contiguous in
+// memory and is written and read with one memcpy, and no bytes are lost to wrap padding.
+//
+// A frame is a 4-byte payload length followed by the payload, padded to a multiple of 4:
+//
+//   [ uint32 length | payload ... | pad ]     frame_bytes(length) = round_up(4 + length, 4)
+//
+// Each side of the ring is one 64-bit word packing the byte offset of its next frame, in
+// [0, capacity), and a count of messages that have passed it, modulo 2^32. A side commits a put or a
+// get with one release store of its word, so a process killed at any instruction leaves either the
+// old word (the message was never put / never taken) or the new one: never half a message.
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace shmq::detail {
+
+inline constexpr std::uint64_t kMagic = 0x5348'4d51'5155'4555ULL;  // "SHMQQUEU": marks our segments
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::size_t kHeaderBytes = 4096;
+inline constexpr std::size_t kCacheLine = 64;
+inline constexpr std::size_t kFrameHeaderBytes = sizeof(std::uint32_t);
+inline constexpr std::size_t kTypeNameBytes = 256;
+
+// The smallest and largest ring; the upper bound keeps offsets, lengths and counts in 32 bits.
+inline constexpr std::size_t kMinCapacity = 4096;
+inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 30;
+
+constexpr std::uint32_t frame_bytes(std::uint32_t payload) noexcept {
+  return (static_cast<std::uint32_t>(kFrameHeaderBytes) + payload + 3u) & ~3u;
+}
+
+// One side of the ring: where its next frame starts and how many messages have passed it.
+struct Cursor {
+  std::uint32_t offset;  // in [0, capacity); a multiple of 4
+  std::uint32_t count;   // messages that have passed this side, modulo 2^32
+
+  static Cursor unpack(std::uint64_t word) noexcept {
+    return {static_cast<std::uint32_t>(word), static_cast<std::uint32_t>(word >> 32)};
+  }
+  std::uint64_t pack() const noexcept {
+    return (std::uint64_t{count} << 32) | std::uint64_t{offset};
+  }
+};
+
+// A condition variable of our own: a futex word that every state change bumps, and a count of
+// processes asleep on it. It keeps no per-waiter state, so a waiter killed while asleep leaves
+// nothing behind but one stale count in `sleepers`, which costs later notifiers one futex_wake
+// syscall that wakes nobody, never a hang (glibc's process-shared pthread_cond_t can deadlock).
+struct alignas(kCacheLine) EventCount {
+  // Bumped (release) before every wake; sleepers futex-wait for it to move.
+  std::atomic<std::uint32_t> seq;
+  // Processes between deciding to sleep and waking up; read by notifiers after a seq_cst fence.
+  std::atomic<std::uint32_t> sleepers;
+};
+
+enum class ShutdownState : std::uint32_t { running = 0, draining = 1, immediate = 2 };
+
+struct SharedHeader {
+  // ---- Identity: written once by the creator, then immutable. `magic` is stored last with release
+  //      ordering, so an opener that loads it with acquire and sees kMagic sees the rest complete.
+  std::atomic<std::uint64_t> magic;
+  std::uint32_t layout_version;  // kLayoutVersion
+  std::uint32_t header_bytes;    // kHeaderBytes: where the ring starts
+  std::uint64_t capacity_bytes;  // ring bytes; a page multiple in [kMinCapacity, kMaxCapacity]
+  std::uint64_t maxsize;         // most messages at once; 0: bounded only by bytes
+  std::uint64_t type_fingerprint;           // hash of the message type's name
+  std::int32_t creator_pid;                 // for `shmq ls` and stale-queue clean-up
+  std::uint32_t mode;                       // permission bits asked for at creation
+  std::uint32_t spin_polls;                 // polls before sleeping, for every process
+  std::uint32_t reserved;                   // zero; keeps what follows 8-byte aligned
+  std::uint64_t created_unix_ns;            // wall-clock creation time, for display only
+  char type_name[kTypeNameBytes];           // the message type's name, NUL-terminated
+
+  // ---- Producer side: put_lock serialises producers; tail is theirs.
+  alignas(kCacheLine) pthread_mutex_t put_lock;  // process-shared, robust
+  // Packed Cursor of the next frame to write. Stored by producers holding put_lock, with release
+  // (after the frame's bytes); loaded by consumers with acquire.
+  std::atomic<std::uint64_t> tail;
+  std::uint64_t head_seen;   // producers' cached copy of `head`; guarded by put_lock; only grows
+  std::uint64_t puts;        // messages put since creation; guarded by put_lock
+  std::uint64_t peak_depth;  // most messages ever held at once; guarded by put_lock
+
+  // ---- Consumer side: get_lock serialises consumers; head is theirs.
+  alignas(kCacheLine) pthread_mutex_t get_lock;  // process-shared, robust
+  // Packed Cursor of the next frame to read. Stored by consumers holding get_lock, with release
+  // (after the frame has been read); loaded by producers with acquire.
+  std::atomic<std::uint64_t> head;
+  std::uint64_t tail_seen;  // consumers' cached copy of `tail`; guarded by get_lock; only grows
+  std::uint64_t gets;       // messages taken since creation; guarded by get_lock
+
+  // ---- Wake-ups: consumers sleep on not_empty, producers on not_full.
+  EventCount not_empty;
+  EventCount not_full;
+
+  // ---- Control and statistics; every field is atomic and needs no lock.
+  alignas(kCacheLine) std::atomic<std::uint32_t> shutdown;  // a ShutdownState; only grows
+  std::atomic<std::uint64_t> put_timeouts;     // relaxed; timed or non-blocking puts that failed
+  std::atomic<std::uint64_t> get_timeouts;     // relaxed; likewise for gets
+  std::atomic<std::uint64_t> full_waits;       // relaxed; times a producer went to sleep
+  std::atomic<std::uint64_t> empty_waits;      // relaxed; times a consumer went to sleep
+  std::atomic<std::uint64_t> lock_recoveries;  // relaxed; locks taken over from a dead holder
+};
+
+static_assert(sizeof(SharedHeader) <= kHeaderBytes, "the header must fit its page");
+static_assert(std::is_standard_layout_v<SharedHeader>, "offsetof must be meaningful");
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
+                  std::atomic<std::uint32_t>::is_always_lock_free,
+              "atomics in shared memory must not hide a process-local lock");
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t),
+              "a futex word must be exactly 32 bits");
+// Producers and consumers each write only their own lines: no false sharing between the sides.
+static_assert(offsetof(SharedHeader, put_lock) / kCacheLine !=
+              offsetof(SharedHeader, get_lock) / kCacheLine);
+static_assert(offsetof(SharedHeader, head) / kCacheLine !=
+              offsetof(SharedHeader, tail) / kCacheLine);
+
+}  // namespace shmq::detail

@@ -1,0 +1,344 @@
+// The byte ring: variable-length frames, any number of producers and consumers, in any processes.
+// Internal; Queue<T> encodes values into it and decodes them out of it.
+//
+// Locking (the "two-lock ring"): producers serialise on put_lock and own `tail`; consumers
+// serialise on get_lock and own `head`. A producer and a consumer never take the same lock, so
+// one of each run side by side. Each side reads the other's word with acquire and caches it
+// (head_seen / tail_seen) until the cached value says "no room" / "nothing to read": the other
+// side's cache line is touched only when needed.
+//
+// Waiting: a call that must wait first polls without any lock for `spin_polls` rounds (the peer
+// usually answers within a microsecond when it runs on another core), then sleeps on an
+// EventCount. A notifier issues a futex_wake only when the EventCount has sleepers, so the
+// uncontended path makes no syscall at all.
+//
+// Crash safety: both locks are robust. A process killed while holding one leaves its side's word
+// either before or after its single commit store; the next locker is told (EOWNERDEAD), marks the
+// lock consistent and goes on, with nothing to repair. A put in flight is lost (its producer
+// never returned); a get in flight leaves the message in the queue for the next consumer.
+#pragma once
+
+#include <errno.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "shmq/detail/deadline.hpp"
+#include "shmq/detail/layout.hpp"
+#include "shmq/errors.hpp"
+
+namespace shmq::detail {
+
+// ---- Out of line (src/sync.cpp): everything that makes a syscall.
+
+// Sleeps while `word` holds `expected`, until woken, a signal, or the deadline. May return early;
+// callers re-check their condition. Each sleep lasts at most a second: see kLivenessBackstop.
+void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const Deadline& deadline);
+// Bumps ev.seq and wakes up to `how_many` sleepers (all of them for kWakeAll).
+void wake(EventCount& ev, int how_many) noexcept;
+inline constexpr int kWakeAll = 1 << 30;
+// The contended lock path: waits until the deadline; returns a pthread error code (0, EOWNERDEAD,
+// ETIMEDOUT, ...).
+int lock_slow(pthread_mutex_t& mutex, const Deadline& deadline) noexcept;
+// A lock error other than success, owner-died or time-out: throws a shmq::Error naming the queue.
+[[noreturn]] void throw_lock_error(int rc, const std::string& queue);
+// A header or frame that no well-behaved process could have written.
+[[noreturn]] void throw_corrupt(const std::string& queue, const std::string& what);
+// Initialises a process-shared, robust, error-checking mutex in shared memory.
+void init_shared_mutex(pthread_mutex_t& mutex);
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// Called after publishing a state change: whether anybody sleeps on `ev`. The seq_cst fence
+// pairs with the one in await() (Dekker): either this load sees the sleeper's count, or the
+// sleeper's re-check after its fence sees our change; never neither, so no wake-up is lost.
+inline bool has_sleepers(const EventCount& ev) noexcept {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return ev.sleepers.load(std::memory_order_relaxed) != 0;
+}
+
+// Waits until ready() or the deadline, or a wake-up: callers loop and re-check under their lock.
+// ready() runs without any lock and must not throw; it may return true spuriously.
+template <class Ready>
+void await(EventCount& ev, std::atomic<std::uint64_t>& sleeps, unsigned spin_polls, Ready&& ready,
+           const Deadline& deadline) {
+  for (unsigned i = 0; i < spin_polls; ++i) {
+    if (ready()) return;
+    cpu_relax();
+  }
+  // Read seq before counting ourselves and re-checking, so any change made after the re-check
+  // also moved seq and futex_wait returns at once instead of sleeping through it.
+  const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
+  ev.sleepers.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!ready()) {
+    sleeps.fetch_add(1, std::memory_order_relaxed);
+    futex_wait(ev.seq, seq, deadline);
+  }
+  ev.sleepers.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// Holds one of the ring's robust mutexes. Taking over a lock whose holder died marks it
+// consistent and counts the recovery: the ring's state needs no repair (see the file comment).
+class RobustLock {
+ public:
+  // A deadline that has passed (the _nowait and try_ calls) still waits up to this long for a
+  // lock held by a process in the middle of its put or get, so that they fail for want of room
+  // or messages, not for a lock held a microsecond; but not forever for a stopped process.
+  static constexpr std::chrono::milliseconds kNowaitLockPatience{50};
+
+  RobustLock(pthread_mutex_t& mutex, const Deadline& deadline, const std::string& queue,
+             std::atomic<std::uint64_t>& recoveries)
+      : mutex_(&mutex) {
+    int rc = pthread_mutex_trylock(mutex_);  // the uncontended path reads no clock
+    if (rc == EBUSY) {
+      rc = lock_slow(*mutex_, deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
+    }
+    if (rc == EOWNERDEAD) {
+      pthread_mutex_consistent(mutex_);
+      recoveries.fetch_add(1, std::memory_order_relaxed);
+    } else if (rc == ETIMEDOUT) {
+      mutex_ = nullptr;
+    } else if (rc != 0) {
+      throw_lock_error(rc, queue);
+    }
+  }
+  RobustLock(const RobustLock&) = delete;
+  RobustLock& operator=(const RobustLock&) = delete;
+  ~RobustLock() { unlock(); }
+
+  explicit operator bool() const noexcept { return mutex_ != nullptr; }
+  void unlock() noexcept {
+    if (mutex_ != nullptr) pthread_mutex_unlock(std::exchange(mutex_, nullptr));
+  }
+
+ private:
+  pthread_mutex_t* mutex_;
+};
+
+enum class Outcome { done, timed_out, shut_down };
+
+// A snapshot of the ring's occupancy; by the time the caller reads it, it may have changed.
+struct Occupancy {
+  std::uint32_t messages;
+  std::uint32_t bytes;
+};
+
+class Ring {
+ public:
+  // `capacity` and `maxsize` are this process's validated copies of the header's figures: every
+  // offset and length read from shared memory is checked against them, so a header changed by
+  // another process can make an operation throw but never reach outside the mapping.
+  Ring(SharedHeader& header, std::byte* data, std::uint32_t capacity, std::uint32_t maxsize,
+       unsigned spin_polls, const std::string& queue) noexcept
+      : h_(&header), data_(data), capacity_(capacity), maxsize_(maxsize),
+        spin_polls_(spin_polls), queue_(&queue) {}
+
+  std::uint32_t capacity() const noexcept { return capacity_; }
+  std::uint32_t maxsize() const noexcept { return maxsize_; }
+  std::uint32_t max_payload() const noexcept {
+    return capacity_ - static_cast<std::uint32_t>(kFrameHeaderBytes);
+  }
+
+  // Appends one frame of `payload` bytes, which fill(std::byte* dst) writes in place. Waits for
+  // room until the deadline. If fill throws, nothing is published. Precondition:
+  // payload <= max_payload().
+  template <class Fill>
+  Outcome put(std::uint32_t payload, Fill&& fill, const Deadline& deadline) {
+    const std::uint32_t frame = frame_bytes(payload);
+    for (;;) {
+      {
+        RobustLock lock(h_->put_lock, deadline, *queue_, h_->lock_recoveries);
+        if (!lock) return Outcome::timed_out;
+        if (shutdown_state() != ShutdownState::running) return Outcome::shut_down;
+        const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
+        if (const auto depth = room_for(tail, frame)) {
+          std::byte* at = data_ + tail.offset;  // the mirror makes [at, at + frame) contiguous
+          std::memcpy(at, &payload, kFrameHeaderBytes);
+          fill(at + kFrameHeaderBytes);
+          h_->tail.store(Cursor{(tail.offset + frame) % capacity_, tail.count + 1}.pack(),
+                         std::memory_order_release);
+          ++h_->puts;
+          if (*depth + 1 > h_->peak_depth) h_->peak_depth = *depth + 1;
+          lock.unlock();
+          if (has_sleepers(h_->not_empty)) wake(h_->not_empty, 1);
+          return Outcome::done;
+        }
+        if (deadline.expired()) return count_timeout(h_->put_timeouts);
+      }
+      await(h_->not_full, h_->full_waits, spin_polls_,
+            [&] { return shutdown_state() != ShutdownState::running || might_have_room(frame); },
+            deadline);
+    }
+  }
+
+  // Removes the oldest frame and passes it to take(const std::byte* payload, uint32_t size),
+  // which must copy out what it keeps. Waits for a frame until the deadline. If take throws
+  // DecodeError the frame is dropped (it will never decode); any other exception leaves it queued.
+  template <class Take>
+  Outcome get(Take&& take, const Deadline& deadline) {
+    for (;;) {
+      {
+        RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries);
+        if (!lock) return Outcome::timed_out;
+        const ShutdownState state = shutdown_state();
+        if (state == ShutdownState::immediate) return Outcome::shut_down;
+        const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
+        const Cursor tail = readable_tail(head);
+        if (tail.count != head.count) {
+          const std::byte* at = data_ + head.offset;
+          std::uint32_t payload;
+          std::memcpy(&payload, at, kFrameHeaderBytes);
+          if (payload > max_payload() || frame_bytes(payload) > used_bytes(head, tail)) {
+            throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
+                                       std::to_string(head.offset) + " overruns the " +
+                                       std::to_string(used_bytes(head, tail)) + " bytes queued");
+          }
+          const Cursor next{(head.offset + frame_bytes(payload)) % capacity_, head.count + 1};
+          const bool more = next.count != tail.count;
+          try {
+            take(at + kFrameHeaderBytes, payload);
+          } catch (const DecodeError&) {
+            commit_get(next, lock, more);
+            throw;
+          }
+          commit_get(next, lock, more);
+          return Outcome::done;
+        }
+        if (state == ShutdownState::draining) return Outcome::shut_down;
+        if (deadline.expired()) return count_timeout(h_->get_timeouts);
+      }
+      await(h_->not_empty, h_->empty_waits, spin_polls_,
+            [&] { return shutdown_state() != ShutdownState::running || might_have_message(); },
+            deadline);
+    }
+  }
+
+  // Marks the queue shut down (it never reopens) and wakes every sleeper in every process.
+  void shutdown(bool immediate) noexcept {
+    const auto state = immediate ? ShutdownState::immediate : ShutdownState::draining;
+    h_->shutdown.fetch_or(static_cast<std::uint32_t>(state), std::memory_order_release);
+    wake(h_->not_empty, kWakeAll);
+    wake(h_->not_full, kWakeAll);
+  }
+  ShutdownState shutdown_state() const noexcept {
+    const std::uint32_t s = h_->shutdown.load(std::memory_order_acquire);
+    return s >= 2 ? ShutdownState::immediate : static_cast<ShutdownState>(s);
+  }
+
+  // A snapshot; clamps to the capacity rather than throwing on a corrupt header.
+  Occupancy occupancy() const noexcept {
+    // Head first: tail only grows, so the tail loaded after it is never behind it.
+    const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
+    const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_acquire));
+    const std::uint32_t bytes = distance(head, tail);
+    if (bytes == kCorrupt) return {0, 0};
+    return {tail.count - head.count, bytes};
+  }
+
+ private:
+  static constexpr std::uint32_t kCorrupt = UINT32_MAX;
+
+  // Bytes queued between two cursors, or kCorrupt if they cannot both be true. Frames are at
+  // least 4 bytes, so equal offsets with messages queued mean a full ring.
+  std::uint32_t distance(Cursor head, Cursor tail) const noexcept {
+    const std::uint32_t messages = tail.count - head.count;
+    if (head.offset >= capacity_ || tail.offset >= capacity_ || ((head.offset | tail.offset) & 3u) ||
+        messages > capacity_ / kFrameHeaderBytes) {
+      return kCorrupt;
+    }
+    if (messages == 0) return head.offset == tail.offset ? 0 : kCorrupt;
+    const std::uint32_t d = tail.offset >= head.offset ? tail.offset - head.offset
+                                                       : tail.offset + capacity_ - head.offset;
+    return d == 0 ? capacity_ : d;
+  }
+  std::uint32_t used_bytes(Cursor head, Cursor tail) const {
+    const std::uint32_t d = distance(head, tail);
+    if (d == kCorrupt) {
+      throw_corrupt(*queue_, "head (offset " + std::to_string(head.offset) + ", count " +
+                                 std::to_string(head.count) + ") and tail (offset " +
+                                 std::to_string(tail.offset) + ", count " +
+                                 std::to_string(tail.count) + ") disagree for a ring of " +
+                                 std::to_string(capacity_) + " bytes");
+    }
+    return d;
+  }
+  bool fits(Cursor head, Cursor tail, std::uint32_t frame) const {
+    if (maxsize_ != 0 && tail.count - head.count >= maxsize_) return false;
+    return frame <= capacity_ - used_bytes(head, tail);
+  }
+
+  // Producer side, under put_lock: the queue depth if `frame` fits now, else nothing. Tries the
+  // cached head first; a stale one only understates the room.
+  std::optional<std::uint32_t> room_for(Cursor tail, std::uint32_t frame) {
+    Cursor head = Cursor::unpack(h_->head_seen);
+    if (!fits(head, tail, frame)) {
+      head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
+      h_->head_seen = head.pack();
+      if (!fits(head, tail, frame)) return std::nullopt;
+    }
+    return tail.count - head.count;
+  }
+  // Consumer side, under get_lock: a tail at or past `head`; the cached one while it has frames.
+  Cursor readable_tail(Cursor head) {
+    Cursor tail = Cursor::unpack(h_->tail_seen);
+    if (tail.count == head.count) {
+      tail = Cursor::unpack(h_->tail.load(std::memory_order_acquire));
+      h_->tail_seen = tail.pack();
+    }
+    return tail;
+  }
+
+  void commit_get(Cursor next, RobustLock& lock, bool more) noexcept {
+    h_->head.store(next.pack(), std::memory_order_release);
+    ++h_->gets;
+    lock.unlock();
+    // Room was freed: wake every waiting producer, since each may need a different amount. A
+    // consumer woken for a message that another consumer took passes the wake on while messages
+    // remain, so one wake per put is enough.
+    if (has_sleepers(h_->not_full)) wake(h_->not_full, kWakeAll);
+    if (more && h_->not_empty.sleepers.load(std::memory_order_relaxed) != 0) wake(h_->not_empty, 1);
+  }
+
+  Outcome count_timeout(std::atomic<std::uint64_t>& counter) noexcept {
+    counter.fetch_add(1, std::memory_order_relaxed);
+    return Outcome::timed_out;
+  }
+
+  // Lock-free readiness hints for await(): true when worth taking the lock to look (including
+  // when the words look corrupt, so that the locked path reports it).
+  bool might_have_message() const noexcept {
+    return h_->tail.load(std::memory_order_acquire) >> 32 !=
+           h_->head.load(std::memory_order_relaxed) >> 32;
+  }
+  bool might_have_room(std::uint32_t frame) const noexcept {
+    const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
+    const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
+    const std::uint32_t used = distance(head, tail);
+    if (used == kCorrupt) return true;
+    if (maxsize_ != 0 && tail.count - head.count >= maxsize_) return false;
+    return frame <= capacity_ - used;
+  }
+
+  SharedHeader* h_;
+  std::byte* data_;  // the ring's first view; data_ + capacity_ is its mirror
+  std::uint32_t capacity_;
+  std::uint32_t maxsize_;
+  unsigned spin_polls_;
+  const std::string* queue_;  // the queue's name, for error messages
+};
+
+}  // namespace shmq::detail

@@ -1,0 +1,101 @@
+// shmq error policy, stated once:
+//  - set-up failures (create, open, map) and the blocking API throw a type derived from shmq::Error,
+//    whose message names the queue and the figure involved (and the errno text where there is one);
+//  - the try_* calls never throw for "full", "empty" or "timed out": they return bool / std::optional.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace shmq {
+
+// Base of everything shmq throws.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A bad argument: an invalid queue name, option or call order, rejected before anything is touched.
+class InvalidArgument : public Error {
+ public:
+  using Error::Error;
+};
+
+// create() found the name taken.
+class AlreadyExists : public Error {
+ public:
+  using Error::Error;
+};
+
+// open() found no queue of that name.
+class NotFound : public Error {
+ public:
+  using Error::Error;
+};
+
+// The segment is not a shmq queue of this layout version and message type, or is corrupt.
+class Incompatible : public Error {
+ public:
+  using Error::Error;
+};
+
+// A non-blocking or timed put found no room (Python's queue.Full).
+class Full : public Error {
+ public:
+  using Error::Error;
+};
+
+// A non-blocking or timed get found no message (Python's queue.Empty).
+class Empty : public Error {
+ public:
+  using Error::Error;
+};
+
+// This handle was close()d.
+class Closed : public Error {
+ public:
+  using Error::Error;
+};
+
+// The queue was shut down (Python 3.13's queue.ShutDown).
+class ShutDown : public Error {
+ public:
+  using Error::Error;
+};
+
+// A message larger than the queue can ever hold.
+class MessageTooLarge : public Error {
+ public:
+  using Error::Error;
+};
+
+// Bytes that do not decode as the expected type; never read out of bounds.
+class DecodeError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A task run by a Pool worker threw: carries the exception's type name and what().
+class RemoteError : public Error {
+ public:
+  RemoteError(std::string type_name, const std::string& what)
+      : Error("task raised " + type_name + ": " + what), type_name_(std::move(type_name)) {}
+  const std::string& type_name() const noexcept { return type_name_; }
+
+ private:
+  std::string type_name_;
+};
+
+// The Pool worker running a task died before finishing it.
+class WorkerLost : public Error {
+ public:
+  using Error::Error;
+};
+
+// AsyncResult::get(timeout) gave up before the result arrived.
+class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace shmq

@@ -1,0 +1,201 @@
+// shmq::Queue<T>: Python's multiprocessing.Queue for C++ processes, in POSIX shared memory.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <typeinfo>
+#include <utility>
+
+#include "shmq/codec.hpp"
+#include "shmq/detail/deadline.hpp"
+#include "shmq/detail/segment.hpp"
+#include "shmq/errors.hpp"
+#include "shmq/queue_options.hpp"
+
+namespace shmq {
+
+// A FIFO of T values shared by any number of producer and consumer processes. Every message is
+// delivered exactly once, and messages from one producer arrive in the order it put them.
+//
+// A Queue is a handle: cheap to copy, and copies share the queue. A forked child uses the handles
+// it inherited as they are; another process reaches a named queue with open(name). Values travel
+// through shmq::codec<T> (see codec.hpp).
+//
+// Thread safety: a handle may be used from many threads at once (only close() is per handle and
+// unsynchronised); every call is also safe against other processes.
+template <class T>
+class Queue {
+ public:
+  // An unnamed queue, like Python's Queue(): its segment's name is removed when the creating
+  // process's last handle to it goes away (processes already holding it keep working, and a forked
+  // child never removes it). Throws Error if /dev/shm has no room.
+  Queue() : Queue(QueueOptions{}) {}
+  // Like Python's Queue(maxsize): at most `maxsize` messages at once (0: no message limit).
+  explicit Queue(std::size_t maxsize) : Queue(QueueOptions{maxsize}) {}
+  explicit Queue(const QueueOptions& options)
+      : segment_(detail::Segment::create_anonymous(options, type_tag())) {}
+
+  // Copyable: a handle; copies share the queue (and copy the closed flag).
+  Queue(const Queue&) = default;
+  Queue& operator=(const Queue&) = default;
+  Queue(Queue&&) noexcept = default;
+  Queue& operator=(Queue&&) noexcept = default;
+  ~Queue() = default;
+
+  // A new named queue that lives until remove(name). Throws AlreadyExists if the name is taken,
+  // InvalidArgument for a bad name or option.
+  static Queue create(std::string_view name, const QueueOptions& options = {}) {
+    return Queue(detail::Segment::create(name, options, type_tag()));
+  }
+  // An existing queue. Throws NotFound, or Incompatible if it is not a queue of T (or not a shmq
+  // queue at all); creates nothing.
+  static Queue open(std::string_view name) {
+    return Queue(detail::Segment::open(name, type_tag()));
+  }
+  // Opens `name`, or creates it with `options` if it does not exist; of many racing callers
+  // exactly one creates. Refuses (Error) a segment owned by another user or with a wider mode than
+  // options.mode. An existing queue keeps its own capacity and maxsize.
+  static Queue open_or_create(std::string_view name, const QueueOptions& options = {}) {
+    return Queue(detail::Segment::open_or_create(name, options, type_tag()));
+  }
+  // Removes the name (`jobs` and `/jobs` are the same); returns whether it existed. Handles already
+  // open keep working.
+  static bool remove(std::string_view name) { return detail::Segment::remove(name); }
+
+  // ---- put: blocks while the queue is full (by maxsize or by bytes).
+  // Throws MessageTooLarge (before writing anything) if the encoded value can never fit, Closed
+  // after close(), ShutDown after shutdown(); the timed and _nowait forms throw Full.
+  void put(const T& value) { put_until(value, detail::Deadline::never(), "put"); }
+  template <class Rep, class Period>
+  void put(const T& value, const std::chrono::duration<Rep, Period>& timeout) {
+    put_until(value, detail::Deadline::after(timeout), "put");
+  }
+  void put_nowait(const T& value) { put_until(value, detail::Deadline::now(), "put_nowait"); }
+  // As put_nowait, but returns false instead of throwing Full.
+  bool try_put(const T& value) { return put_until(value, detail::Deadline::now(), nullptr); }
+
+  // ---- get: blocks while the queue is empty.
+  // Throws Closed after close(), ShutDown once the queue is shut down and drained (at once after
+  // shutdown(true)), DecodeError for a message that does not decode as T (the message is dropped);
+  // the timed and _nowait forms throw Empty.
+  T get() { return *get_until(detail::Deadline::never(), "get"); }
+  template <class Rep, class Period>
+  T get(const std::chrono::duration<Rep, Period>& timeout) {
+    return *get_until(detail::Deadline::after(timeout), "get");
+  }
+  T get_nowait() { return *get_until(detail::Deadline::now(), "get_nowait"); }
+  // As get_nowait, but returns nullopt instead of throwing Empty.
+  std::optional<T> try_get() { return get_until(detail::Deadline::now(), nullptr); }
+
+  // ---- Snapshots: exact when taken, possibly stale by the time they are read (as in Python).
+  std::size_t qsize() const noexcept { return segment_->ring().occupancy().messages; }
+  bool empty() const noexcept { return qsize() == 0; }
+  // True when maxsize is reached, or when not even the smallest T could fit in the free bytes.
+  bool full() const noexcept {
+    const auto& ring = segment_->ring();
+    const auto now = ring.occupancy();
+    if (ring.maxsize() != 0 && now.messages >= ring.maxsize()) return true;
+    return ring.capacity() - now.bytes < detail::frame_bytes(smallest_message_bytes());
+  }
+
+  // ---- Lifetime and identity.
+  // This handle refuses later puts and gets (Closed); other handles, and other processes, are
+  // unaffected. Python: "no more data will be put on this queue by the current process".
+  void close() noexcept { closed_ = true; }
+  bool closed() const noexcept { return closed_; }
+  // Shuts the queue down for every process, as Python 3.13's Queue.shutdown: wakes every blocked
+  // caller; later puts throw ShutDown; gets drain what is queued, then throw ShutDown (at once,
+  // leaving the messages, if `immediate`). Irreversible.
+  void shutdown(bool immediate = false) noexcept { segment_->ring().shutdown(immediate); }
+  bool is_shutdown() const noexcept {
+    return segment_->ring().shutdown_state() != detail::ShutdownState::running;
+  }
+  // The queue's name without its leading '/' (a generated one for an unnamed queue).
+  const std::string& name() const noexcept { return segment_->name(); }
+  std::size_t maxsize() const noexcept { return segment_->ring().maxsize(); }
+  std::size_t capacity_bytes() const noexcept { return segment_->ring().capacity(); }
+  // The largest encoded message this queue can hold.
+  std::size_t max_message_bytes() const noexcept { return segment_->ring().max_payload(); }
+
+ private:
+  explicit Queue(std::shared_ptr<detail::Segment> segment) : segment_(std::move(segment)) {}
+
+  static const detail::TypeTag& type_tag() {
+    static const detail::TypeTag tag = detail::make_type_tag(typeid(T).name());
+    return tag;
+  }
+  static constexpr std::size_t smallest_message_bytes() {
+    return is_bitwise_v<T> ? sizeof(T) : 0;
+  }
+
+  void check_open(const char* call) const {
+    if (closed_) {
+      throw Closed("shmq: queue '" + name() + "' was closed on this handle: " + call + " refused");
+    }
+  }
+
+  // The one core of every put: `call` names the API call for errors, or is null for try_put,
+  // which reports "full" by returning false.
+  bool put_until(const T& value, const detail::Deadline& deadline, const char* call) {
+    check_open(call != nullptr ? call : "try_put");
+    const std::size_t bytes = codec<T>::size(value);
+    segment_->check_message_size(bytes);
+    const auto outcome = segment_->ring().put(
+        static_cast<std::uint32_t>(bytes),
+        [&](std::byte* at) {
+          Writer out(at, bytes);
+          codec<T>::encode(value, out);
+          if (out.remaining() != 0) {
+            throw Error("shmq::codec: encode() wrote fewer bytes than size() announced");
+          }
+        },
+        deadline);
+    if (outcome == detail::Outcome::done) return true;
+    if (call == nullptr && outcome == detail::Outcome::timed_out) return false;
+    segment_->throw_put_failure(outcome, deadline, call != nullptr ? call : "try_put");
+  }
+
+  // The one core of every get; as put_until.
+  std::optional<T> get_until(const detail::Deadline& deadline, const char* call) {
+    check_open(call != nullptr ? call : "try_get");
+    std::optional<T> value;
+    detail::Outcome outcome;
+    try {
+      outcome = segment_->ring().get(
+          [&](const std::byte* at, std::uint32_t bytes) {
+            Reader in(at, bytes);
+            value.emplace(codec<T>::decode(in));
+            if (in.remaining() != 0) {
+              throw DecodeError("shmq::codec: " + std::to_string(in.remaining()) +
+                                " bytes left over after decoding");
+            }
+          },
+          deadline);
+    } catch (const DecodeError& e) {
+      throw DecodeError("shmq: queue '" + name() + "': a message does not decode as " +
+                        segment_->type_name() + " and was dropped: " + e.what());
+    }
+    if (outcome == detail::Outcome::done || (call == nullptr && outcome == detail::Outcome::timed_out)) {
+      return value;
+    }
+    segment_->throw_get_failure(outcome, deadline, call != nullptr ? call : "try_get");
+  }
+
+  std::shared_ptr<detail::Segment> segment_;
+  bool closed_ = false;
+};
+
+// A queue handle travels between processes by name (as a Pool task's argument, say): decoding
+// opens the queue, so it must still exist.
+template <class T>
+struct codec<Queue<T>> {
+  static std::size_t size(const Queue<T>& q) { return codec<std::string>::size(q.name()); }
+  static void encode(const Queue<T>& q, Writer& out) { codec<std::string>::encode(q.name(), out); }
+  static Queue<T> decode(Reader& in) { return Queue<T>::open(codec<std::string>::decode(in)); }
+};
+
+}  // namespace shmq

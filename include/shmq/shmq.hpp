@@ -1,0 +1,7 @@
+// The whole of shmq: #include <shmq/shmq.hpp>.
+#pragma once
+
+#include "shmq/codec.hpp"
+#include "shmq/errors.hpp"
+#include "shmq/queue.hpp"
+#include "shmq/queue_options.hpp"

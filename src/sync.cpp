@@ -1,0 +1,74 @@
+// The syscalls behind the ring: futex wait/wake and the contended and failing paths of the locks.
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "shmq/detail/ring.hpp"
+
+namespace shmq::detail {
+
+namespace {
+
+// A consumer woken for a message (or a producer for room) can be SIGKILLed before it acts on the
+// wake-up; the wake is then lost to the sleepers that remain. So no sleep lasts longer than this:
+// the sleeper then re-checks the queue, which costs a few microseconds a second while idle.
+constexpr std::chrono::seconds kLivenessBackstop{1};
+
+long futex(std::atomic<std::uint32_t>& word, int op, std::uint32_t value, const timespec* timeout) {
+  // Not FUTEX_PRIVATE_FLAG: the word is shared between processes. FUTEX_WAIT_BITSET takes an
+  // absolute CLOCK_MONOTONIC timeout (FUTEX_CLOCK_REALTIME is not set).
+  return syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, value, timeout, nullptr,
+                 FUTEX_BITSET_MATCH_ANY);
+}
+
+}  // namespace
+
+void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const Deadline& deadline) {
+  const auto backstop = Deadline::clock::now() + kLivenessBackstop;
+  const auto until = deadline.is_never() ? backstop : std::min(deadline.at(), backstop);
+  const timespec ts = Deadline::to_timespec(until);
+  // EAGAIN (the word moved), EINTR (a signal) and ETIMEDOUT all mean: go and look again.
+  futex(word, FUTEX_WAIT_BITSET, expected, &ts);
+}
+
+void wake(EventCount& ev, int how_many) noexcept {
+  ev.seq.fetch_add(1, std::memory_order_release);
+  futex(ev.seq, FUTEX_WAKE_BITSET, static_cast<std::uint32_t>(how_many), nullptr);
+}
+
+int lock_slow(pthread_mutex_t& mutex, const Deadline& deadline) noexcept {
+  if (deadline.is_never()) return pthread_mutex_lock(&mutex);
+  const timespec ts = Deadline::to_timespec(deadline.at());
+  return pthread_mutex_clocklock(&mutex, CLOCK_MONOTONIC, &ts);
+}
+
+void throw_lock_error(int rc, const std::string& queue) {
+  if (rc == EDEADLK) {
+    throw Error("shmq: queue '" + queue +
+                "': this thread already holds the queue's lock (a codec called back into the queue?)");
+  }
+  throw Error("shmq: queue '" + queue + "': cannot take its lock: " + std::strerror(rc));
+}
+
+void throw_corrupt(const std::string& queue, const std::string& what) {
+  throw Incompatible("shmq: queue '" + queue + "' is corrupt: " + what);
+}
+
+void init_shared_mutex(pthread_mutex_t& mutex) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  // Robust: a holder's death is reported to the next locker instead of leaving the lock held.
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  // Error-checking: re-locking from the holding thread fails with EDEADLK instead of hanging.
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+  const int rc = pthread_mutex_init(&mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (rc != 0) throw Error(std::string("shmq: cannot initialise a shared mutex: ") + std::strerror(rc));
+}
+
+}  // namespace shmq::detail
