@@ -120,7 +120,7 @@ struct CheckedOptions {
 
 CheckedOptions check_options(const QueueOptions& o, const std::string& name) {
   const std::string what = "shmq: queue " + quoted(name) + ": ";
-  if (o.capacity_bytes < kFrameHeaderBytes + 1 || o.capacity_bytes > kMaxCapacity) {
+  if (o.capacity_bytes == 0 || o.capacity_bytes > kMaxCapacity) {
     throw InvalidArgument(what + "capacity_bytes of " + std::to_string(o.capacity_bytes) +
                           " is outside 1 byte to " + std::to_string(kMaxCapacity) + " (1 GiB)");
   }
@@ -377,6 +377,34 @@ bool Segment::remove(std::string_view raw_name) {
   if (shm_unlink(shm_path(name).c_str()) == 0) return true;
   if (errno == ENOENT) return false;
   throw Error("shmq: cannot remove queue " + quoted(name) + ": " + errno_text(errno));
+}
+
+QueueStats Segment::stats() const {
+  const SharedHeader& h = *header_;
+  const auto relaxed = std::memory_order_relaxed;
+  const Occupancy now = ring_.occupancy();
+  QueueStats s;
+  s.name = name_;
+  s.type_name = type_name_;
+  s.messages = now.messages;
+  s.bytes_used = now.bytes;
+  s.capacity_bytes = ring_.capacity();
+  s.maxsize = ring_.maxsize();
+  s.mode = h.mode;
+  s.creator_pid = h.creator_pid;
+  s.created_unix_ns = h.created_unix_ns;
+  s.shut_down = ring_.shutdown_state() != ShutdownState::running;
+  s.puts = h.puts.load(relaxed);
+  s.gets = h.gets.load(relaxed);
+  s.put_timeouts = h.put_timeouts.load(relaxed);
+  s.get_timeouts = h.get_timeouts.load(relaxed);
+  s.full_waits = h.full_waits.load(relaxed);
+  s.empty_waits = h.empty_waits.load(relaxed);
+  s.lock_recoveries = h.lock_recoveries.load(relaxed);
+  s.peak_depth = h.peak_depth.load(relaxed);
+  s.sleeping_producers = h.not_full.sleepers.load(relaxed);
+  s.sleeping_consumers = h.not_empty.sleepers.load(relaxed);
+  return s;
 }
 
 void Segment::check_message_size(std::size_t bytes) const {

@@ -46,6 +46,7 @@ class Writer {
     if (n > remaining()) {
       throw Error("shmq::codec: encode() wrote more bytes than size() announced");
     }
+    if (n == 0) return;  // an empty container's data() may be null, which memcpy must not see
     std::memcpy(cur_, src, n);
     cur_ += n;
   }
@@ -61,7 +62,10 @@ class Reader {
  public:
   Reader(const std::byte* begin, std::size_t size) noexcept : cur_(begin), end_(begin + size) {}
 
-  void read(void* dst, std::size_t n) { std::memcpy(dst, take(n), n); }
+  void read(void* dst, std::size_t n) {
+    const std::byte* src = take(n);
+    if (n != 0) std::memcpy(dst, src, n);  // as in Writer::write: dst may be null when n is 0
+  }
   // A view of the next n bytes, valid while the message is (only inside a get_with reader).
   const std::byte* take(std::size_t n) {
     if (n > remaining()) {

@@ -15,6 +15,7 @@
 #include "shmq/detail/segment.hpp"
 #include "shmq/errors.hpp"
 #include "shmq/queue_options.hpp"
+#include "shmq/stats.hpp"
 
 namespace shmq {
 
@@ -101,6 +102,9 @@ class Queue {
     if (ring.maxsize() != 0 && now.messages >= ring.maxsize()) return true;
     return ring.capacity() - now.bytes < detail::frame_bytes(smallest_message_bytes());
   }
+
+  // Counters since creation and the state now; see QueueStats.
+  QueueStats stats() const { return segment_->stats(); }
 
   // ---- Lifetime and identity.
   // This handle refuses later puts and gets (Closed); other handles, and other processes, are

@@ -5,3 +5,4 @@
 #include "shmq/errors.hpp"
 #include "shmq/queue.hpp"
 #include "shmq/queue_options.hpp"
+#include "shmq/stats.hpp"

@@ -91,8 +91,10 @@ struct SharedHeader {
   // (after the frame's bytes); loaded by consumers with acquire.
   std::atomic<std::uint64_t> tail;
   std::uint64_t head_seen;   // producers' cached copy of `head`; guarded by put_lock; only grows
-  std::uint64_t puts;        // messages put since creation; guarded by put_lock
-  std::uint64_t peak_depth;  // most messages ever held at once; guarded by put_lock
+  // Statistics written only under put_lock (relaxed load + store, no read-modify-write) and
+  // atomic only so that a snapshot may read them without the lock.
+  std::atomic<std::uint64_t> puts;        // messages put since creation
+  std::atomic<std::uint64_t> peak_depth;  // most messages held at once, as producers saw it
 
   // ---- Consumer side: get_lock serialises consumers; head is theirs.
   alignas(kCacheLine) pthread_mutex_t get_lock;  // process-shared, robust
@@ -100,7 +102,7 @@ struct SharedHeader {
   // (after the frame has been read); loaded by producers with acquire.
   std::atomic<std::uint64_t> head;
   std::uint64_t tail_seen;  // consumers' cached copy of `tail`; guarded by get_lock; only grows
-  std::uint64_t gets;       // messages taken since creation; guarded by get_lock
+  std::atomic<std::uint64_t> gets;  // messages taken since creation; written under get_lock as `puts`
 
   // ---- Wake-ups: consumers sleep on not_empty, producers on not_full.
   EventCount not_empty;

@@ -171,8 +171,10 @@ class Ring {
           fill(at + kFrameHeaderBytes);
           h_->tail.store(Cursor{(tail.offset + frame) % capacity_, tail.count + 1}.pack(),
                          std::memory_order_release);
-          ++h_->puts;
-          if (*depth + 1 > h_->peak_depth) h_->peak_depth = *depth + 1;
+          bump(h_->puts);
+          if (*depth + 1 > h_->peak_depth.load(std::memory_order_relaxed)) {
+            h_->peak_depth.store(*depth + 1, std::memory_order_relaxed);
+          }
           lock.unlock();
           if (has_sleepers(h_->not_empty)) wake(h_->not_empty, 1);
           return Outcome::done;
@@ -304,13 +306,18 @@ class Ring {
 
   void commit_get(Cursor next, RobustLock& lock, bool more) noexcept {
     h_->head.store(next.pack(), std::memory_order_release);
-    ++h_->gets;
+    bump(h_->gets);
     lock.unlock();
     // Room was freed: wake every waiting producer, since each may need a different amount. A
     // consumer woken for a message that another consumer took passes the wake on while messages
     // remain, so one wake per put is enough.
     if (has_sleepers(h_->not_full)) wake(h_->not_full, kWakeAll);
     if (more && h_->not_empty.sleepers.load(std::memory_order_relaxed) != 0) wake(h_->not_empty, 1);
+  }
+
+  // A statistic that only the lock holder writes: no read-modify-write needed.
+  static void bump(std::atomic<std::uint64_t>& counter) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
 
   Outcome count_timeout(std::atomic<std::uint64_t>& counter) noexcept {

@@ -11,6 +11,7 @@
 #include "shmq/detail/layout.hpp"
 #include "shmq/detail/ring.hpp"
 #include "shmq/queue_options.hpp"
+#include "shmq/stats.hpp"
 
 namespace shmq::detail {
 
@@ -59,6 +60,7 @@ class Segment {
   const Ring& ring() const noexcept { return ring_; }
   const SharedHeader& header() const noexcept { return *header_; }
 
+  QueueStats stats() const;
   // Throws MessageTooLarge unless a payload of `bytes` can ever fit.
   void check_message_size(std::size_t bytes) const;
   // Turn a failed put/get into the exception the blocking API promises.

@@ -1,0 +1,104 @@
+// Helpers shared by the test suites: unique names, forked children, bounded waits.
+#pragma once
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <thread>
+#include <utility>
+
+namespace shmq::test {
+
+// A queue name unique to this process and call; the hygiene listener (main.cpp) fails the run if
+// any segment named with this process's prefix is still in /dev/shm after a test case.
+inline std::string unique_name(const std::string& what) {
+  static int counter = 0;
+  return "test-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + what;
+}
+inline std::string own_prefix() { return "shmq.test-" + std::to_string(getpid()) + "-"; }
+
+// Removes a queue name before and after a test, whatever the test does in between.
+class NameGuard {
+ public:
+  explicit NameGuard(std::string name);
+  NameGuard(const NameGuard&) = delete;
+  NameGuard& operator=(const NameGuard&) = delete;
+  ~NameGuard();
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+};
+
+// A forked child running fn(); it exits 0 if fn returns, 1 if it throws (printing why). The
+// destructor kills and reaps a child that is still running, so no test leaves one behind.
+// Raw fork on purpose: the Queue tests must not depend on shmq::Process.
+class Child {
+ public:
+  template <class Fn>
+  explicit Child(Fn&& fn) {
+    std::fflush(nullptr);
+    pid_ = fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      int code = 0;
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "child %d: %s\n", getpid(), e.what());
+        code = 1;
+      } catch (...) {
+        code = 1;
+      }
+      std::fflush(nullptr);
+      _exit(code);
+    }
+  }
+  Child(Child&& other) noexcept : pid_(std::exchange(other.pid_, -1)) {}
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      wait_status();
+    }
+  }
+
+  pid_t pid() const { return pid_; }
+  void kill(int sig) const { ::kill(pid_, sig); }
+  // Reaps the child: its wait status.
+  int wait_status() {
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    return status;
+  }
+  // Reaps the child: true if it exited with code 0.
+  bool succeeded() {
+    const int status = wait_status();
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Polls an observable condition (a counter in shared memory, a process state) that no queue or
+// barrier can report, yielding between looks; false if it does not hold within `limit`.
+template <class Pred>
+bool eventually(Pred&& pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto give_up = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() >= give_up) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+}  // namespace shmq::test

@@ -1,0 +1,417 @@
+// Queue<T>: Python's Queue semantics, names and lifetime, limits and errors.
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "shmq/shmq.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::Queue;
+using shmq::QueueOptions;
+using shmq::test::Child;
+using shmq::test::NameGuard;
+using shmq::test::unique_name;
+
+namespace {
+
+bool segment_exists(const std::string& name) {
+  struct stat st;
+  return stat(("/dev/shm/shmq." + name).c_str(), &st) == 0;
+}
+
+mode_t segment_mode(const std::string& name) {
+  struct stat st;
+  REQUIRE(stat(("/dev/shm/shmq." + name).c_str(), &st) == 0);
+  return st.st_mode & 0777;
+}
+
+}  // namespace
+
+TEST_CASE("a new queue is empty, not full, and reports its limits", "[queue]") {
+  Queue<long> q(3);
+  CHECK(q.empty());
+  CHECK_FALSE(q.full());
+  CHECK(q.qsize() == 0);
+  CHECK(q.maxsize() == 3);
+  CHECK(q.capacity_bytes() == std::size_t{1} << 20);
+  CHECK(q.max_message_bytes() == (std::size_t{1} << 20) - 4);
+}
+
+TEST_CASE("the seed's first example behaves as in Python", "[queue]") {
+  Queue<std::string> q(3);
+  CHECK(q.empty());
+  q.put("消息1");
+  q.put("消息2");
+  CHECK_FALSE(q.full());
+  q.put("消息3");
+  CHECK(q.full());
+  CHECK(q.qsize() == 3);
+  CHECK(q.get() == "消息1");
+  CHECK(q.qsize() == 2);
+}
+
+TEST_CASE("values come out in the order they went in", "[queue]") {
+  Queue<int> q;
+  for (int i = 0; i < 1000; ++i) q.put(i);
+  for (int i = 0; i < 1000; ++i) REQUIRE(q.get() == i);
+  CHECK(q.empty());
+}
+
+TEST_CASE("put_nowait on a full queue throws Full naming the queue and the limit", "[queue]") {
+  Queue<int> q(2);
+  q.put(1);
+  q.put(2);
+  try {
+    q.put_nowait(3);
+    FAIL("put_nowait did not throw");
+  } catch (const shmq::Full& e) {
+    const std::string what = e.what();
+    CHECK(what.find(q.name()) != std::string::npos);
+    CHECK(what.find("maxsize 2") != std::string::npos);
+    CHECK(what.find("put_nowait") != std::string::npos);
+  }
+  CHECK(q.qsize() == 2);
+  CHECK(q.stats().put_timeouts == 1);
+}
+
+TEST_CASE("get_nowait on an empty queue throws Empty naming the queue", "[queue]") {
+  Queue<int> q;
+  try {
+    q.get_nowait();
+    FAIL("get_nowait did not throw");
+  } catch (const shmq::Empty& e) {
+    CHECK(std::string(e.what()).find(q.name()) != std::string::npos);
+  }
+}
+
+TEST_CASE("try_put and try_get report full and empty without throwing", "[queue]") {
+  Queue<int> q(1);
+  CHECK_FALSE(q.try_get().has_value());
+  CHECK(q.try_put(7));
+  CHECK_FALSE(q.try_put(8));
+  CHECK(q.try_get() == 7);
+  CHECK_FALSE(q.try_get().has_value());
+}
+
+TEST_CASE("timed calls give up after their timeout and not before", "[queue]") {
+  Queue<int> q(1);
+  const auto timeout = 50ms;
+  SECTION("get") {
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(q.get(timeout), shmq::Empty);
+    CHECK(std::chrono::steady_clock::now() - start >= timeout);
+    CHECK(q.stats().get_timeouts == 1);
+  }
+  SECTION("put") {
+    q.put(1);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(q.put(2, timeout), shmq::Full);
+    CHECK(std::chrono::steady_clock::now() - start >= timeout);
+  }
+  SECTION("any duration type, and zero or negative means do not wait") {
+    CHECK_THROWS_AS(q.get(std::chrono::duration<double>(0.01)), shmq::Empty);
+    CHECK_THROWS_AS(q.get(0s), shmq::Empty);
+    CHECK_THROWS_AS(q.get(-5s), shmq::Empty);
+    q.put(1, std::chrono::hours::max());  // "forever", without overflowing the clock
+    CHECK(q.get(1min) == 1);
+  }
+}
+
+TEST_CASE("a timed message in the error says how long the call waited", "[queue]") {
+  Queue<int> q;
+  try {
+    q.get(20ms);
+    FAIL("no throw");
+  } catch (const shmq::Empty& e) {
+    CHECK(std::string(e.what()).find("timed out after 0.020 s") != std::string::npos);
+  }
+}
+
+TEST_CASE("put blocks while the queue is full until another process makes room", "[queue]") {
+  Queue<int> q(2);
+  Queue<int> ready;
+  q.put(1);
+  q.put(2);
+  Child consumer([&] {
+    ready.get();  // the parent is about to block
+    if (q.get() != 1) throw std::runtime_error("wrong first value");
+  });
+  ready.put(0);
+  q.put(3);  // blocks until the child takes 1
+  CHECK(consumer.succeeded());
+  CHECK(q.get() == 2);
+  CHECK(q.get() == 3);
+}
+
+TEST_CASE("get blocks while the queue is empty until another process puts", "[queue]") {
+  Queue<std::string> q;
+  Child producer([&] { q.put("hello from " + std::to_string(getpid())); });
+  const pid_t pid = producer.pid();
+  CHECK(q.get() == "hello from " + std::to_string(pid));
+  CHECK(producer.succeeded());
+}
+
+TEST_CASE("a queue with no maxsize is bounded by its bytes", "[queue]") {
+  Queue<std::int64_t> q(QueueOptions{.maxsize = 0, .capacity_bytes = 4096});
+  CHECK(q.capacity_bytes() == 4096);
+  int n = 0;
+  while (q.try_put(n)) ++n;
+  // An 8-byte message costs a 4-byte length plus 8 bytes: 12 bytes of ring.
+  CHECK(n == 4096 / 12);
+  CHECK(q.full());
+  CHECK(q.stats().bytes_used == 4096 / 12 * 12);
+  for (int i = 0; i < n; ++i) REQUIRE(q.get() == i);
+}
+
+TEST_CASE("capacity is rounded up to whole pages, at least one", "[queue]") {
+  CHECK(Queue<char>(QueueOptions{.capacity_bytes = 1}).capacity_bytes() == 4096);
+  CHECK(Queue<char>(QueueOptions{.capacity_bytes = 4097}).capacity_bytes() == 8192);
+}
+
+TEST_CASE("messages of every size stay intact across many turns of the ring", "[queue]") {
+  Queue<std::string> q(QueueOptions{.capacity_bytes = 4096});
+  std::size_t seed = 1;
+  std::vector<std::string> sent;
+  for (int round = 0; round < 2000; ++round) {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    const std::size_t len = (seed >> 33) % 1500;
+    std::string s(len, static_cast<char>('a' + round % 26));
+    if (!s.empty()) s.back() = '#';
+    while (!q.try_put(s)) {
+      REQUIRE(q.get() == sent.front());
+      sent.erase(sent.begin());
+    }
+    sent.push_back(s);
+  }
+  for (const auto& s : sent) REQUIRE(q.get() == s);
+}
+
+TEST_CASE("the largest message that fits goes through; one byte more throws MessageTooLarge", "[queue]") {
+  Queue<std::vector<char>> q(QueueOptions{.capacity_bytes = 4096});
+  // A vector encodes as a 4-byte count plus its bytes.
+  const std::vector<char> largest(q.max_message_bytes() - 4, 'x');
+  q.put(largest);
+  CHECK(q.get() == largest);
+  const std::vector<char> too_large(q.max_message_bytes() - 3, 'x');
+  try {
+    q.put(too_large);
+    FAIL("no throw");
+  } catch (const shmq::MessageTooLarge& e) {
+    const std::string what = e.what();
+    CHECK(what.find("4093 bytes") != std::string::npos);
+    CHECK(what.find("at most 4092 bytes") != std::string::npos);
+    CHECK(what.find(q.name()) != std::string::npos);
+  }
+  CHECK(q.empty());
+  CHECK(q.stats().puts == 1);
+}
+
+TEST_CASE("close refuses this handle's puts and gets and leaves other handles alone", "[queue]") {
+  Queue<int> q;
+  Queue<int> other = q;
+  q.close();
+  CHECK(q.closed());
+  CHECK_THROWS_AS(q.put(1), shmq::Closed);
+  CHECK_THROWS_AS(q.get_nowait(), shmq::Closed);
+  CHECK_THROWS_AS(q.try_put(1), shmq::Closed);
+  other.put(2);
+  CHECK(other.get() == 2);
+}
+
+TEST_CASE("shutdown wakes blocked callers in other processes and refuses puts", "[queue]") {
+  Queue<int> q;
+  Queue<int> outcome;
+  Child consumer([&] {
+    try {
+      q.get();
+      outcome.put(0);
+    } catch (const shmq::ShutDown&) {
+      outcome.put(1);
+    }
+  });
+  REQUIRE(shmq::test::eventually([&] { return q.stats().sleeping_consumers == 1; }));
+  q.shutdown();
+  CHECK(outcome.get() == 1);
+  CHECK(consumer.succeeded());
+  CHECK(q.is_shutdown());
+  CHECK_THROWS_AS(q.put(1), shmq::ShutDown);
+}
+
+TEST_CASE("after shutdown, gets drain what is queued, then throw ShutDown", "[queue]") {
+  Queue<int> q;
+  q.put(1);
+  q.put(2);
+  SECTION("draining") {
+    q.shutdown();
+    CHECK(q.get() == 1);
+    CHECK(q.get() == 2);
+    CHECK_THROWS_AS(q.get(), shmq::ShutDown);
+    CHECK_THROWS_AS(q.try_get(), shmq::ShutDown);
+  }
+  SECTION("immediate") {
+    q.shutdown(true);
+    CHECK_THROWS_AS(q.get(), shmq::ShutDown);
+    CHECK(q.qsize() == 2);
+  }
+}
+
+TEST_CASE("shutdown wakes a producer blocked on a full queue", "[queue]") {
+  Queue<int> q(1);
+  Queue<int> outcome;
+  q.put(0);
+  Child producer([&] {
+    try {
+      q.put(1);
+      outcome.put(0);
+    } catch (const shmq::ShutDown&) {
+      outcome.put(1);
+    }
+  });
+  REQUIRE(shmq::test::eventually([&] { return q.stats().sleeping_producers == 1; }));
+  q.shutdown();
+  CHECK(outcome.get() == 1);
+  CHECK(producer.succeeded());
+}
+
+TEST_CASE("named queues: create, open, open_or_create and remove", "[queue]") {
+  NameGuard guard(unique_name("jobs"));
+  const std::string& name = guard.name();
+  CHECK_THROWS_AS(Queue<int>::open(name), shmq::NotFound);
+  CHECK_FALSE(segment_exists(name));  // opening creates nothing
+
+  auto q = Queue<int>::create(name, {.maxsize = 5});
+  CHECK(q.name() == name);
+  CHECK_THROWS_AS(Queue<int>::create(name), shmq::AlreadyExists);
+  q.put(42);
+
+  auto same = Queue<int>::open("/" + name);  // `jobs` and `/jobs` are one queue
+  CHECK(same.maxsize() == 5);
+  CHECK(same.get() == 42);
+
+  auto again = Queue<int>::open_or_create(name, {.maxsize = 9});
+  CHECK(again.maxsize() == 5);  // an existing queue keeps its figures
+
+  CHECK(Queue<int>::remove(name));
+  CHECK_FALSE(Queue<int>::remove(name));
+  CHECK_FALSE(segment_exists(name));
+  q.put(1);  // handles that are open keep working
+  CHECK(same.get() == 1);
+}
+
+TEST_CASE("open reaches a named queue from a process that did not inherit it", "[queue]") {
+  NameGuard guard(unique_name("open"));
+  auto q = Queue<std::string>::create(guard.name());
+  Child other([name = guard.name()] { Queue<std::string>::open(name).put("via open"); });
+  CHECK(q.get() == "via open");
+  CHECK(other.succeeded());
+}
+
+TEST_CASE("bad names are refused before anything is touched", "[queue]") {
+  const std::vector<std::string> bad_names = {"",    "/",   ".",   "..", "/..", "a/b",
+                                              "//a", std::string(251, 'n'), std::string("nul\0byte", 8)};
+  for (const auto& bad : bad_names) {
+    INFO("name: " << bad);
+    CHECK_THROWS_AS(Queue<int>::create(bad), shmq::InvalidArgument);
+    CHECK_THROWS_AS(Queue<int>::open(bad), shmq::InvalidArgument);
+    CHECK_THROWS_AS(Queue<int>::remove(bad), shmq::InvalidArgument);
+  }
+  std::string longest_name = unique_name("long");
+  longest_name.resize(250, 'n');
+  NameGuard longest(longest_name);
+  CHECK_NOTHROW(Queue<int>::create(longest.name()));
+}
+
+TEST_CASE("bad options are refused with the figure that is wrong", "[queue]") {
+  CHECK_THROWS_WITH(Queue<int>(QueueOptions{.capacity_bytes = std::size_t{2} << 30}),
+                    Catch::Contains("2147483648"));
+  CHECK_THROWS_WITH(Queue<int>(QueueOptions{.maxsize = std::size_t{1} << 40}),
+                    Catch::Contains("1099511627776"));
+  CHECK_THROWS_AS(Queue<int>(QueueOptions{.mode = 0400}), shmq::InvalidArgument);
+  CHECK_THROWS_AS(Queue<int>(QueueOptions{.mode = 01600}), shmq::InvalidArgument);
+}
+
+TEST_CASE("a queue is created with mode 0600 unless the options widen it", "[queue]") {
+  NameGuard narrow(unique_name("narrow"));
+  NameGuard wide(unique_name("wide"));
+  Queue<int>::create(narrow.name());
+  Queue<int>::create(wide.name(), {.mode = 0666});
+  CHECK(segment_mode(narrow.name()) == 0600);
+  CHECK(segment_mode(wide.name()) == 0666);
+}
+
+TEST_CASE("open_or_create refuses a segment with a wider mode than asked", "[queue]") {
+  NameGuard guard(unique_name("widemode"));
+  Queue<int>::create(guard.name(), {.mode = 0666});
+  CHECK_THROWS_WITH(Queue<int>::open_or_create(guard.name(), {.mode = 0600}),
+                    Catch::Contains("mode 0666"));
+  CHECK_NOTHROW(Queue<int>::open_or_create(guard.name(), {.mode = 0666}));
+}
+
+TEST_CASE("an unnamed queue's segment goes with its creator's last handle", "[queue]") {
+  std::string name;
+  {
+    Queue<int> q;
+    name = q.name();
+    CHECK(segment_exists(name));
+    Queue<int> copy = q;
+    Child child([copy]() mutable {
+      Queue<int> mine = copy;  // the child's copies never remove the name
+      mine.put(1);
+    });
+    CHECK(child.succeeded());
+    CHECK(segment_exists(name));
+    CHECK(q.get() == 1);
+  }
+  CHECK_FALSE(segment_exists(name));
+}
+
+TEST_CASE("a process holding an unnamed queue keeps using it after the name is gone", "[queue]") {
+  auto q = std::make_unique<Queue<int>>();
+  Queue<int> kept = *q;
+  Queue<int> go;
+  Queue<int> result;
+  Child holder([kept, go, result]() mutable {
+    go.get();
+    kept.put(5);
+    result.put(kept.get());
+  });
+  // Only the creator's handles remove the name; `kept` in this process is one of them.
+  q.reset();
+  CHECK(segment_exists(kept.name()));
+  go.put(0);
+  CHECK(result.get() == 5);
+  CHECK(holder.succeeded());
+}
+
+TEST_CASE("a queue handle travels through the codec by name", "[queue][codec]") {
+  Queue<int> q;
+  Queue<Queue<int>> handles;
+  handles.put(q);
+  Queue<int> received = handles.get();
+  received.put(9);
+  CHECK(q.get() == 9);
+  CHECK(received.name() == q.name());
+}
+
+TEST_CASE("stats count puts, gets, waits and peak depth", "[queue]") {
+  Queue<int> q;
+  for (int i = 0; i < 5; ++i) q.put(i);
+  for (int i = 0; i < 3; ++i) q.get();
+  CHECK(q.try_put(0));
+  const auto s = q.stats();
+  CHECK(s.puts == 6);
+  CHECK(s.gets == 3);
+  CHECK(s.messages == 3);
+  CHECK(s.peak_depth >= 5);
+  CHECK(s.creator_pid == getpid());
+  CHECK(s.type_name == "int");
+  CHECK_FALSE(s.shut_down);
+}
