@@ -1,7 +1,8 @@
 // Creating, opening, validating, mapping and removing queue segments.
 #include "shmq/detail/segment.hpp"
 
-#include <cxxabi.h>
+#include "shmq/detail/demangle.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -256,11 +257,7 @@ TypeTag make_type_tag(const char* mangled_name) {
   for (const char* p = mangled_name; *p != '\0'; ++p) {
     hash = (hash ^ static_cast<unsigned char>(*p)) * 0x100000001b3ULL;
   }
-  int status = 0;
-  char* readable = abi::__cxa_demangle(mangled_name, nullptr, nullptr, &status);
-  TypeTag tag{hash, status == 0 && readable != nullptr ? readable : mangled_name};
-  std::free(readable);
-  return tag;
+  return TypeTag{hash, demangle(mangled_name)};
 }
 
 std::string validate_name(std::string_view name) {

@@ -6,3 +6,4 @@
 #include "shmq/queue.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/stats.hpp"
+#include "shmq/process.hpp"

@@ -1,0 +1,131 @@
+// shmq::Process: Python's multiprocessing.Process, by fork().
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "shmq/detail/deadline.hpp"
+
+namespace shmq {
+
+struct ProcessOptions {
+  // Shown in error reports and by current_process(); "Process-N" when empty, as in Python. (Every
+  // field has an initialiser, so designated initialisers may skip any without -Wextra warnings.)
+  std::string name{};
+  // A daemon child is terminated when its Process handle goes away, and gets SIGTERM if its parent
+  // dies (so it never outlives a crashed parent); a non-daemon one is joined.
+  bool daemon = false;
+};
+
+// What current_process() reports: the running process's Process name ("MainProcess" outside any
+// shmq child), its pid and its parent's pid.
+struct ProcessInfo {
+  std::string name;
+  pid_t pid;
+  pid_t parent_pid;
+};
+ProcessInfo current_process();
+
+// A child process that runs fn(args...) and nothing else of the parent.
+//
+// The arguments are copied when the Process is made, and the child sees those copies (fork copies
+// memory): a shmq::Queue handle passed as an argument is the same queue in the child. The child
+// ends with _exit once fn returns: the parent's atexit handlers and static destructors do not run
+// twice. Both sides flush stdio around the fork, so nothing buffered is printed twice.
+//
+// exitcode(): empty while running or before start(); 0 when fn returns; the value modulo 256 when
+// fn returns an int; 1 when fn throws (the child prints the exception's type and what() to stderr,
+// prefixed with its name, as Python prints a traceback); -N when a signal N ended the child.
+//
+// Threads: fork() copies only the calling thread. If the parent runs other threads, the child may
+// use shmq queues, malloc and stdio (glibc keeps them usable across fork), but must not take locks
+// that the parent's other threads may have been holding at the fork (their own mutexes), nor
+// expect those threads to exist in the child.
+//
+// A Process is owned by the one object that started it: movable, not copyable. Not thread-safe: use
+// one Process object from one thread at a time.
+class Process {
+ public:
+  template <class Fn, class... Args,
+            class = std::enable_if_t<!std::is_same_v<std::decay_t<Fn>, ProcessOptions>>>
+  explicit Process(Fn&& fn, Args&&... args)
+      : Process(ProcessOptions{}, std::forward<Fn>(fn), std::forward<Args>(args)...) {}
+
+  template <class Fn, class... Args>
+  Process(ProcessOptions options, Fn&& fn, Args&&... args)
+      : Process(std::move(options), make_target(std::forward<Fn>(fn), std::forward<Args>(args)...)) {}
+
+  Process(Process&& other) noexcept;
+  Process& operator=(Process&& other) noexcept;
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  // A started child that was not joined: a daemon is terminated (SIGTERM, then SIGKILL after a
+  // second) and reaped; a non-daemon is joined, as Python does at exit. Never leaves a zombie.
+  ~Process();
+
+  // Forks the child. Throws Error if already started, or if fork fails (EAGAIN, ENOMEM), leaving
+  // this Process as it was.
+  void start();
+
+  // Waits for the child to end and reaps it. Throws Error if not started.
+  void join();
+  // As join(), for at most `timeout`; returns whether the child has ended.
+  template <class Rep, class Period>
+  bool join(const std::chrono::duration<Rep, Period>& timeout) {
+    return join_until(detail::Deadline::after(timeout));
+  }
+
+  // Started and not yet ended (reaps the child if it has just ended).
+  bool is_alive();
+  std::optional<int> exitcode();
+  // The child's pid; 0 before start().
+  pid_t pid() const noexcept { return pid_; }
+  const std::string& name() const noexcept { return name_; }
+  bool daemon() const noexcept { return daemon_; }
+
+  // Sends SIGTERM / SIGKILL to a running child; does nothing if it is not running.
+  void terminate();
+  void kill();
+
+ private:
+  using Target = std::function<int()>;
+
+  Process(ProcessOptions options, Target target);
+
+  // Wraps fn and copies of args into a target that returns the child's exit code.
+  template <class Fn, class... Args>
+  static Target make_target(Fn&& fn, Args&&... args) {
+    return [fn = std::forward<Fn>(fn),
+            args = std::make_tuple(std::forward<Args>(args)...)]() mutable -> int {
+      using Result = decltype(std::apply(fn, args));
+      if constexpr (std::is_same_v<Result, int>) {
+        return std::apply(fn, args);
+      } else {
+        std::apply(fn, args);
+        return 0;
+      }
+    };
+  }
+
+  bool join_until(const detail::Deadline& deadline);
+  void signal(int sig);
+  // Collects the child's status if it has ended, without waiting; returns whether it has.
+  bool reap();
+
+  std::string name_;
+  bool daemon_ = false;
+  Target target_;
+  pid_t pid_ = 0;
+  int pidfd_ = -1;  // open from start() until the child is reaped
+  std::optional<int> exitcode_;
+};
+
+}  // namespace shmq

@@ -1,0 +1,38 @@
+// The demos print what the seed tutorial's Python prints.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <string>
+
+#ifdef SHMQ_DEMO_DIR
+
+namespace {
+
+// Runs a built demo; its standard output, and whether it exited 0.
+std::string run_demo(const char* name, bool& ok) {
+  FILE* run = popen((std::string(SHMQ_DEMO_DIR) + "/" + name).c_str(), "r");
+  REQUIRE(run != nullptr);
+  std::string text;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, run) != nullptr) text += buf;
+  ok = pclose(run) == 0;
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("the queue_basics demo prints what the seed's first example prints", "[demo]") {
+  bool ok = false;
+  const std::string text = run_demo("queue_basics", ok);
+  CHECK(ok);
+  CHECK(text.rfind("true\nfalse\ntrue\n3\n消息1\n2\nput_nowait on a full queue: shmq: queue '", 0) == 0);
+  CHECK(text.find("is full: 3 messages (maxsize 3)") != std::string::npos);
+}
+
+TEST_CASE("the write_read demo prints what the seed's second example prints", "[demo][process]") {
+  bool ok = false;
+  const std::string text = run_demo("write_read", ok);
+  CHECK(ok);
+  CHECK(text == "get A from queue\nget B from queue\nget C from queue\n数据读写结束\n");
+}
+
+#endif
