@@ -3,6 +3,7 @@
 
 #include "shmq/detail/demangle.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -402,6 +403,21 @@ QueueStats Segment::stats() const {
   s.sleeping_producers = h.not_full.sleepers.load(relaxed);
   s.sleeping_consumers = h.not_empty.sleepers.load(relaxed);
   return s;
+}
+
+std::size_t remove_segments_with_prefix(std::string_view prefix) {
+  const std::string full = std::string(kSegmentPrefix) + std::string(prefix);
+  std::size_t removed = 0;
+  if (DIR* dir = opendir("/dev/shm")) {
+    while (const dirent* entry = readdir(dir)) {
+      if (std::string_view(entry->d_name).substr(0, full.size()) == full &&
+          shm_unlink(("/" + std::string(entry->d_name)).c_str()) == 0) {
+        ++removed;
+      }
+    }
+    closedir(dir);
+  }
+  return removed;
 }
 
 void Segment::check_message_size(std::size_t bytes) const {

@@ -36,3 +36,16 @@ TEST_CASE("the write_read demo prints what the seed's second example prints", "[
 }
 
 #endif
+
+#ifdef SHMQ_DEMO_DIR
+TEST_CASE("the pool_queue demo prints what the seed's third example prints", "[demo][pool]") {
+  bool ok = false;
+  const std::string text = run_demo("pool_queue", ok);
+  CHECK(ok);
+  // Pids differ from run to run; the shape does not.
+  CHECK(text.find(") start\nreader启动(") != std::string::npos);
+  CHECK(text.find("ge data from queue:\tA\nge data from queue:\tB\nge data from queue:\tC\n(") !=
+        std::string::npos);
+  CHECK(text.find(") end\n") != std::string::npos);
+}
+#endif

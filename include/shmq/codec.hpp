@@ -131,6 +131,29 @@ T decode(Reader& in) {
 
 namespace detail {
 
+// A value's encoding as a byte string (for messages that carry other messages: Pool tasks).
+template <class T>
+std::string encode_to_string(const T& v) {
+  std::string bytes(codec<T>::size(v), '\0');
+  Writer out(reinterpret_cast<std::byte*>(bytes.data()), bytes.size());
+  codec<T>::encode(v, out);
+  return bytes;
+}
+// Decodes a whole message as one T; DecodeError if bytes are left over.
+template <class T>
+T decode_exactly(const std::byte* data, std::size_t size) {
+  Reader in(data, size);
+  T v = codec<T>::decode(in);
+  if (in.remaining() != 0) {
+    throw DecodeError("shmq::codec: " + std::to_string(in.remaining()) + " bytes left over after decoding");
+  }
+  return v;
+}
+template <class T>
+T decode_from_string(const std::string& bytes) {
+  return decode_exactly<T>(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size());
+}
+
 // Element counts and byte lengths travel as 32-bit little-endian-of-the-host words: a message
 // never exceeds a ring, and a ring is at most 1 GiB.
 using length_t = std::uint32_t;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <typeinfo>
 #include <utility>
 
@@ -92,6 +93,31 @@ class Queue {
   // As get_nowait, but returns nullopt instead of throwing Empty.
   std::optional<T> try_get() { return get_until(detail::Deadline::now(), nullptr); }
 
+  // Zero-copy get: blocks for a message, then calls reader(const std::byte* data, std::size_t size)
+  // on its encoded bytes (see codec.hpp) while they are still in the ring, and returns what reader
+  // returns. The message is taken when reader returns; if reader throws DecodeError it is dropped,
+  // and if it throws anything else it stays queued. reader runs under the consumers' lock: keep it
+  // short, and do not call back into this queue from it.
+  template <class Fn>
+  auto get_with(Fn&& reader) -> std::invoke_result_t<Fn&, const std::byte*, std::size_t> {
+    check_open("get_with");
+    using Result = std::invoke_result_t<Fn&, const std::byte*, std::size_t>;
+    std::conditional_t<std::is_void_v<Result>, bool, std::optional<Result>> result{};
+    const auto outcome = segment_->ring().get(
+        [&](const std::byte* at, std::uint32_t bytes) {
+          if constexpr (std::is_void_v<Result>) {
+            reader(at, std::size_t{bytes});
+          } else {
+            result.emplace(reader(at, std::size_t{bytes}));
+          }
+        },
+        detail::Deadline::never());
+    if (outcome != detail::Outcome::done) {
+      segment_->throw_get_failure(outcome, detail::Deadline::never(), "get_with");
+    }
+    if constexpr (!std::is_void_v<Result>) return std::move(*result);
+  }
+
   // ---- Snapshots: exact when taken, possibly stale by the time they are read (as in Python).
   std::size_t qsize() const noexcept { return segment_->ring().occupancy().messages; }
   bool empty() const noexcept { return qsize() == 0; }
@@ -125,8 +151,12 @@ class Queue {
   // The largest encoded message this queue can hold.
   std::size_t max_message_bytes() const noexcept { return segment_->ring().max_payload(); }
 
- private:
+ protected:
   explicit Queue(std::shared_ptr<detail::Segment> segment) : segment_(std::move(segment)) {}
+  // For the queues built on this one (JoinableQueue).
+  detail::Segment& segment() const noexcept { return *segment_; }
+
+ private:
 
   static const detail::TypeTag& type_tag() {
     static const detail::TypeTag tag = detail::make_type_tag(typeid(T).name());
@@ -171,12 +201,7 @@ class Queue {
     try {
       outcome = segment_->ring().get(
           [&](const std::byte* at, std::uint32_t bytes) {
-            Reader in(at, bytes);
-            value.emplace(codec<T>::decode(in));
-            if (in.remaining() != 0) {
-              throw DecodeError("shmq::codec: " + std::to_string(in.remaining()) +
-                                " bytes left over after decoding");
-            }
+            value.emplace(detail::decode_exactly<T>(at, bytes));
           },
           deadline);
     } catch (const DecodeError& e) {

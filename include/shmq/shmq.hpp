@@ -6,4 +6,8 @@
 #include "shmq/queue.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/stats.hpp"
+#include "shmq/joinable_queue.hpp"
+#include "shmq/manager.hpp"
+#include "shmq/pool.hpp"
 #include "shmq/process.hpp"
+#include "shmq/simple_queue.hpp"

@@ -71,9 +71,10 @@ inline bool has_sleepers(const EventCount& ev) noexcept {
 }
 
 // Waits until ready() or the deadline, or a wake-up: callers loop and re-check under their lock.
-// ready() runs without any lock and must not throw; it may return true spuriously.
+// ready() runs without any lock and must not throw; it may return true spuriously. `sleeps`
+// (optional) counts the times the caller actually went to sleep.
 template <class Ready>
-void await(EventCount& ev, std::atomic<std::uint64_t>& sleeps, unsigned spin_polls, Ready&& ready,
+void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, unsigned spin_polls, Ready&& ready,
            const Deadline& deadline) {
   for (unsigned i = 0; i < spin_polls; ++i) {
     if (ready()) return;
@@ -85,7 +86,7 @@ void await(EventCount& ev, std::atomic<std::uint64_t>& sleeps, unsigned spin_pol
   ev.sleepers.fetch_add(1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (!ready()) {
-    sleeps.fetch_add(1, std::memory_order_relaxed);
+    if (sleeps != nullptr) sleeps->fetch_add(1, std::memory_order_relaxed);
     futex_wait(ev.seq, seq, deadline);
   }
   ev.sleepers.fetch_sub(1, std::memory_order_relaxed);
@@ -181,7 +182,7 @@ class Ring {
         }
         if (deadline.expired()) return count_timeout(h_->put_timeouts);
       }
-      await(h_->not_full, h_->full_waits, spin_polls_,
+      await(h_->not_full, &h_->full_waits, spin_polls_,
             [&] { return shutdown_state() != ShutdownState::running || might_have_room(frame); },
             deadline);
     }
@@ -223,7 +224,7 @@ class Ring {
         if (state == ShutdownState::draining) return Outcome::shut_down;
         if (deadline.expired()) return count_timeout(h_->get_timeouts);
       }
-      await(h_->not_empty, h_->empty_waits, spin_polls_,
+      await(h_->not_empty, &h_->empty_waits, spin_polls_,
             [&] { return shutdown_state() != ShutdownState::running || might_have_message(); },
             deadline);
     }
@@ -236,6 +237,26 @@ class Ring {
     wake(h_->not_empty, kWakeAll);
     wake(h_->not_full, kWakeAll);
   }
+  // JoinableQueue's unfinished-task count: see SharedHeader::unfinished_tasks.
+  void add_unfinished_tasks(std::int64_t n) noexcept { h_->unfinished_tasks.fetch_add(n); }
+  // Returns false, changing nothing, if no task is unfinished.
+  bool task_done() noexcept {
+    std::int64_t now = h_->unfinished_tasks.load();
+    do {
+      if (now <= 0) return false;
+    } while (!h_->unfinished_tasks.compare_exchange_weak(now, now - 1));
+    if (now == 1) wake(h_->all_tasks_done, kWakeAll);
+    return true;
+  }
+  // Blocks until every task put through a JoinableQueue handle has been marked done.
+  void join_tasks() {
+    while (h_->unfinished_tasks.load() > 0) {
+      await(h_->all_tasks_done, nullptr, spin_polls_, [&] { return h_->unfinished_tasks.load() <= 0; },
+            Deadline::never());
+    }
+  }
+  std::int64_t unfinished_tasks() const noexcept { return h_->unfinished_tasks.load(std::memory_order_relaxed); }
+
   ShutdownState shutdown_state() const noexcept {
     const std::uint32_t s = h_->shutdown.load(std::memory_order_acquire);
     return s >= 2 ? ShutdownState::immediate : static_cast<ShutdownState>(s);

@@ -31,6 +31,9 @@ inline constexpr std::size_t kMaxNameBytes = 255 - kSegmentPrefix.size();
 // for an empty name, one over kMaxNameBytes, ".", "..", or one holding '/' or NUL.
 std::string validate_name(std::string_view name);
 
+// Removes every queue whose name starts with `prefix`; returns how many.
+std::size_t remove_segments_with_prefix(std::string_view prefix);
+
 class Mapping;  // the segment's mirrored mmap; see segment.cpp
 
 class Segment {
