@@ -415,3 +415,53 @@ TEST_CASE("stats count puts, gets, waits and peak depth", "[queue]") {
   CHECK(s.type_name == "int");
   CHECK_FALSE(s.shut_down);
 }
+
+TEST_CASE("put_many and get_many move batches in order", "[queue][batch]") {
+  Queue<int> q;
+  std::vector<int> values(1000);
+  for (int i = 0; i < 1000; ++i) values[static_cast<std::size_t>(i)] = i;
+  q.put_many(values);
+  CHECK(q.qsize() == 1000);
+  std::vector<int> out;
+  CHECK(q.get_many(out, 300) == 300);
+  CHECK(q.get_many(out, 5000) == 700);
+  CHECK(out == values);
+  CHECK(q.try_get_many(out, 10) == 0);
+  CHECK_THROWS_AS(q.get_many(out, 10, 10ms), shmq::Empty);
+  CHECK(q.stats().puts == 1000);
+  CHECK(q.stats().gets == 1000);
+}
+
+TEST_CASE("try_put_many puts what fits and says how many", "[queue][batch]") {
+  Queue<int> q(5);
+  CHECK(q.try_put_many(std::vector<int>{1, 2, 3, 4, 5, 6, 7}) == 5);
+  std::vector<int> out;
+  q.get_many(out, 10);
+  CHECK(out == std::vector<int>{1, 2, 3, 4, 5});
+}
+
+TEST_CASE("put_many blocks until another process makes room for the rest", "[queue][batch]") {
+  Queue<int> q(10);
+  Queue<long> sum;
+  Child consumer([&] {
+    long total = 0;
+    std::vector<int> got;
+    while (got.size() < 100) q.get_many(got, 7);
+    for (int v : got) total += v;
+    sum.put(total);
+  });
+  std::vector<int> values(100);
+  for (int i = 0; i < 100; ++i) values[static_cast<std::size_t>(i)] = i;
+  q.put_many(values);
+  CHECK(sum.get() == 99 * 100 / 2);
+  CHECK(consumer.succeeded());
+}
+
+TEST_CASE("a batch stops at a value too large to fit, after putting the ones before it", "[queue][batch]") {
+  Queue<std::string> q(QueueOptions{.capacity_bytes = 4096});
+  const std::vector<std::string> values{"a", "b", std::string(5000, 'x'), "c"};
+  CHECK_THROWS_AS(q.put_many(values), shmq::MessageTooLarge);
+  std::vector<std::string> out;
+  q.try_get_many(out, 10);
+  CHECK(out == std::vector<std::string>{"a", "b"});
+}

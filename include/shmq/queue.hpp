@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -10,6 +11,7 @@
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
+#include <vector>
 
 #include "shmq/codec.hpp"
 #include "shmq/detail/deadline.hpp"
@@ -71,27 +73,55 @@ class Queue {
   // ---- put: blocks while the queue is full (by maxsize or by bytes).
   // Throws MessageTooLarge (before writing anything) if the encoded value can never fit, Closed
   // after close(), ShutDown after shutdown(); the timed and _nowait forms throw Full.
-  void put(const T& value) { put_until(value, detail::Deadline::never(), "put"); }
+  void put(const T& value) { put_one(value, detail::Deadline::never(), "put"); }
   template <class Rep, class Period>
   void put(const T& value, const std::chrono::duration<Rep, Period>& timeout) {
-    put_until(value, detail::Deadline::after(timeout), "put");
+    put_one(value, detail::Deadline::after(timeout), "put");
   }
-  void put_nowait(const T& value) { put_until(value, detail::Deadline::now(), "put_nowait"); }
+  void put_nowait(const T& value) { put_one(value, detail::Deadline::now(), "put_nowait"); }
   // As put_nowait, but returns false instead of throwing Full.
-  bool try_put(const T& value) { return put_until(value, detail::Deadline::now(), nullptr); }
+  bool try_put(const T& value) { return put_one(value, detail::Deadline::now(), nullptr) == 1; }
 
   // ---- get: blocks while the queue is empty.
   // Throws Closed after close(), ShutDown once the queue is shut down and drained (at once after
   // shutdown(true)), DecodeError for a message that does not decode as T (the message is dropped);
   // the timed and _nowait forms throw Empty.
-  T get() { return *get_until(detail::Deadline::never(), "get"); }
+  T get() { return *get_one(detail::Deadline::never(), "get"); }
   template <class Rep, class Period>
   T get(const std::chrono::duration<Rep, Period>& timeout) {
-    return *get_until(detail::Deadline::after(timeout), "get");
+    return *get_one(detail::Deadline::after(timeout), "get");
   }
-  T get_nowait() { return *get_until(detail::Deadline::now(), "get_nowait"); }
+  T get_nowait() { return *get_one(detail::Deadline::now(), "get_nowait"); }
   // As get_nowait, but returns nullopt instead of throwing Empty.
-  std::optional<T> try_get() { return get_until(detail::Deadline::now(), nullptr); }
+  std::optional<T> try_get() { return get_one(detail::Deadline::now(), nullptr); }
+
+  // ---- Batches: many messages per lock hold, one wake-up per batch. Not in Python; for speed.
+  // Puts every value of a random-access range in order, blocking while full. Each value that fits
+  // goes in under one lock hold; a value too large to ever fit throws MessageTooLarge after the
+  // values before it were put. Throws as put() does.
+  template <class Range>
+  void put_many(const Range& values) {
+    put_core(std::size(values), element_of(values), detail::Deadline::never(), "put_many");
+  }
+  // Puts as many values of the range, in order, as there is room for now; returns how many.
+  template <class Range>
+  std::size_t try_put_many(const Range& values) {
+    return put_core(std::size(values), element_of(values), detail::Deadline::now(), nullptr);
+  }
+  // Appends to `out` up to `max` messages, blocking until there is at least one; returns how many.
+  // Throws as get() does.
+  std::size_t get_many(std::vector<T>& out, std::size_t max) {
+    return get_core(max, appender(out), detail::Deadline::never(), "get_many");
+  }
+  template <class Rep, class Period>
+  std::size_t get_many(std::vector<T>& out, std::size_t max,
+                       const std::chrono::duration<Rep, Period>& timeout) {
+    return get_core(max, appender(out), detail::Deadline::after(timeout), "get_many");
+  }
+  // Appends to `out` up to `max` messages already queued; returns how many (0 if none).
+  std::size_t try_get_many(std::vector<T>& out, std::size_t max) {
+    return get_core(max, appender(out), detail::Deadline::now(), nullptr);
+  }
 
   // Zero-copy get: blocks for a message, then calls reader(const std::byte* data, std::size_t size)
   // on its encoded bytes (see codec.hpp) while they are still in the ring, and returns what reader
@@ -100,22 +130,15 @@ class Queue {
   // short, and do not call back into this queue from it.
   template <class Fn>
   auto get_with(Fn&& reader) -> std::invoke_result_t<Fn&, const std::byte*, std::size_t> {
-    check_open("get_with");
     using Result = std::invoke_result_t<Fn&, const std::byte*, std::size_t>;
-    std::conditional_t<std::is_void_v<Result>, bool, std::optional<Result>> result{};
-    const auto outcome = segment_->ring().get(
-        [&](const std::byte* at, std::uint32_t bytes) {
-          if constexpr (std::is_void_v<Result>) {
-            reader(at, std::size_t{bytes});
-          } else {
-            result.emplace(reader(at, std::size_t{bytes}));
-          }
-        },
-        detail::Deadline::never());
-    if (outcome != detail::Outcome::done) {
-      segment_->throw_get_failure(outcome, detail::Deadline::never(), "get_with");
+    if constexpr (std::is_void_v<Result>) {
+      get_core(1, reader, detail::Deadline::never(), "get_with");
+    } else {
+      std::optional<Result> result;
+      get_core(1, [&](const std::byte* at, std::size_t bytes) { result.emplace(reader(at, bytes)); },
+               detail::Deadline::never(), "get_with");
+      return std::move(*result);
     }
-    if constexpr (!std::is_void_v<Result>) return std::move(*result);
   }
 
   // ---- Snapshots: exact when taken, possibly stale by the time they are read (as in Python).
@@ -172,46 +195,72 @@ class Queue {
     }
   }
 
-  // The one core of every put: `call` names the API call for errors, or is null for try_put,
-  // which reports "full" by returning false.
-  bool put_until(const T& value, const detail::Deadline& deadline, const char* call) {
+  // Random access to a range's elements, for the batch calls.
+  template <class Range>
+  static auto element_of(const Range& values) {
+    return [&values](std::size_t i) -> const T& { return std::begin(values)[static_cast<std::ptrdiff_t>(i)]; };
+  }
+  static auto appender(std::vector<T>& out) {
+    return [&out](const std::byte* at, std::size_t bytes) {
+      out.push_back(detail::decode_exactly<T>(at, bytes));
+    };
+  }
+
+  std::size_t put_one(const T& value, const detail::Deadline& deadline, const char* call) {
+    return put_core(1, [&value](std::size_t) -> const T& { return value; }, deadline, call);
+  }
+  std::optional<T> get_one(const detail::Deadline& deadline, const char* call) {
+    std::optional<T> value;
+    get_core(1, [&](const std::byte* at, std::size_t bytes) { value.emplace(detail::decode_exactly<T>(at, bytes)); },
+             deadline, call);
+    return value;
+  }
+
+  // The one core of every put: encodes n values, at(i) giving the i-th, straight into the ring.
+  // `call` names the API call for errors, or is null for the try_ forms, which report "full" by
+  // returning how many values went in rather than by throwing.
+  template <class At>
+  std::size_t put_core(std::size_t n, At&& at, const detail::Deadline& deadline, const char* call) {
     check_open(call != nullptr ? call : "try_put");
-    const std::size_t bytes = codec<T>::size(value);
-    segment_->check_message_size(bytes);
-    const auto outcome = segment_->ring().put(
-        static_cast<std::uint32_t>(bytes),
-        [&](std::byte* at) {
-          Writer out(at, bytes);
-          codec<T>::encode(value, out);
+    const auto progress = segment_->ring().put_many(
+        n,
+        [&](std::size_t i) {
+          const std::size_t bytes = codec<T>::size(at(i));
+          segment_->check_message_size(bytes);
+          return static_cast<std::uint32_t>(bytes);
+        },
+        [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
+          Writer out(dst, bytes);
+          codec<T>::encode(at(i), out);
           if (out.remaining() != 0) {
             throw Error("shmq::codec: encode() wrote fewer bytes than size() announced");
           }
         },
         deadline);
-    if (outcome == detail::Outcome::done) return true;
-    if (call == nullptr && outcome == detail::Outcome::timed_out) return false;
-    segment_->throw_put_failure(outcome, deadline, call != nullptr ? call : "try_put");
+    if (progress.outcome == detail::Outcome::done ||
+        (call == nullptr && progress.outcome == detail::Outcome::timed_out)) {
+      return progress.count;
+    }
+    segment_->throw_put_failure(progress.outcome, deadline, call != nullptr ? call : "try_put");
   }
 
-  // The one core of every get; as put_until.
-  std::optional<T> get_until(const detail::Deadline& deadline, const char* call) {
+  // The one core of every get: passes up to `max` messages' bytes to take(data, size); as put_core.
+  template <class Take>
+  std::size_t get_core(std::size_t max, Take&& take, const detail::Deadline& deadline, const char* call) {
     check_open(call != nullptr ? call : "try_get");
-    std::optional<T> value;
-    detail::Outcome outcome;
+    detail::Progress progress;
     try {
-      outcome = segment_->ring().get(
-          [&](const std::byte* at, std::uint32_t bytes) {
-            value.emplace(detail::decode_exactly<T>(at, bytes));
-          },
-          deadline);
+      progress = segment_->ring().get_many(
+          max, [&](const std::byte* at, std::uint32_t bytes) { take(at, std::size_t{bytes}); }, deadline);
     } catch (const DecodeError& e) {
       throw DecodeError("shmq: queue '" + name() + "': a message does not decode as " +
                         segment_->type_name() + " and was dropped: " + e.what());
     }
-    if (outcome == detail::Outcome::done || (call == nullptr && outcome == detail::Outcome::timed_out)) {
-      return value;
+    if (progress.outcome == detail::Outcome::done ||
+        (call == nullptr && progress.outcome == detail::Outcome::timed_out)) {
+      return progress.count;
     }
-    segment_->throw_get_failure(outcome, deadline, call != nullptr ? call : "try_get");
+    segment_->throw_get_failure(progress.outcome, deadline, call != nullptr ? call : "try_get");
   }
 
   std::shared_ptr<detail::Segment> segment_;

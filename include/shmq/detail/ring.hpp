@@ -130,7 +130,26 @@ class RobustLock {
   pthread_mutex_t* mutex_;
 };
 
+// Runs a function when the scope ends, however it ends.
+template <class F>
+class ScopeExit {
+ public:
+  explicit ScopeExit(F f) noexcept : f_(std::move(f)) {}
+  ScopeExit(const ScopeExit&) = delete;
+  ScopeExit& operator=(const ScopeExit&) = delete;
+  ~ScopeExit() { f_(); }
+
+ private:
+  F f_;
+};
+
 enum class Outcome { done, timed_out, shut_down };
+
+// How a batch call ended, and how many messages it moved before that.
+struct Progress {
+  Outcome outcome;
+  std::size_t count;
+};
 
 // A snapshot of the ring's occupancy; by the time the caller reads it, it may have changed.
 struct Occupancy {
@@ -154,75 +173,89 @@ class Ring {
     return capacity_ - static_cast<std::uint32_t>(kFrameHeaderBytes);
   }
 
-  // Appends one frame of `payload` bytes, which fill(std::byte* dst) writes in place. Waits for
-  // room until the deadline. If fill throws, nothing is published. Precondition:
-  // payload <= max_payload().
-  template <class Fill>
-  Outcome put(std::uint32_t payload, Fill&& fill, const Deadline& deadline) {
-    const std::uint32_t frame = frame_bytes(payload);
+  // Appends `count` frames in order; frame i has size_of(i) payload bytes (a uint32_t, at most
+  // max_payload(); size_of may throw to refuse a frame), which fill(i, std::byte* dst, uint32_t size)
+  // writes in place. size_of(i) is called once per frame, before anything of that frame is written. Every frame that fits is written
+  // under one lock hold and published with one store; then it waits for room for the rest, until
+  // the deadline. Returns how it ended and how many frames were published. If fill throws, the
+  // frames before the failing one are published and the exception propagates.
+  template <class SizeOf, class Fill>
+  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline) {
+    std::size_t done = 0;
     for (;;) {
+      std::uint32_t next_payload = size_of(done);
       {
         RobustLock lock(h_->put_lock, deadline, *queue_, h_->lock_recoveries);
-        if (!lock) return Outcome::timed_out;
-        if (shutdown_state() != ShutdownState::running) return Outcome::shut_down;
+        if (!lock) return {Outcome::timed_out, done};
+        if (shutdown_state() != ShutdownState::running) return {Outcome::shut_down, done};
         const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
-        if (const auto depth = room_for(tail, frame)) {
-          std::byte* at = data_ + tail.offset;  // the mirror makes [at, at + frame) contiguous
-          std::memcpy(at, &payload, kFrameHeaderBytes);
-          fill(at + kFrameHeaderBytes);
-          h_->tail.store(Cursor{(tail.offset + frame) % capacity_, tail.count + 1}.pack(),
-                         std::memory_order_release);
-          bump(h_->puts);
-          if (*depth + 1 > h_->peak_depth.load(std::memory_order_relaxed)) {
-            h_->peak_depth.store(*depth + 1, std::memory_order_relaxed);
-          }
-          lock.unlock();
-          if (has_sleepers(h_->not_empty)) wake(h_->not_empty, 1);
-          return Outcome::done;
+        Cursor end = tail;
+        std::uint32_t depth = 0;  // messages queued once the frames written so far are published
+        const ScopeExit publish([&]() noexcept { commit_put(tail, end, depth, lock); });
+        while (done < count) {
+          const auto queued = room_for(end, frame_bytes(next_payload));
+          if (!queued) break;
+          std::byte* at = data_ + end.offset;  // the mirror makes [at, at + frame) contiguous
+          std::memcpy(at, &next_payload, kFrameHeaderBytes);
+          fill(done, at + kFrameHeaderBytes, next_payload);
+          end = Cursor{(end.offset + frame_bytes(next_payload)) % capacity_, end.count + 1};
+          depth = *queued + 1;
+          if (++done < count) next_payload = size_of(done);
         }
-        if (deadline.expired()) return count_timeout(h_->put_timeouts);
+        if (done == count) return {Outcome::done, done};
+        if (deadline.expired()) return {count_timeout(h_->put_timeouts), done};
       }
       await(h_->not_full, &h_->full_waits, spin_polls_,
-            [&] { return shutdown_state() != ShutdownState::running || might_have_room(frame); },
+            [&] {
+              return shutdown_state() != ShutdownState::running ||
+                     might_have_room(frame_bytes(next_payload));
+            },
             deadline);
     }
   }
 
-  // Removes the oldest frame and passes it to take(const std::byte* payload, uint32_t size),
-  // which must copy out what it keeps. Waits for a frame until the deadline. If take throws
-  // DecodeError the frame is dropped (it will never decode); any other exception leaves it queued.
+  // Removes up to `max` of the oldest frames, at least one unless the deadline passes, passing
+  // each to take(const std::byte* payload, uint32_t size), which must copy out what it keeps. All
+  // the frames already queued are taken under one lock hold and released with one store. If take
+  // throws DecodeError its frame is dropped (it will never decode); any other exception leaves that
+  // frame queued. Either way the frames before it are taken and the exception propagates.
   template <class Take>
-  Outcome get(Take&& take, const Deadline& deadline) {
+  Progress get_many(std::size_t max, Take&& take, const Deadline& deadline) {
     for (;;) {
       {
         RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries);
-        if (!lock) return Outcome::timed_out;
+        if (!lock) return {Outcome::timed_out, 0};
         const ShutdownState state = shutdown_state();
-        if (state == ShutdownState::immediate) return Outcome::shut_down;
+        if (state == ShutdownState::immediate) return {Outcome::shut_down, 0};
         const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
         const Cursor tail = readable_tail(head);
         if (tail.count != head.count) {
-          const std::byte* at = data_ + head.offset;
-          std::uint32_t payload;
-          std::memcpy(&payload, at, kFrameHeaderBytes);
-          if (payload > max_payload() || frame_bytes(payload) > used_bytes(head, tail)) {
-            throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
-                                       std::to_string(head.offset) + " overruns the " +
-                                       std::to_string(used_bytes(head, tail)) + " bytes queued");
+          Cursor end = head;
+          const ScopeExit release([&]() noexcept { commit_get(head, end, tail, lock); });
+          std::size_t taken = 0;
+          while (taken < max && end.count != tail.count) {
+            const std::byte* at = data_ + end.offset;
+            std::uint32_t payload;
+            std::memcpy(&payload, at, kFrameHeaderBytes);
+            if (payload > max_payload() || frame_bytes(payload) > used_bytes(end, tail)) {
+              throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
+                                         std::to_string(end.offset) + " overruns the " +
+                                         std::to_string(used_bytes(end, tail)) + " bytes queued");
+            }
+            const Cursor next{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
+            try {
+              take(at + kFrameHeaderBytes, payload);
+            } catch (const DecodeError&) {
+              end = next;
+              throw;
+            }
+            end = next;
+            ++taken;
           }
-          const Cursor next{(head.offset + frame_bytes(payload)) % capacity_, head.count + 1};
-          const bool more = next.count != tail.count;
-          try {
-            take(at + kFrameHeaderBytes, payload);
-          } catch (const DecodeError&) {
-            commit_get(next, lock, more);
-            throw;
-          }
-          commit_get(next, lock, more);
-          return Outcome::done;
+          return {Outcome::done, taken};
         }
-        if (state == ShutdownState::draining) return Outcome::shut_down;
-        if (deadline.expired()) return count_timeout(h_->get_timeouts);
+        if (state == ShutdownState::draining) return {Outcome::shut_down, 0};
+        if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
       }
       await(h_->not_empty, &h_->empty_waits, spin_polls_,
             [&] { return shutdown_state() != ShutdownState::running || might_have_message(); },
@@ -325,20 +358,37 @@ class Ring {
     return tail;
   }
 
-  void commit_get(Cursor next, RobustLock& lock, bool more) noexcept {
-    h_->head.store(next.pack(), std::memory_order_release);
-    bump(h_->gets);
+  // Publishes the frames written in [tail, end) (if any) and wakes a consumer if one sleeps.
+  // `depth` is the queue depth with them, as room_for() saw it.
+  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
+    if (end.count == tail.count) return;
+    h_->tail.store(end.pack(), std::memory_order_release);
+    bump(h_->puts, end.count - tail.count);
+    if (depth > h_->peak_depth.load(std::memory_order_relaxed)) {
+      h_->peak_depth.store(depth, std::memory_order_relaxed);
+    }
+    lock.unlock();
+    if (has_sleepers(h_->not_empty)) wake(h_->not_empty, 1);
+  }
+
+  // Releases the frames read in [head, end) (if any) and wakes those waiting for room or messages.
+  void commit_get(Cursor head, Cursor end, Cursor tail, RobustLock& lock) noexcept {
+    if (end.count == head.count) return;
+    h_->head.store(end.pack(), std::memory_order_release);
+    bump(h_->gets, end.count - head.count);
     lock.unlock();
     // Room was freed: wake every waiting producer, since each may need a different amount. A
     // consumer woken for a message that another consumer took passes the wake on while messages
     // remain, so one wake per put is enough.
     if (has_sleepers(h_->not_full)) wake(h_->not_full, kWakeAll);
-    if (more && h_->not_empty.sleepers.load(std::memory_order_relaxed) != 0) wake(h_->not_empty, 1);
+    if (end.count != tail.count && h_->not_empty.sleepers.load(std::memory_order_relaxed) != 0) {
+      wake(h_->not_empty, 1);
+    }
   }
 
   // A statistic that only the lock holder writes: no read-modify-write needed.
-  static void bump(std::atomic<std::uint64_t>& counter) noexcept {
-    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  static void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
 
   Outcome count_timeout(std::atomic<std::uint64_t>& counter) noexcept {
