@@ -420,13 +420,11 @@ std::size_t remove_segments_with_prefix(std::string_view prefix) {
   return removed;
 }
 
-void Segment::check_message_size(std::size_t bytes) const {
-  if (bytes > ring_.max_payload()) {
-    throw MessageTooLarge("shmq: a message of " + std::to_string(bytes) +
-                          " bytes can never fit queue " + quoted(name_) + ": its ring of " +
-                          std::to_string(ring_.capacity()) + " bytes holds messages of at most " +
-                          std::to_string(ring_.max_payload()) + " bytes");
-  }
+void Segment::throw_too_large(std::size_t bytes) const {
+  throw MessageTooLarge("shmq: a message of " + std::to_string(bytes) + " bytes can never fit queue " +
+                        quoted(name_) + ": its ring of " + std::to_string(ring_.capacity()) +
+                        " bytes holds messages of at most " + std::to_string(ring_.max_payload()) +
+                        " bytes");
 }
 
 namespace {

@@ -327,7 +327,13 @@ struct codec<std::array<T, N>> {
     }
   }
   static std::array<T, N> decode(Reader& in) {
-    return decode_each(in, std::make_index_sequence<N>{});
+    if constexpr (bitwise && std::is_default_constructible_v<T>) {
+      std::array<T, N> a;
+      in.read(a.data(), sizeof a);
+      return a;
+    } else {
+      return decode_each(in, std::make_index_sequence<N>{});
+    }
   }
 
  private:

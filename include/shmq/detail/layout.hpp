@@ -85,22 +85,24 @@ struct SharedHeader {
   std::uint64_t created_unix_ns;            // wall-clock creation time, for display only
   char type_name[kTypeNameBytes];           // the message type's name, NUL-terminated
 
-  // ---- Producer side: put_lock serialises producers; tail is theirs.
-  alignas(kCacheLine) pthread_mutex_t put_lock;  // process-shared, robust
+  // ---- Producer side: put_lock serialises producers; tail is theirs. `tail` has a cache line to
+  //      itself: consumers poll it, and their reads must not fight the producers' lock word and
+  //      counters for the line.
   // Packed Cursor of the next frame to write. Stored by producers holding put_lock, with release
   // (after the frame's bytes); loaded by consumers with acquire.
-  std::atomic<std::uint64_t> tail;
+  alignas(kCacheLine) std::atomic<std::uint64_t> tail;
+  alignas(kCacheLine) pthread_mutex_t put_lock;  // process-shared, robust
   std::uint64_t head_seen;   // producers' cached copy of `head`; guarded by put_lock; only grows
   // Statistics written only under put_lock (relaxed load + store, no read-modify-write) and
   // atomic only so that a snapshot may read them without the lock.
   std::atomic<std::uint64_t> puts;        // messages put since creation
   std::atomic<std::uint64_t> peak_depth;  // most messages held at once, as producers saw it
 
-  // ---- Consumer side: get_lock serialises consumers; head is theirs.
-  alignas(kCacheLine) pthread_mutex_t get_lock;  // process-shared, robust
+  // ---- Consumer side: get_lock serialises consumers; head is theirs, on a line of its own.
   // Packed Cursor of the next frame to read. Stored by consumers holding get_lock, with release
   // (after the frame has been read); loaded by producers with acquire.
-  std::atomic<std::uint64_t> head;
+  alignas(kCacheLine) std::atomic<std::uint64_t> head;
+  alignas(kCacheLine) pthread_mutex_t get_lock;  // process-shared, robust
   std::uint64_t tail_seen;  // consumers' cached copy of `tail`; guarded by get_lock; only grows
   std::atomic<std::uint64_t> gets;  // messages taken since creation; written under get_lock as `puts`
 
@@ -134,5 +136,8 @@ static_assert(offsetof(SharedHeader, put_lock) / kCacheLine !=
               offsetof(SharedHeader, get_lock) / kCacheLine);
 static_assert(offsetof(SharedHeader, head) / kCacheLine !=
               offsetof(SharedHeader, tail) / kCacheLine);
+static_assert(offsetof(SharedHeader, tail) / kCacheLine != offsetof(SharedHeader, put_lock) / kCacheLine &&
+                  offsetof(SharedHeader, head) / kCacheLine != offsetof(SharedHeader, get_lock) / kCacheLine,
+              "the words the other side polls are not on the lock's line");
 
 }  // namespace shmq::detail

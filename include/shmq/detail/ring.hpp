@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -70,16 +71,37 @@ inline bool has_sleepers(const EventCount& ev) noexcept {
   return ev.sleepers.load(std::memory_order_relaxed) != 0;
 }
 
+// How long a waiter polls before it sleeps, adapted per process: polling pays when the peer runs
+// on another core and answers within the budget (then the budget doubles, up to the queue's
+// spin_polls), and only burns the CPU the peer needs when processes outnumber cores (then the
+// waiter sleeps anyway and the budget halves, down to a floor from which it can grow again).
+class SpinBudget {
+ public:
+  explicit SpinBudget(unsigned max_polls) noexcept : max_(max_polls), polls_(max_polls) {}
+  unsigned polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
+  void paid_off() noexcept { polls_.store(std::min(max_, polls() * 2 + 1), std::memory_order_relaxed); }
+  void wasted() noexcept { polls_.store(std::min(max_, std::max(kFloor, polls() / 2)), std::memory_order_relaxed); }
+
+ private:
+  static constexpr unsigned kFloor = 16;
+  const unsigned max_;
+  std::atomic<unsigned> polls_;  // relaxed: a hint shared by this process's threads
+};
+
 // Waits until ready() or the deadline, or a wake-up: callers loop and re-check under their lock.
 // ready() runs without any lock and must not throw; it may return true spuriously. `sleeps`
 // (optional) counts the times the caller actually went to sleep.
 template <class Ready>
-void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, unsigned spin_polls, Ready&& ready,
+void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin, Ready&& ready,
            const Deadline& deadline) {
-  for (unsigned i = 0; i < spin_polls; ++i) {
-    if (ready()) return;
+  for (unsigned i = 0, polls = spin.polls(); i < polls; ++i) {
+    if (ready()) {
+      spin.paid_off();
+      return;
+    }
     cpu_relax();
   }
+  spin.wasted();
   // Read seq before counting ourselves and re-checking, so any change made after the re-check
   // also moved seq and futex_wait returns at once instead of sleeping through it.
   const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
@@ -165,7 +187,7 @@ class Ring {
   Ring(SharedHeader& header, std::byte* data, std::uint32_t capacity, std::uint32_t maxsize,
        unsigned spin_polls, const std::string& queue) noexcept
       : h_(&header), data_(data), capacity_(capacity), maxsize_(maxsize),
-        spin_polls_(spin_polls), queue_(&queue) {}
+        spin_(spin_polls), queue_(&queue) {}
 
   std::uint32_t capacity() const noexcept { return capacity_; }
   std::uint32_t maxsize() const noexcept { return maxsize_; }
@@ -190,22 +212,28 @@ class Ring {
         if (shutdown_state() != ShutdownState::running) return {Outcome::shut_down, done};
         const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
         Cursor end = tail;
-        std::uint32_t depth = 0;  // messages queued once the frames written so far are published
-        const ScopeExit publish([&]() noexcept { commit_put(tail, end, depth, lock); });
+        Cursor head = Cursor::unpack(h_->head_seen);  // a stale head only understates the room
+        const ScopeExit publish([&]() noexcept { commit_put(tail, end, end.count - head.count, lock); });
+        Room room = room_after(head, end);
         while (done < count) {
-          const auto queued = room_for(end, frame_bytes(next_payload));
-          if (!queued) break;
+          const std::uint32_t frame = frame_bytes(next_payload);
+          if (!room.fits(frame)) {
+            head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
+            h_->head_seen = head.pack();
+            room = room_after(head, end);
+            if (!room.fits(frame)) break;
+          }
           std::byte* at = data_ + end.offset;  // the mirror makes [at, at + frame) contiguous
           std::memcpy(at, &next_payload, kFrameHeaderBytes);
           fill(done, at + kFrameHeaderBytes, next_payload);
-          end = Cursor{(end.offset + frame_bytes(next_payload)) % capacity_, end.count + 1};
-          depth = *queued + 1;
+          end = Cursor{(end.offset + frame) % capacity_, end.count + 1};
+          room.take(frame);
           if (++done < count) next_payload = size_of(done);
         }
         if (done == count) return {Outcome::done, done};
         if (deadline.expired()) return {count_timeout(h_->put_timeouts), done};
       }
-      await(h_->not_full, &h_->full_waits, spin_polls_,
+      await(h_->not_full, &h_->full_waits, spin_,
             [&] {
               return shutdown_state() != ShutdownState::running ||
                      might_have_room(frame_bytes(next_payload));
@@ -233,15 +261,17 @@ class Ring {
           Cursor end = head;
           const ScopeExit release([&]() noexcept { commit_get(head, end, tail, lock); });
           std::size_t taken = 0;
+          std::uint32_t queued = used_bytes(head, tail);  // bytes of frames in [end, tail)
           while (taken < max && end.count != tail.count) {
             const std::byte* at = data_ + end.offset;
             std::uint32_t payload;
             std::memcpy(&payload, at, kFrameHeaderBytes);
-            if (payload > max_payload() || frame_bytes(payload) > used_bytes(end, tail)) {
+            if (payload > max_payload() || frame_bytes(payload) > queued) {
               throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
                                          std::to_string(end.offset) + " overruns the " +
-                                         std::to_string(used_bytes(end, tail)) + " bytes queued");
+                                         std::to_string(queued) + " bytes queued");
             }
+            queued -= frame_bytes(payload);
             const Cursor next{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
             try {
               take(at + kFrameHeaderBytes, payload);
@@ -257,7 +287,7 @@ class Ring {
         if (state == ShutdownState::draining) return {Outcome::shut_down, 0};
         if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
       }
-      await(h_->not_empty, &h_->empty_waits, spin_polls_,
+      await(h_->not_empty, &h_->empty_waits, spin_,
             [&] { return shutdown_state() != ShutdownState::running || might_have_message(); },
             deadline);
     }
@@ -284,7 +314,7 @@ class Ring {
   // Blocks until every task put through a JoinableQueue handle has been marked done.
   void join_tasks() {
     while (h_->unfinished_tasks.load() > 0) {
-      await(h_->all_tasks_done, nullptr, spin_polls_, [&] { return h_->unfinished_tasks.load() <= 0; },
+      await(h_->all_tasks_done, nullptr, spin_, [&] { return h_->unfinished_tasks.load() <= 0; },
             Deadline::never());
     }
   }
@@ -332,22 +362,24 @@ class Ring {
     }
     return d;
   }
-  bool fits(Cursor head, Cursor tail, std::uint32_t frame) const {
-    if (maxsize_ != 0 && tail.count - head.count >= maxsize_) return false;
-    return frame <= capacity_ - used_bytes(head, tail);
+  // What producers may still add after `tail`: free bytes, and free message slots under maxsize.
+  struct Room {
+    std::uint32_t bytes;
+    std::uint32_t messages;  // UINT32_MAX when there is no maxsize
+    bool fits(std::uint32_t frame) const noexcept { return messages != 0 && frame <= bytes; }
+    void take(std::uint32_t frame) noexcept {
+      bytes -= frame;
+      if (messages != UINT32_MAX) --messages;
+    }
+  };
+  Room room_after(Cursor head, Cursor tail) const {
+    const std::uint32_t used = used_bytes(head, tail);
+    const std::uint32_t depth = tail.count - head.count;
+    const std::uint32_t messages =
+        maxsize_ == 0 ? UINT32_MAX : (depth >= maxsize_ ? 0 : maxsize_ - depth);
+    return {capacity_ - used, messages};
   }
 
-  // Producer side, under put_lock: the queue depth if `frame` fits now, else nothing. Tries the
-  // cached head first; a stale one only understates the room.
-  std::optional<std::uint32_t> room_for(Cursor tail, std::uint32_t frame) {
-    Cursor head = Cursor::unpack(h_->head_seen);
-    if (!fits(head, tail, frame)) {
-      head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
-      h_->head_seen = head.pack();
-      if (!fits(head, tail, frame)) return std::nullopt;
-    }
-    return tail.count - head.count;
-  }
   // Consumer side, under get_lock: a tail at or past `head`; the cached one while it has frames.
   Cursor readable_tail(Cursor head) {
     Cursor tail = Cursor::unpack(h_->tail_seen);
@@ -359,7 +391,7 @@ class Ring {
   }
 
   // Publishes the frames written in [tail, end) (if any) and wakes a consumer if one sleeps.
-  // `depth` is the queue depth with them, as room_for() saw it.
+  // `depth` is the queue depth with them, as producers last saw the head (an upper bound).
   void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
     if (end.count == tail.count) return;
     h_->tail.store(end.pack(), std::memory_order_release);
@@ -415,7 +447,7 @@ class Ring {
   std::byte* data_;  // the ring's first view; data_ + capacity_ is its mirror
   std::uint32_t capacity_;
   std::uint32_t maxsize_;
-  unsigned spin_polls_;
+  SpinBudget spin_;
   const std::string* queue_;  // the queue's name, for error messages
 };
 

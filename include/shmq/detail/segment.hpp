@@ -65,8 +65,11 @@ class Segment {
 
   QueueStats stats() const;
   // Throws MessageTooLarge unless a payload of `bytes` can ever fit.
-  void check_message_size(std::size_t bytes) const;
+  void check_message_size(std::size_t bytes) const {
+    if (bytes > ring_.max_payload()) throw_too_large(bytes);
+  }
   // Turn a failed put/get into the exception the blocking API promises.
+  [[noreturn]] void throw_too_large(std::size_t bytes) const;
   [[noreturn]] void throw_put_failure(Outcome outcome, const Deadline& deadline,
                                       const char* call) const;
   [[noreturn]] void throw_get_failure(Outcome outcome, const Deadline& deadline,

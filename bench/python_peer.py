@@ -1,0 +1,104 @@
+"""Python's multiprocessing on shmq_bench's scenarios: the system users port from.
+
+Prints one JSON object per line: {"scenario": ..., "msgs_per_s": ...} for throughput,
+{"scenario": ..., "p50_us": ..., "p99_us": ...} for round trips, {"scenario": ..., "seconds": ...}
+for Pool.map. Medians of --reps runs. Every run is verified (count and checksum).
+"""
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+
+def produce(q, n, size):
+    payload = b"\x5a" * (size - 8) if size > 8 else None
+    for i in range(n):
+        q.put(i if payload is None else (i, payload))
+    q.put(None)
+
+
+def consume(q, out):
+    count = total = 0
+    while True:
+        m = q.get()
+        if m is None:
+            break
+        count += 1
+        total += m if isinstance(m, int) else m[0]
+    out.put((count, total))
+
+
+def throughput(n, size):
+    q, out = mp.Queue(), mp.Queue()
+    start = time.perf_counter()
+    c = mp.Process(target=consume, args=(q, out))
+    p = mp.Process(target=produce, args=(q, n, size))
+    c.start()
+    p.start()
+    count, total = out.get()
+    p.join()
+    c.join()
+    seconds = time.perf_counter() - start
+    if count != n or total != n * (n - 1) // 2:
+        sys.exit("python_peer: lost or corrupted messages")
+    return n / seconds
+
+
+def echo(there, back, r):
+    for _ in range(r):
+        back.put(there.get())
+
+
+def round_trips(r):
+    there, back = mp.Queue(), mp.Queue()
+    e = mp.Process(target=echo, args=(there, back, r))
+    e.start()
+    us = []
+    for i in range(r):
+        t0 = time.perf_counter()
+        there.put(i)
+        if back.get() != i:
+            sys.exit("python_peer: round trip returned the wrong value")
+        us.append((time.perf_counter() - t0) * 1e6)
+    e.join()
+    us.sort()
+    return us[len(us) // 2], us[len(us) * 99 // 100]
+
+
+def plus_one(x):
+    return x + 1
+
+
+def pool_map(items):
+    with mp.Pool(2) as pool:
+        start = time.perf_counter()
+        out = pool.map(plus_one, range(items))
+        seconds = time.perf_counter() - start
+    if out != list(range(1, items + 1)):
+        sys.exit("python_peer: Pool.map returned wrong results")
+    return seconds
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200000)
+    ap.add_argument("--round-trips", type=int, default=20000)
+    ap.add_argument("--items", type=int, default=100000)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    mp.set_start_method("fork")
+    for size in (8, 4096):
+        n = a.n if size == 8 else max(a.n // 4, 100)
+        rate = statistics.median(throughput(n, size) for _ in range(a.reps))
+        print(json.dumps({"scenario": "1->1 %d B" % size, "msgs_per_s": rate}), flush=True)
+    p50s, p99s = zip(*(round_trips(a.round_trips) for _ in range(a.reps)))
+    print(json.dumps({"scenario": "round trip 8 B", "p50_us": statistics.median(p50s),
+                      "p99_us": statistics.median(p99s)}), flush=True)
+    seconds = statistics.median(pool_map(a.items) for _ in range(a.reps))
+    print(json.dumps({"scenario": "Pool.map 100k tasks", "seconds": seconds}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,684 @@
+// shmq_bench: shmq and its peers on the same scenarios, in one run, on one machine.
+//
+// Peers: Boost.Interprocess message_queue, POSIX mq, a pipe, a mutex+condvar ring written the naive
+// way (lock, copy, signal every time), a lock-free single-producer/single-consumer spinning ring
+// (the hardware's practical limit), and Python's multiprocessing (bench/python_peer.py, when python3
+// is present). Every scenario runs each peer in turn, A B C A B C ..., for --reps repetitions, and
+// reports the median, so a noisy machine cannot favour one side. Every message is verified (count
+// and checksum): a run that loses or corrupts one is an error and the benchmark exits non-zero.
+//
+//   shmq_bench            the full run (a few minutes on 2 cores)
+//   shmq_bench --quick    a smoke run for CI: tiny counts, one repetition, checks only that every
+//                         scenario runs and verifies; its timings mean nothing
+//   shmq_bench --json     machine-readable results
+#include <boost/interprocess/ipc/message_queue.hpp>
+#include <fcntl.h>
+#include <mqueue.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shmq/shmq.hpp"
+
+namespace bip = boost::interprocess;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// ---------------------------------------------------------------- settings and results
+
+struct Settings {
+  bool quick = false;
+  bool json = false;
+  int reps = 5;
+  std::string filter;  // run only scenarios whose name contains this
+  std::string python_peer = SHMQ_BENCH_PYTHON_PEER;
+};
+Settings settings;
+
+struct Result {
+  std::string scenario;
+  std::string peer;
+  double msgs_per_s = 0;  // throughput scenarios
+  double mb_per_s = 0;
+  double p50_us = 0;  // round-trip scenarios
+  double p99_us = 0;
+  double seconds = 0;  // whole-job scenarios (Pool.map)
+};
+std::vector<Result> results;
+bool all_verified = true;
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::string unique(const char* what) { return std::string("/shmq-bench-") + what + "-" + std::to_string(getpid()); }
+
+// ---------------------------------------------------------------- the peers, as channels
+//
+// A channel moves messages of `size` bytes; it is made in the parent before the fork, so every
+// process holds it. The first 8 bytes of each message carry its value.
+
+constexpr std::size_t kRingBytes = 1 << 20;  // every bounded peer gets about this much room
+std::size_t slots_for(std::size_t size) { return std::max<std::size_t>(16, std::min<std::size_t>(1024, kRingBytes / size)); }
+
+// shmq, with a compile-time message size: a std::array<std::byte, S> is bitwise, so its encoding
+// is its bytes. Large messages are read in place with get_with (no temporary copy).
+template <std::size_t S>
+struct ShmqChannel {
+  using Message = std::conditional_t<S == 8, long, std::array<std::byte, S>>;
+  shmq::Queue<Message> q{shmq::QueueOptions{.maxsize = 0, .capacity_bytes = kRingBytes}};
+  explicit ShmqChannel(std::size_t) {}
+  void send(const std::byte* m) { q.put(*reinterpret_cast<const Message*>(m)); }
+  void recv(std::byte* m) {
+    if constexpr (S <= 256) {
+      const Message v = q.get();
+      std::memcpy(m, &v, S);
+    } else {
+      q.get_with([m](const std::byte* at, std::size_t n) { std::memcpy(m, at, n); });
+    }
+  }
+};
+
+struct BoostChannel {
+  std::string name = unique("boost");
+  std::size_t size;
+  std::unique_ptr<bip::message_queue> q;
+  explicit BoostChannel(std::size_t s) : size(s) {
+    bip::message_queue::remove(name.c_str());
+    q = std::make_unique<bip::message_queue>(bip::create_only, name.c_str(), slots_for(s), s);
+  }
+  ~BoostChannel() { bip::message_queue::remove(name.c_str()); }
+  void send(const std::byte* m) { q->send(m, size, 0); }
+  void recv(std::byte* m) {
+    std::size_t got;
+    unsigned prio;
+    q->receive(m, size, got, prio);
+  }
+};
+
+struct PosixMqChannel {
+  std::string name = unique("mq");
+  std::size_t size;
+  mqd_t q;
+  explicit PosixMqChannel(std::size_t s) : size(s) {
+    mq_unlink(name.c_str());
+    mq_attr attr{};
+    attr.mq_maxmsg = 10;  // the default limit for unprivileged users (/proc/sys/fs/mqueue/msg_max)
+    attr.mq_msgsize = static_cast<long>(s);
+    q = mq_open(name.c_str(), O_CREAT | O_RDWR, 0600, &attr);
+    if (q == static_cast<mqd_t>(-1)) throw std::runtime_error("mq_open: " + std::string(std::strerror(errno)));
+  }
+  ~PosixMqChannel() {
+    mq_close(q);
+    mq_unlink(name.c_str());
+  }
+  void send(const std::byte* m) { mq_send(q, reinterpret_cast<const char*>(m), size, 0); }
+  void recv(std::byte* m) { mq_receive(q, reinterpret_cast<char*>(m), size, nullptr); }
+};
+
+struct PipeChannel {
+  int fd[2];
+  std::size_t size;
+  explicit PipeChannel(std::size_t s) : size(s) {
+    if (pipe(fd) != 0) throw std::runtime_error("pipe");
+  }
+  ~PipeChannel() {
+    close(fd[0]);
+    close(fd[1]);
+  }
+  void send(const std::byte* m) {
+    for (std::size_t done = 0; done < size;) {
+      const ssize_t n = write(fd[1], m + done, size - done);
+      if (n <= 0) _exit(3);
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  void recv(std::byte* m) {
+    for (std::size_t done = 0; done < size;) {
+      const ssize_t n = read(fd[0], m + done, size - done);
+      if (n <= 0) _exit(3);
+      done += static_cast<std::size_t>(n);
+    }
+  }
+};
+
+// The naive ring: one process-shared mutex, two pthread condition variables, a signal every time.
+struct NaiveRingChannel {
+  struct Shared {
+    pthread_mutex_t m;
+    pthread_cond_t not_empty, not_full;
+    std::size_t head, tail;
+  };
+  std::size_t size, slots, bytes;
+  Shared* r;
+  std::byte* data;
+  explicit NaiveRingChannel(std::size_t s) : size(s), slots(slots_for(s)), bytes(sizeof(Shared) + slots * s) {
+    r = static_cast<Shared*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    data = reinterpret_cast<std::byte*>(r + 1);
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+    pthread_mutex_init(&r->m, &ma);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED);
+    pthread_cond_init(&r->not_empty, &ca);
+    pthread_cond_init(&r->not_full, &ca);
+    r->head = r->tail = 0;
+  }
+  ~NaiveRingChannel() { munmap(r, bytes); }
+  void send(const std::byte* m) {
+    pthread_mutex_lock(&r->m);
+    while (r->tail - r->head == slots) pthread_cond_wait(&r->not_full, &r->m);
+    std::memcpy(data + (r->tail % slots) * size, m, size);
+    ++r->tail;
+    pthread_cond_signal(&r->not_empty);
+    pthread_mutex_unlock(&r->m);
+  }
+  void recv(std::byte* m) {
+    pthread_mutex_lock(&r->m);
+    while (r->tail == r->head) pthread_cond_wait(&r->not_empty, &r->m);
+    std::memcpy(m, data + (r->head % slots) * size, size);
+    ++r->head;
+    pthread_cond_signal(&r->not_full);
+    pthread_mutex_unlock(&r->m);
+  }
+};
+
+// The lock-free single-producer/single-consumer ring that spins: no blocking, no syscalls.
+struct SpscSpinChannel {
+  struct Shared {
+    alignas(64) std::atomic<std::size_t> head;
+    alignas(64) std::atomic<std::size_t> tail;
+  };
+  std::size_t size, slots, bytes;
+  Shared* r;
+  std::byte* data;
+  std::size_t head_seen = 0, tail_seen = 0;  // each side's cached copy of the other's index
+  explicit SpscSpinChannel(std::size_t s) : size(s), slots(slots_for(s)), bytes(sizeof(Shared) + slots * s) {
+    r = new (mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)) Shared{};
+    data = reinterpret_cast<std::byte*>(r + 1);
+  }
+  ~SpscSpinChannel() { munmap(r, bytes); }
+  void send(const std::byte* m) {
+    const std::size_t t = r->tail.load(std::memory_order_relaxed);
+    while (t - head_seen == slots) head_seen = r->head.load(std::memory_order_acquire);
+    std::memcpy(data + (t % slots) * size, m, size);
+    r->tail.store(t + 1, std::memory_order_release);
+  }
+  void recv(std::byte* m) {
+    const std::size_t h = r->head.load(std::memory_order_relaxed);
+    while (h == tail_seen) tail_seen = r->tail.load(std::memory_order_acquire);
+    std::memcpy(m, data + (h % slots) * size, size);
+    r->head.store(h + 1, std::memory_order_release);
+  }
+};
+
+// ---------------------------------------------------------------- processes
+
+// Forks fn; the child exits 0 if fn returns true.
+pid_t spawn(const std::function<bool()>& fn) {
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) _exit(fn() ? 0 : 1);
+  return pid;
+}
+bool reap(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+constexpr std::uint64_t kStop = ~std::uint64_t{0};
+
+// Per-consumer tallies, in shared memory so the parent can verify every message.
+struct Tally {
+  std::uint64_t count;
+  std::uint64_t sum;
+};
+
+// P producers each send n messages (value p << 40 | i), C consumers receive until a stop message
+// (one per consumer: sent by the lone producer for 1 -> 1, else by the parent afterwards, which
+// keeps single-producer channels single-producer). Returns msgs/s, or nullopt if any message was
+// lost or corrupted.
+template <class Channel>
+std::optional<double> throughput(std::size_t size, long n, int producers, int consumers) {
+  Channel ch(size);
+  auto* tallies = static_cast<Tally*>(mmap(nullptr, sizeof(Tally) * static_cast<std::size_t>(consumers),
+                                           PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  const bool producer_stops = producers == 1 && consumers == 1;
+  auto send_value = [&](std::uint64_t v, std::vector<std::byte>& m) {
+    std::memcpy(m.data(), &v, 8);
+    ch.send(m.data());
+  };
+  const auto t0 = Clock::now();
+  std::vector<pid_t> ps, cs;
+  for (int c = 0; c < consumers; ++c) {
+    cs.push_back(spawn([&, c] {
+      std::vector<std::byte> m(size);
+      Tally t{0, 0};
+      for (;;) {
+        ch.recv(m.data());
+        std::uint64_t v;
+        std::memcpy(&v, m.data(), 8);
+        if (v == kStop) break;
+        ++t.count;
+        t.sum += v;
+      }
+      tallies[c] = t;
+      return true;
+    }));
+  }
+  for (int p = 0; p < producers; ++p) {
+    ps.push_back(spawn([&, p] {
+      std::vector<std::byte> m(size, std::byte{0x5a});
+      for (long i = 0; i < n; ++i) send_value(std::uint64_t(p) << 40 | std::uint64_t(i), m);
+      if (producer_stops) send_value(kStop, m);
+      return true;
+    }));
+  }
+  bool ok = true;
+  for (pid_t pid : ps) ok &= reap(pid);
+  if (!producer_stops) {
+    std::vector<std::byte> m(size);
+    for (int c = 0; c < consumers; ++c) send_value(kStop, m);
+  }
+  for (pid_t pid : cs) ok &= reap(pid);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::uint64_t count = 0, sum = 0, expected = 0;
+  for (int c = 0; c < consumers; ++c) {
+    count += tallies[c].count;
+    sum += tallies[c].sum;
+  }
+  for (int p = 0; p < producers; ++p) {
+    expected += std::uint64_t(n) * (std::uint64_t(p) << 40) + std::uint64_t(n) * std::uint64_t(n - 1) / 2;
+  }
+  munmap(tallies, sizeof(Tally) * static_cast<std::size_t>(consumers));
+  if (!ok || count != std::uint64_t(producers) * std::uint64_t(n) || sum != expected) return std::nullopt;
+  return double(count) / secs;
+}
+
+// R round trips of an 8-byte message over two channels; every round trip is timed.
+template <class Channel>
+std::optional<std::pair<double, double>> round_trips(long r) {
+  Channel there(8), back(8);
+  const pid_t echo = spawn([&] {
+    std::byte m[8];
+    for (long i = 0; i < r; ++i) {
+      there.recv(m);
+      back.send(m);
+    }
+    return true;
+  });
+  std::vector<double> us(static_cast<std::size_t>(r));
+  std::byte m[8];
+  bool ok = true;
+  for (long i = 0; i < r; ++i) {
+    std::memcpy(m, &i, 8);
+    const auto t0 = Clock::now();
+    there.send(m);
+    back.recv(m);
+    us[static_cast<std::size_t>(i)] = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    long v;
+    std::memcpy(&v, m, 8);
+    ok &= v == i;
+  }
+  ok &= reap(echo);
+  if (!ok) return std::nullopt;
+  std::sort(us.begin(), us.end());
+  return std::make_pair(us[us.size() / 2], us[us.size() * 99 / 100]);
+}
+
+// shmq's batch calls, 1 -> 1, 8-byte messages: put_many of 256 at a time, get_many of up to 4096.
+std::optional<double> shmq_batches(long n) {
+  shmq::Queue<long> q(shmq::QueueOptions{.maxsize = 0, .capacity_bytes = kRingBytes});
+  const auto t0 = Clock::now();
+  const pid_t consumer = spawn([&] {
+    std::vector<long> got;
+    long count = 0, sum = 0;
+    while (count < n) {
+      got.clear();
+      q.get_many(got, 4096);
+      for (long v : got) sum += v;
+      count += static_cast<long>(got.size());
+    }
+    return count == n && sum == n * (n - 1) / 2;
+  });
+  const pid_t producer = spawn([&] {
+    std::vector<long> batch(256);
+    for (long i = 0; i < n;) {
+      const long k = std::min<long>(256, n - i);
+      batch.resize(static_cast<std::size_t>(k));
+      for (long j = 0; j < k; ++j) batch[static_cast<std::size_t>(j)] = i + j;
+      q.put_many(batch);
+      i += k;
+    }
+    return true;
+  });
+  const bool ok = reap(producer) & reap(consumer);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!ok) return std::nullopt;
+  return double(n) / secs;
+}
+
+int plus_one(int x) { return x + 1; }
+
+// shmq's Pool.map of trivial tasks, as Python's Pool.map is measured by python_peer.py.
+std::optional<double> shmq_pool_map(int items) {
+  std::vector<int> in(static_cast<std::size_t>(items));
+  for (int i = 0; i < items; ++i) in[static_cast<std::size_t>(i)] = i;
+  shmq::Pool pool(2);
+  const auto t0 = Clock::now();
+  const auto out = pool.map(plus_one, in);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  for (int i = 0; i < items; ++i) {
+    if (out[static_cast<std::size_t>(i)] != i + 1) return std::nullopt;
+  }
+  return secs;
+}
+
+// ---------------------------------------------------------------- running scenarios
+
+// One measurement of one peer; nullopt means it failed verification (or could not run).
+using Measure = std::function<std::optional<double>()>;
+struct Contender {
+  std::string peer;
+  Measure measure;
+};
+
+void record_failure(const std::string& scenario, const std::string& peer) {
+  std::fprintf(stderr, "VERIFICATION FAILED: %s / %s\n", scenario.c_str(), peer.c_str());
+  all_verified = false;
+}
+
+// Runs every contender once per repetition, in turn, and records each one's median.
+bool selected(const std::string& scenario) { return scenario.find(settings.filter) != std::string::npos; }
+
+void compare(const std::string& scenario, std::size_t bytes, std::vector<Contender> contenders,
+             bool lower_is_better = false) {
+  if (!selected(scenario)) return;
+  std::map<std::string, std::vector<double>> samples;
+  for (int rep = 0; rep < settings.reps; ++rep) {
+    for (const auto& c : contenders) {
+      try {
+        if (const auto v = c.measure()) {
+          samples[c.peer].push_back(*v);
+        } else {
+          record_failure(scenario, c.peer);
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s / %s could not run: %s\n", scenario.c_str(), c.peer.c_str(), e.what());
+      }
+    }
+  }
+  for (const auto& c : contenders) {
+    if (samples[c.peer].empty()) continue;
+    Result r{scenario, c.peer};
+    const double m = median(samples[c.peer]);
+    if (lower_is_better) {
+      r.seconds = m;
+    } else {
+      r.msgs_per_s = m;
+      r.mb_per_s = m * double(bytes) / 1e6;
+    }
+    results.push_back(r);
+  }
+}
+
+template <std::size_t S>
+void one_to_one(long n) {
+  const std::string scenario = "1->1 " + std::to_string(S) + " B";
+  std::vector<Contender> cs = {
+      {"shmq", [n] { return throughput<ShmqChannel<S>>(S, n, 1, 1); }},
+      {"boost::interprocess::message_queue", [n] { return throughput<BoostChannel>(S, n, 1, 1); }},
+      {"POSIX mq", [n] { return throughput<PosixMqChannel>(S, n, 1, 1); }},
+      {"pipe", [n] { return throughput<PipeChannel>(S, n, 1, 1); }},
+      {"naive mutex+condvar ring", [n] { return throughput<NaiveRingChannel>(S, n, 1, 1); }},
+      {"lock-free SPSC spinning ring", [n] { return throughput<SpscSpinChannel>(S, n, 1, 1); }},
+  };
+  compare(scenario, S, cs);
+}
+
+void four_to_four(long n) {
+  compare("4->4 8 B", 8,
+          {
+              {"shmq", [n] { return throughput<ShmqChannel<8>>(8, n, 4, 4); }},
+              {"boost::interprocess::message_queue", [n] { return throughput<BoostChannel>(8, n, 4, 4); }},
+              {"POSIX mq", [n] { return throughput<PosixMqChannel>(8, n, 4, 4); }},
+              {"pipe", [n] { return throughput<PipeChannel>(8, n, 4, 4); }},
+              {"naive mutex+condvar ring", [n] { return throughput<NaiveRingChannel>(8, n, 4, 4); }},
+          });
+}
+
+void batches(long n) {
+  compare("1->1 8 B, batches", 8,
+          {
+              {"shmq put_many/get_many", [n] { return shmq_batches(n); }},
+              {"lock-free SPSC spinning ring", [n] { return throughput<SpscSpinChannel>(8, n, 1, 1); }},
+          });
+}
+
+void ping_pong(long r) {
+  const std::string scenario = "round trip 8 B";
+  if (!selected(scenario)) return;
+  std::vector<std::pair<std::string, std::function<std::optional<std::pair<double, double>>()>>> cs = {
+      {"shmq", [r] { return round_trips<ShmqChannel<8>>(r); }},
+      {"boost::interprocess::message_queue", [r] { return round_trips<BoostChannel>(r); }},
+      {"POSIX mq", [r] { return round_trips<PosixMqChannel>(r); }},
+      {"pipe", [r] { return round_trips<PipeChannel>(r); }},
+      {"naive mutex+condvar ring", [r] { return round_trips<NaiveRingChannel>(r); }},
+      {"lock-free SPSC spinning ring", [r] { return round_trips<SpscSpinChannel>(r); }},
+  };
+  std::map<std::string, std::vector<double>> p50, p99;
+  for (int rep = 0; rep < settings.reps; ++rep) {
+    for (const auto& [peer, run] : cs) {
+      if (const auto v = run()) {
+        p50[peer].push_back(v->first);
+        p99[peer].push_back(v->second);
+      } else {
+        record_failure(scenario, peer);
+      }
+    }
+  }
+  for (const auto& [peer, run] : cs) {
+    if (p50[peer].empty()) continue;
+    Result res{scenario, peer};
+    res.p50_us = median(p50[peer]);
+    res.p99_us = median(p99[peer]);
+    results.push_back(res);
+  }
+}
+
+// Python's figures for the same scenarios, from bench/python_peer.py (one JSON object per line:
+// scenario, msgs_per_s | p50_us, p99_us | seconds).
+void python_peer(long n, long r, int items) {
+  if (settings.python_peer.empty() || access(settings.python_peer.c_str(), R_OK) != 0 ||
+      std::system("python3 -c 'import multiprocessing' >/dev/null 2>&1") != 0) {
+    std::fprintf(stderr, "python3 or %s not found: Python's figures left out\n", settings.python_peer.c_str());
+    return;
+  }
+  const std::string cmd = "python3 " + settings.python_peer + " --n " + std::to_string(n) + " --round-trips " +
+                          std::to_string(r) + " --items " + std::to_string(items) + " --reps " +
+                          std::to_string(std::min(settings.reps, 3));
+  FILE* out = popen(cmd.c_str(), "r");
+  if (out == nullptr) return;
+  char line[512];
+  while (std::fgets(line, sizeof line, out) != nullptr) {
+    char scenario[128] = {};
+    double a = 0, b = 0;
+    Result res;
+    res.peer = "Python multiprocessing";
+    if (std::sscanf(line, "{\"scenario\": \"%127[^\"]\", \"msgs_per_s\": %lf", scenario, &a) == 2) {
+      res.msgs_per_s = a;
+      res.mb_per_s = 0;
+    } else if (std::sscanf(line, "{\"scenario\": \"%127[^\"]\", \"p50_us\": %lf, \"p99_us\": %lf", scenario, &a, &b) == 3) {
+      res.p50_us = a;
+      res.p99_us = b;
+    } else if (std::sscanf(line, "{\"scenario\": \"%127[^\"]\", \"seconds\": %lf", scenario, &a) == 2) {
+      res.seconds = a;
+    } else {
+      continue;
+    }
+    res.scenario = scenario;
+    results.push_back(res);
+  }
+  if (pclose(out) != 0) std::fprintf(stderr, "python_peer.py failed\n");
+}
+
+// What one core copies, 64 KiB at a time, hot in cache: the yardstick for the 64 KiB scenario.
+void memcpy_reference() {
+  std::vector<std::byte> from(65536, std::byte{1}), to(65536);
+  const long n = settings.quick ? 100 : 200'000;
+  const auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    std::memcpy(to.data(), from.data(), from.size());
+    asm volatile("" : : "r"(to.data()) : "memory");  // keep every copy
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::printf("reference: memcpy of 64 KiB, hot in cache, one core: %.1f GB/s\n", double(n) * 65536 / secs / 1e9);
+}
+
+void memory() {
+  // shmq: the file is exactly header + ring; an 8-byte message takes a 4-byte length + 8 bytes.
+  shmq::Queue<long> q(shmq::QueueOptions{.maxsize = 0, .capacity_bytes = 4096});
+  long n = 0;
+  while (q.try_put(n)) ++n;
+  std::printf("memory: shmq: %zu-byte header; an 8-byte message costs %.1f bytes of ring (%ld in 4096)\n",
+              std::size_t{4096}, 4096.0 / double(n), n);
+  // Boost: the segment size for 1000 messages of 8 bytes, per message.
+  const std::string name = unique("boost-mem");
+  bip::message_queue::remove(name.c_str());
+  {
+    bip::message_queue mq(bip::create_only, name.c_str(), 1000, 8);
+    struct stat st;
+    if (stat(("/dev/shm" + name).c_str(), &st) == 0) {
+      std::printf("memory: boost::interprocess::message_queue: %.1f bytes per 8-byte message (1000 of them in %lld bytes)\n",
+                  double(st.st_size) / 1000.0, static_cast<long long>(st.st_size));
+    }
+  }
+  bip::message_queue::remove(name.c_str());
+}
+
+// ---------------------------------------------------------------- reporting
+
+void print_table() {
+  std::printf("%-20s %-36s %14s %10s %10s %10s %10s %12s\n", "scenario", "peer", "msgs/s", "MB/s", "p50 us",
+              "p99 us", "seconds", "shmq/peer");
+  // Scenario by scenario, in the order they first appear (Python's rows come in last).
+  std::vector<std::string> order;
+  for (const auto& r : results) {
+    if (std::find(order.begin(), order.end(), r.scenario) == order.end()) order.push_back(r.scenario);
+  }
+  std::vector<Result> sorted;
+  for (const auto& scenario : order) {
+    for (const auto& r : results) {
+      if (r.scenario == scenario) sorted.push_back(r);
+    }
+  }
+  std::string last;
+  for (const auto& r : sorted) {
+    if (r.scenario != last && !last.empty()) std::printf("\n");
+    last = r.scenario;
+    // The shmq line of this scenario (the batch scenario names its shmq line differently).
+    const Result* mine = nullptr;
+    for (const auto& o : sorted) {
+      if (o.scenario == r.scenario && o.peer.rfind("shmq", 0) == 0) mine = &o;
+    }
+    std::string ratio = "";
+    if (mine != nullptr && mine->peer != r.peer) {
+      char buf[32];
+      if (r.msgs_per_s > 0) std::snprintf(buf, sizeof buf, "%.2fx", mine->msgs_per_s / r.msgs_per_s);
+      if (r.p50_us > 0) std::snprintf(buf, sizeof buf, "%.2fx", r.p50_us / mine->p50_us);
+      if (r.seconds > 0) std::snprintf(buf, sizeof buf, "%.2fx", r.seconds / mine->seconds);
+      ratio = buf;
+    }
+    auto num = [](double v, const char* fmt) {
+      if (v <= 0) return std::string("-");
+      char buf[32];
+      std::snprintf(buf, sizeof buf, fmt, v);
+      return std::string(buf);
+    };
+    std::printf("%-20s %-36s %14s %10s %10s %10s %10s %12s\n", r.scenario.c_str(), r.peer.c_str(),
+                num(r.msgs_per_s, "%.0f").c_str(), num(r.mb_per_s, "%.1f").c_str(), num(r.p50_us, "%.2f").c_str(),
+                num(r.p99_us, "%.2f").c_str(), num(r.seconds, "%.3f").c_str(), ratio.c_str());
+  }
+  std::printf("\nshmq/peer: throughput ratio for msgs/s; peer/shmq for round-trip latency and seconds (higher is better for shmq).\n");
+}
+
+void print_json() {
+  std::printf("[\n");
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    std::printf("  {\"scenario\": \"%s\", \"peer\": \"%s\", \"msgs_per_s\": %.1f, \"mb_per_s\": %.2f, "
+                "\"p50_us\": %.3f, \"p99_us\": %.3f, \"seconds\": %.4f}%s\n",
+                r.scenario.c_str(), r.peer.c_str(), r.msgs_per_s, r.mb_per_s, r.p50_us, r.p99_us, r.seconds,
+                i + 1 < results.size() ? "," : "");
+  }
+  std::printf("]\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      settings.quick = true;
+      settings.reps = 1;
+    } else if (a == "--json") {
+      settings.json = true;
+    } else if (a == "--reps" && i + 1 < argc) {
+      settings.reps = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--filter" && i + 1 < argc) {
+      settings.filter = argv[++i];
+    } else if (a == "--python-peer" && i + 1 < argc) {
+      settings.python_peer = argv[++i];
+    } else {
+      std::printf("usage: shmq_bench [--quick] [--json] [--reps N] [--filter TEXT] [--python-peer PATH]\n");
+      return a == "--help" || a == "-h" ? 0 : 2;
+    }
+  }
+  const long k = settings.quick ? 1 : 1000;  // the quick run moves a thousandth of the messages
+  one_to_one<8>(2000 * k);
+  one_to_one<64>(2000 * k);
+  one_to_one<256>(1000 * k);
+  one_to_one<4096>(200 * k);
+  one_to_one<65536>(20 * k);
+  batches(5000 * k);
+  four_to_four(500 * k);
+  ping_pong(settings.quick ? 100 : 100'000);
+  compare("Pool.map 100k tasks", 0,
+          {{"shmq Pool(2).map", [&] { return shmq_pool_map(settings.quick ? 1000 : 100'000); }}}, true);
+  if (settings.filter.empty()) python_peer(settings.quick ? 1000 : 200'000, settings.quick ? 100 : 20'000, settings.quick ? 1000 : 100'000);
+  if (settings.json) {
+    print_json();
+  } else {
+    print_table();
+    memory();
+    memcpy_reference();
+  }
+  if (!all_verified) {
+    std::fprintf(stderr, "shmq_bench: some runs lost or corrupted messages\n");
+    return 1;
+  }
+  return 0;
+}
