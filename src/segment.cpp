@@ -169,7 +169,7 @@ void init_header(SharedHeader& h, const CheckedOptions& sizes, const QueueOption
 }
 
 // Everything an opener checks before trusting the header; `capacity` comes from fstat.
-void validate_header(const SharedHeader& h, std::size_t capacity, const TypeTag& type,
+void validate_header(const SharedHeader& h, std::size_t capacity, const TypeTag* type,
                      const std::string& name) {
   const std::string what = "shmq: queue " + quoted(name) + " is incompatible: ";
   if (h.layout_version != kLayoutVersion) {
@@ -185,11 +185,11 @@ void validate_header(const SharedHeader& h, std::size_t capacity, const TypeTag&
     throw Incompatible(what + "maxsize " + std::to_string(h.maxsize) + " or spin_polls " +
                        std::to_string(h.spin_polls) + " is out of range");
   }
-  if (h.type_fingerprint != type.fingerprint) {
+  if (type != nullptr && h.type_fingerprint != type->fingerprint) {
     const std::string theirs(h.type_name, strnlen(h.type_name, sizeof h.type_name));
     throw Incompatible(what + "it carries messages of type " + theirs + " (" +
-                       hex(h.type_fingerprint) + "), not " + type.name + " (" +
-                       hex(type.fingerprint) + ")");
+                       hex(h.type_fingerprint) + "), not " + type->name + " (" +
+                       hex(type->fingerprint) + ")");
   }
 }
 
@@ -341,7 +341,7 @@ bip::shared_memory_object open_file(const std::string& name) {
 
 }  // namespace
 
-std::shared_ptr<Segment> Segment::open(std::string_view raw_name, const TypeTag& type) {
+std::shared_ptr<Segment> Segment::open(std::string_view raw_name, const TypeTag* type) {
   const std::string name = validate_name(raw_name);
   const bip::shared_memory_object shm = open_file(name);
   auto mapping = map_published(shm.get_mapping_handle().handle, name);
@@ -362,7 +362,7 @@ std::shared_ptr<Segment> Segment::open_or_create(std::string_view raw_name,
       const int fd = shm.get_mapping_handle().handle;
       check_ownership(fd, options, name);
       auto mapping = map_published(fd, name);
-      validate_header(mapping->header(), mapping->capacity(), type, name);
+      validate_header(mapping->header(), mapping->capacity(), &type, name);
       return std::shared_ptr<Segment>(new Segment(name, std::move(mapping), false));
     } catch (const NotFound&) {
       // Removed between our create and our open: race again.

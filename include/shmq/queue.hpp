@@ -58,7 +58,7 @@ class Queue {
   // An existing queue. Throws NotFound, or Incompatible if it is not a queue of T (or not a shmq
   // queue at all); creates nothing.
   static Queue open(std::string_view name) {
-    return Queue(detail::Segment::open(name, type_tag()));
+    return Queue(detail::Segment::open(name, &type_tag()));
   }
   // Opens `name`, or creates it with `options` if it does not exist; of many racing callers
   // exactly one creates. Refuses (Error) a segment owned by another user or with a wider mode than

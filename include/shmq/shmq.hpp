@@ -6,6 +6,7 @@
 #include "shmq/queue.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/stats.hpp"
+#include "shmq/inspect.hpp"
 #include "shmq/joinable_queue.hpp"
 #include "shmq/manager.hpp"
 #include "shmq/pool.hpp"

@@ -44,8 +44,9 @@ class Segment {
   // Makes a queue under a fresh unique name that this process removes when its last handle goes.
   static std::shared_ptr<Segment> create_anonymous(const QueueOptions& options,
                                                    const TypeTag& type);
-  // Maps an existing queue; throws NotFound, or Incompatible naming what differs.
-  static std::shared_ptr<Segment> open(std::string_view name, const TypeTag& type);
+  // Maps an existing queue; throws NotFound, or Incompatible naming what differs. A null `type`
+  // accepts any message type (for inspection, never for puts and gets).
+  static std::shared_ptr<Segment> open(std::string_view name, const TypeTag* type);
   // Opens `name` if it exists (refusing one owned by another user, or with a wider mode than
   // options.mode), else creates it. Exactly one of many racing callers creates.
   static std::shared_ptr<Segment> open_or_create(std::string_view name,

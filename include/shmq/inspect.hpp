@@ -1,0 +1,32 @@
+// Looking at queues from outside: for monitoring, and for the `shmq` command-line tool.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmq/stats.hpp"
+
+namespace shmq {
+
+// The names of every shmq segment on the machine (/dev/shm/shmq.*), sorted. Names only: a segment
+// listed here may still fail to open (another user's, not a queue, corrupt).
+std::vector<std::string> list_queues();
+
+// The state and counters of a queue, whatever its message type. Opens it for reading only in the
+// sense that nothing is changed. Throws NotFound, Incompatible (not a queue of this layout), or
+// Error (no permission, ...).
+QueueStats inspect(std::string_view name);
+
+// Who has a queue mapped, and whether its creator still runs; read from /proc (best effort: the
+// processes of other users are invisible to a non-root caller).
+struct QueueUsers {
+  std::vector<pid_t> mapped_by;  // live processes with the segment mapped
+  bool creator_alive = false;    // its creator pid runs and started before the queue was made
+};
+QueueUsers queue_users(const QueueStats& stats);
+
+}  // namespace shmq

@@ -1,0 +1,175 @@
+// The `shmq` command-line tool, run as a user would run it, against real queues.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <string>
+
+#include "shmq/shmq.hpp"
+#include "support.hpp"
+
+#ifdef SHMQ_CLI
+
+using shmq::Queue;
+using shmq::test::NameGuard;
+using shmq::test::unique_name;
+
+namespace {
+
+struct Run {
+  int status;
+  std::string out;
+};
+
+// Runs `shmq ARGS` through the shell; stdout and stderr together, and the exit status.
+Run shmq_cli(const std::string& args) {
+  FILE* p = popen((std::string(SHMQ_CLI) + " " + args + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  Run r{0, {}};
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p) != nullptr) r.out += buf;
+  const int status = pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+bool segment_exists(const std::string& name) {
+  struct stat st;
+  return stat(("/dev/shm/shmq." + name).c_str(), &st) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("shmq ls lists each queue with its figures, and marks segments it cannot read", "[cli]") {
+  NameGuard jobs(unique_name("jobs"));
+  NameGuard junk(unique_name("junk"));
+  auto q = Queue<int>::create(jobs.name(), {.maxsize = 5});
+  q.put(1);
+  q.put(2);
+  q.put(3);
+  const int fd = shm_open(("/shmq." + junk.name()).c_str(), O_CREAT | O_RDWR, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(ftruncate(fd, 100) == 0);
+  close(fd);
+
+  const auto r = shmq_cli("ls");
+  CHECK(r.status == 0);
+  const auto line_start = r.out.find(jobs.name());
+  REQUIRE(line_start != std::string::npos);
+  const std::string line = r.out.substr(line_start, r.out.find('\n', line_start) - line_start);
+  CHECK(line.find(" 3 ") != std::string::npos);
+  CHECK(line.find("24/1048576") != std::string::npos);  // three 8-byte frames of a 4-byte int
+  CHECK(line.find(" 5 ") != std::string::npos);
+  CHECK(line.find("0600") != std::string::npos);
+  CHECK(line.find(std::to_string(getpid()) + " alive") != std::string::npos);
+  CHECK(line.find("int") != std::string::npos);
+  CHECK(r.out.find(junk.name() + " ") != std::string::npos);
+  CHECK(r.out.find("not a shmq queue") != std::string::npos);
+}
+
+TEST_CASE("shmq ls --json and stat --json give every figure", "[cli]") {
+  NameGuard jobs(unique_name("json"));
+  auto q = Queue<long>::create(jobs.name());
+  q.put(7);
+  const auto ls = shmq_cli("ls --json");
+  CHECK(ls.status == 0);
+  CHECK(ls.out.front() == '[');
+  CHECK(ls.out.find("\"name\": \"" + jobs.name() + "\", \"type\": \"long\", \"messages\": 1") != std::string::npos);
+  const auto stat = shmq_cli("stat " + jobs.name() + " --json");
+  CHECK(stat.status == 0);
+  CHECK(stat.out.find("\"puts\": 1") != std::string::npos);
+  CHECK(stat.out.find("\"mapped_by\": [" + std::to_string(getpid()) + "]") != std::string::npos);
+}
+
+TEST_CASE("shmq stat shows the counters since creation", "[cli]") {
+  NameGuard jobs(unique_name("stat"));
+  auto q = Queue<int>::create(jobs.name(), {.maxsize = 1});
+  q.put(1);
+  CHECK_FALSE(q.try_put(2));
+  q.get();
+  CHECK_FALSE(q.try_get());
+  const auto r = shmq_cli("stat " + jobs.name());
+  CHECK(r.status == 0);
+  CHECK(r.out.find("puts:                1") != std::string::npos);
+  CHECK(r.out.find("gets:                1") != std::string::npos);
+  CHECK(r.out.find("put timeouts:        1") != std::string::npos);
+  CHECK(r.out.find("get timeouts:        1") != std::string::npos);
+  CHECK(r.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") != std::string::npos);
+}
+
+TEST_CASE("shmq exits 1 with a clear message for a missing queue or a foreign segment", "[cli]") {
+  const auto missing = shmq_cli("stat " + unique_name("missing"));
+  CHECK(missing.status == 1);
+  CHECK(missing.out.find("no queue named") != std::string::npos);
+  CHECK(shmq_cli("rm " + unique_name("missing")).status == 1);
+  CHECK(shmq_cli("watch " + unique_name("missing") + " --count 1 --interval 0.01").status == 1);
+}
+
+TEST_CASE("shmq exits 2 on usage errors and 0 on --help for every command", "[cli]") {
+  CHECK(shmq_cli("").status == 2);
+  CHECK(shmq_cli("frobnicate").status == 2);
+  CHECK(shmq_cli("stat").status == 2);
+  CHECK(shmq_cli("ls --bogus").status == 2);
+  CHECK(shmq_cli("watch x --interval -1").status == 2);
+  for (const char* command : {"--help", "ls --help", "stat --help", "watch --help", "rm --help"}) {
+    INFO(command);
+    const auto r = shmq_cli(command);
+    CHECK(r.status == 0);
+    CHECK(r.out.find("usage: shmq") != std::string::npos);
+  }
+}
+
+TEST_CASE("shmq rm removes queues by name", "[cli]") {
+  NameGuard a(unique_name("rm-a"));
+  NameGuard b(unique_name("rm-b"));
+  Queue<int>::create(a.name());
+  Queue<int>::create(b.name());
+  CHECK(shmq_cli("rm " + a.name() + " " + b.name()).status == 0);
+  CHECK_FALSE(segment_exists(a.name()));
+  CHECK_FALSE(segment_exists(b.name()));
+}
+
+TEST_CASE("shmq rm --stale removes a queue left by a killed process, and only such queues", "[cli]") {
+  const std::string prefix = unique_name("stale");
+  NameGuard stale(prefix + "-dead");
+  NameGuard live(prefix + "-live");
+  NameGuard held(prefix + "-held");
+  Queue<int> ready;
+  shmq::test::Child owner([&] {
+    Queue<int>::create(stale.name());
+    Queue<int>::create(held.name());
+    ready.put(1);
+    pause();
+  });
+  ready.get();
+  auto keep = Queue<int>::open(held.name());  // its creator dies, but we still map it
+  owner.kill(SIGKILL);
+  owner.wait_status();
+  Queue<int>::create(live.name());
+
+  const auto r = shmq_cli("rm --stale " + prefix);
+  CHECK(r.status == 0);
+  CHECK(r.out.find("removed " + stale.name()) != std::string::npos);
+  CHECK_FALSE(segment_exists(stale.name()));
+  CHECK(segment_exists(live.name()));
+  CHECK(segment_exists(held.name()));
+}
+
+TEST_CASE("shmq watch prints one line per interval when piped", "[cli]") {
+  NameGuard jobs(unique_name("watch"));
+  auto q = Queue<int>::create(jobs.name());
+  q.put(1);
+  const auto r = shmq_cli("watch " + jobs.name() + " --interval 0.02 --count 3");
+  CHECK(r.status == 0);
+  int lines = 0;
+  for (char c : r.out) lines += c == '\n';
+  CHECK(lines == 3);
+  CHECK(r.out.rfind(jobs.name() + "  depth 1  bytes 8/1048576", 0) == 0);
+}
+
+#endif

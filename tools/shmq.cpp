@@ -1,0 +1,329 @@
+// shmq: see, watch and clean up shmq queues.
+//
+//   shmq ls [--json]                           every shmq queue on this machine
+//   shmq stat NAME [--json]                    one queue's state and its counters since creation
+//   shmq watch NAME [--interval SECONDS] [--count N]   live depth and rates
+//   shmq rm NAME...                            remove queues by name
+//   shmq rm --stale [PREFIX]                   remove queues whose creator is dead and that no live
+//                                              process maps (only names starting with PREFIX)
+//
+// Exit status: 0 success; 1 failure (a queue not found, not a shmq queue, not permitted); 2 usage.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shmq/errors.hpp"
+#include "shmq/inspect.hpp"
+#include "shmq/queue.hpp"
+
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kFailed = 1;
+constexpr int kUsage = 2;
+
+const char* const kUsageText =
+    "usage: shmq <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  ls [--json]                      list every shmq queue on this machine\n"
+    "  stat NAME [--json]               one queue's state and counters since creation\n"
+    "  watch NAME [--interval SECONDS] [--count N]\n"
+    "                                   live depth and rates; in place on a terminal,\n"
+    "                                   one line per interval when piped\n"
+    "  rm NAME...                       remove queues by name\n"
+    "  rm --stale [PREFIX]              remove queues whose creator is dead and that no\n"
+    "                                   live process maps (with PREFIX, only names that\n"
+    "                                   start with it); lists what it removed\n"
+    "\n"
+    "`shmq COMMAND --help` describes one command. Exit status: 0 success, 1 failure, 2 usage.\n";
+
+int usage_error(const std::string& why) {
+  std::fprintf(stderr, "shmq: %s\n%s", why.c_str(), kUsageText);
+  return kUsage;
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string octal(std::uint32_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", mode);
+  return buf;
+}
+
+std::string pids(const std::vector<pid_t>& list) {
+  std::string out;
+  for (const pid_t p : list) out += (out.empty() ? "" : ", ") + std::to_string(p);
+  return out;
+}
+
+std::string utc(std::uint64_t unix_ns) {
+  const std::time_t t = static_cast<std::time_t>(unix_ns / 1'000'000'000);
+  char buf[32];
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+// One queue as a JSON object (no trailing newline).
+std::string stats_json(const shmq::QueueStats& s, const shmq::QueueUsers& u) {
+  std::string mapped = "[";
+  for (std::size_t i = 0; i < u.mapped_by.size(); ++i) {
+    mapped += (i ? ", " : "") + std::to_string(u.mapped_by[i]);
+  }
+  mapped += "]";
+  auto n = [](std::uint64_t v) { return std::to_string(v); };
+  return "{\"name\": " + json_string(s.name) + ", \"type\": " + json_string(s.type_name) +
+         ", \"messages\": " + n(s.messages) + ", \"bytes_used\": " + n(s.bytes_used) +
+         ", \"capacity_bytes\": " + n(s.capacity_bytes) + ", \"maxsize\": " + n(s.maxsize) +
+         ", \"mode\": " + json_string(octal(s.mode)) + ", \"creator_pid\": " + std::to_string(s.creator_pid) +
+         ", \"creator_alive\": " + (u.creator_alive ? "true" : "false") + ", \"mapped_by\": " + mapped +
+         ", \"created_unix_ns\": " + n(s.created_unix_ns) + ", \"shut_down\": " + (s.shut_down ? "true" : "false") +
+         ", \"puts\": " + n(s.puts) + ", \"gets\": " + n(s.gets) + ", \"put_timeouts\": " + n(s.put_timeouts) +
+         ", \"get_timeouts\": " + n(s.get_timeouts) + ", \"full_waits\": " + n(s.full_waits) +
+         ", \"empty_waits\": " + n(s.empty_waits) + ", \"lock_recoveries\": " + n(s.lock_recoveries) +
+         ", \"peak_depth\": " + n(s.peak_depth) + ", \"sleeping_producers\": " + n(s.sleeping_producers) +
+         ", \"sleeping_consumers\": " + n(s.sleeping_consumers) + "}";
+}
+
+// ---- ls
+
+int ls(const std::vector<std::string>& args) {
+  bool json = false;
+  for (const auto& a : args) {
+    if (a == "--help") {
+      std::printf("usage: shmq ls [--json]\n\nLists every shmq queue (/dev/shm/shmq.*): messages, bytes used of the\n"
+                  "capacity, maxsize, mode, creator pid and whether it runs, processes mapping it, type.\n"
+                  "Segments it cannot read are listed with the reason.\n");
+      return kOk;
+    }
+    if (a != "--json") return usage_error("ls: unknown option " + a);
+    json = true;
+  }
+  const auto names = shmq::list_queues();
+  if (json) std::printf("[");
+  else std::printf("%-32s %9s %23s %8s %5s %-16s %7s  %s\n", "NAME", "MESSAGES", "BYTES USED/CAPACITY", "MAXSIZE",
+                   "MODE", "CREATOR", "MAPPED", "TYPE");
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const auto& name = names[i];
+    try {
+      const auto s = shmq::inspect(name);
+      const auto u = shmq::queue_users(s);
+      if (json) {
+        std::printf("%s\n  %s", i ? "," : "", stats_json(s, u).c_str());
+      } else {
+        const std::string used = std::to_string(s.bytes_used) + "/" + std::to_string(s.capacity_bytes);
+        const std::string creator = std::to_string(s.creator_pid) + (u.creator_alive ? " alive" : " dead");
+        std::printf("%-32s %9llu %23s %8llu %5s %-16s %7zu  %s\n", name.c_str(),
+                    static_cast<unsigned long long>(s.messages), used.c_str(),
+                    static_cast<unsigned long long>(s.maxsize), octal(s.mode).c_str(), creator.c_str(),
+                    u.mapped_by.size(), s.type_name.c_str());
+      }
+    } catch (const std::exception& e) {
+      if (json) {
+        std::printf("%s\n  {\"name\": %s, \"error\": %s}", i ? "," : "", json_string(name).c_str(),
+                    json_string(e.what()).c_str());
+      } else {
+        std::printf("%-32s (unreadable: %s)\n", name.c_str(), e.what());
+      }
+    }
+  }
+  if (json) std::printf("%s]\n", names.empty() ? "" : "\n");
+  return kOk;
+}
+
+// ---- stat
+
+int stat(const std::vector<std::string>& args) {
+  bool json = false;
+  std::string name;
+  for (const auto& a : args) {
+    if (a == "--help") {
+      std::printf("usage: shmq stat NAME [--json]\n\nOne queue's state and its counters since creation: puts, gets, timeouts,\n"
+                  "waits on full and on empty, lock recoveries after a crashed holder, peak depth.\n");
+      return kOk;
+    }
+    if (a == "--json") {
+      json = true;
+    } else if (name.empty() && a.rfind("--", 0) != 0) {
+      name = a;
+    } else {
+      return usage_error("stat: unexpected argument " + a);
+    }
+  }
+  if (name.empty()) return usage_error("stat: which queue?");
+  try {
+    const auto s = shmq::inspect(name);
+    const auto u = shmq::queue_users(s);
+    if (json) {
+      std::printf("%s\n", stats_json(s, u).c_str());
+      return kOk;
+    }
+    auto row = [](const char* key, const std::string& value) { std::printf("%-20s %s\n", key, value.c_str()); };
+    auto n = [](std::uint64_t v) { return std::to_string(v); };
+    row("name:", s.name);
+    row("type:", s.type_name);
+    row("messages:", n(s.messages));
+    row("bytes used:", n(s.bytes_used) + " of " + n(s.capacity_bytes));
+    row("maxsize:", s.maxsize ? n(s.maxsize) : "none (bounded by bytes)");
+    row("mode:", octal(s.mode));
+    row("creator:", "pid " + std::to_string(s.creator_pid) + (u.creator_alive ? " (alive)" : " (dead)"));
+    row("created:", utc(s.created_unix_ns));
+    row("mapped by:", std::to_string(u.mapped_by.size()) + " process(es)" +
+                          (u.mapped_by.empty() ? "" : " (" + pids(u.mapped_by) + ")"));
+    row("shut down:", s.shut_down ? "yes" : "no");
+    row("puts:", n(s.puts));
+    row("gets:", n(s.gets));
+    row("put timeouts:", n(s.put_timeouts));
+    row("get timeouts:", n(s.get_timeouts));
+    row("waits on full:", n(s.full_waits));
+    row("waits on empty:", n(s.empty_waits));
+    row("lock recoveries:", n(s.lock_recoveries));
+    row("peak depth:", n(s.peak_depth));
+    row("sleeping now:", n(s.sleeping_producers) + " producer(s), " + n(s.sleeping_consumers) + " consumer(s)");
+    return kOk;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shmq stat: %s\n", e.what());
+    return kFailed;
+  }
+}
+
+// ---- watch
+
+volatile sig_atomic_t interrupted = 0;
+extern "C" void on_interrupt(int) { interrupted = 1; }
+
+int watch(const std::vector<std::string>& args) {
+  std::string name;
+  double interval = 1.0;
+  long count = -1;  // forever
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto& a = args[i];
+    if (a == "--help") {
+      std::printf("usage: shmq watch NAME [--interval SECONDS] [--count N]\n\nA live view of the queue's depth and put/get rates, refreshed in place on a\n"
+                  "terminal, one line per interval when piped. Ctrl-C, or --count lines, ends it.\n");
+      return kOk;
+    }
+    if (a == "--interval" && i + 1 < args.size()) {
+      interval = std::atof(args[++i].c_str());
+      if (interval <= 0) return usage_error("watch: --interval must be a positive number of seconds");
+    } else if (a == "--count" && i + 1 < args.size()) {
+      count = std::atol(args[++i].c_str());
+      if (count <= 0) return usage_error("watch: --count must be positive");
+    } else if (name.empty() && a.rfind("--", 0) != 0) {
+      name = a;
+    } else {
+      return usage_error("watch: unexpected argument " + a);
+    }
+  }
+  if (name.empty()) return usage_error("watch: which queue?");
+  signal(SIGINT, on_interrupt);
+  const bool tty = isatty(STDOUT_FILENO) != 0;
+  try {
+    auto before = shmq::inspect(name);
+    auto at = std::chrono::steady_clock::now();
+    for (long shown = 0; !interrupted && (count < 0 || shown < count); ++shown) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(interval));
+      const auto now = shmq::inspect(name);
+      const auto then = std::exchange(at, std::chrono::steady_clock::now());
+      const double secs = std::chrono::duration<double>(at - then).count();
+      std::printf("%s%s  depth %llu  bytes %llu/%llu  puts/s %.0f  gets/s %.0f  sleeping %u producer(s), %u consumer(s)%s",
+                  tty ? "\r\033[K" : "", name.c_str(), static_cast<unsigned long long>(now.messages),
+                  static_cast<unsigned long long>(now.bytes_used), static_cast<unsigned long long>(now.capacity_bytes),
+                  double(now.puts - before.puts) / secs, double(now.gets - before.gets) / secs,
+                  now.sleeping_producers, now.sleeping_consumers, tty ? "" : "\n");
+      std::fflush(stdout);
+      before = now;
+    }
+    if (tty) std::printf("\n");
+    return kOk;
+  } catch (const std::exception& e) {
+    if (tty) std::printf("\n");
+    std::fprintf(stderr, "shmq watch: %s\n", e.what());
+    return kFailed;
+  }
+}
+
+// ---- rm
+
+int rm(const std::vector<std::string>& args) {
+  if (args.empty()) return usage_error("rm: which queues? (names, or --stale)");
+  if (args.size() == 1 && args[0] == "--help") {
+    std::printf("usage: shmq rm NAME...\n       shmq rm --stale [PREFIX]\n\nRemoves queues by name (processes that have them open keep using them), or,\n"
+                "with --stale, every queue whose creator is dead and that no live process maps\n"
+                "(only those whose names start with PREFIX, if given), listing what it removed.\n");
+    return kOk;
+  }
+  if (args[0] == "--stale") {
+    if (args.size() > 2) return usage_error("rm --stale takes at most one PREFIX");
+    const std::string prefix = args.size() == 2 ? args[1] : "";
+    int status = kOk;
+    for (const auto& name : shmq::list_queues()) {
+      if (name.compare(0, prefix.size(), prefix) != 0) continue;
+      try {
+        const auto s = shmq::inspect(name);
+        const auto u = shmq::queue_users(s);
+        if (!u.creator_alive && u.mapped_by.empty() && shmq::Queue<char>::remove(name)) {
+          std::printf("removed %s (creator pid %d is dead; no process maps it)\n", name.c_str(), s.creator_pid);
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "shmq rm: %s: %s\n", name.c_str(), e.what());
+        status = kFailed;
+      }
+    }
+    return status;
+  }
+  int status = kOk;
+  for (const auto& name : args) {
+    if (name.rfind("--", 0) == 0) return usage_error("rm: unexpected option " + name);
+    try {
+      shmq::inspect(name);  // refuse to remove what is not a shmq queue
+      shmq::Queue<char>::remove(name);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shmq rm: %s\n", e.what());
+      status = kFailed;
+    }
+  }
+  return status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage_error("a command is needed");
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::printf("%s", kUsageText);
+    return kOk;
+  }
+  if (command == "ls") return ls(args);
+  if (command == "stat") return stat(args);
+  if (command == "watch") return watch(args);
+  if (command == "rm") return rm(args);
+  return usage_error("unknown command " + command);
+}
