@@ -9,6 +9,10 @@
 
 #include "shmq/detail/ring.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 namespace shmq::detail {
 
 namespace {
@@ -43,7 +47,17 @@ void wake(EventCount& ev, int how_many) noexcept {
 int lock_slow(pthread_mutex_t& mutex, const Deadline& deadline) noexcept {
   if (deadline.is_never()) return pthread_mutex_lock(&mutex);
   const timespec ts = Deadline::to_timespec(deadline.at());
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer's runtime (GCC 12, LLVM 14) does not intercept pthread_mutex_clocklock: tell it
+  // about the acquisition, or it reports the later unlock as the unlock of an unlocked mutex.
+  __tsan_mutex_pre_lock(&mutex, __tsan_mutex_try_lock);
+  const int rc = pthread_mutex_clocklock(&mutex, CLOCK_MONOTONIC, &ts);
+  const bool acquired = rc == 0 || rc == EOWNERDEAD;
+  __tsan_mutex_post_lock(&mutex, __tsan_mutex_try_lock | (acquired ? 0 : __tsan_mutex_try_lock_failed), 0);
+  return rc;
+#else
   return pthread_mutex_clocklock(&mutex, CLOCK_MONOTONIC, &ts);
+#endif
 }
 
 void throw_lock_error(int rc, const std::string& queue) {
