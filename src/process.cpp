@@ -52,6 +52,9 @@ void follow_parent_death(pid_t parent) {
 [[noreturn]] void run_child(const std::string& name, bool daemon, pid_t parent,
                             const std::function<int()>& target) {
   own_name() = name;
+  // terminate() must end the child: a SIGTERM handler inherited from the parent (a test runner's,
+  // an application's shutdown hook) would run in its place. fn may install its own.
+  signal(SIGTERM, SIG_DFL);
   if (daemon) follow_parent_death(parent);
   int code = 1;
   try {

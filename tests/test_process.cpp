@@ -181,7 +181,7 @@ TEST_CASE("64 processes at once all run and are all reaped", "[process]") {
   for (auto& p : ps) CHECK(p.exitcode() == 0);
 }
 
-TEST_CASE("arguments are copied into the child; a queue argument is the same queue", "[process]") {
+TEST_CASE("arguments are copied into the child, and a queue argument is the same queue", "[process]") {
   Queue<std::string> q;
   std::string greeting = "hello";
   Process p([](Queue<std::string> out, std::string text, int n) { out.put(text + " x" + std::to_string(n)); },

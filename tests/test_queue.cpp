@@ -194,7 +194,7 @@ TEST_CASE("messages of every size stay intact across many turns of the ring", "[
   for (const auto& s : sent) REQUIRE(q.get() == s);
 }
 
-TEST_CASE("the largest message that fits goes through; one byte more throws MessageTooLarge", "[queue]") {
+TEST_CASE("the largest message that fits goes through, and one byte more throws MessageTooLarge", "[queue]") {
   Queue<std::vector<char>> q(QueueOptions{.capacity_bytes = 4096});
   // A vector encodes as a 4-byte count plus its bytes.
   const std::vector<char> largest(q.max_message_bytes() - 4, 'x');

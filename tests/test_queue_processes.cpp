@@ -321,7 +321,7 @@ TEST_CASE("a header changed under a running queue makes calls throw, never stray
 TEST_CASE("of many processes racing open_or_create on one name, exactly one creates", "[queue][stress]") {
   NameGuard guard(unique_name("race"));
   constexpr int kRacers = 16;
-  constexpr int kRounds = 50;
+  constexpr int kRounds = 125;  // 2,000 racing processes
   for (int round = 0; round < kRounds; ++round) {
     std::vector<Child> racers;
     for (int i = 0; i < kRacers; ++i) {

@@ -36,6 +36,9 @@ ProcessInfo current_process();
 
 // A child process that runs fn(args...) and nothing else of the parent.
 //
+// The child starts with SIGTERM at its default action, so terminate() ends it; other signal
+// dispositions are inherited, as fork() does.
+//
 // The arguments are copied when the Process is made, and the child sees those copies (fork copies
 // memory): a shmq::Queue handle passed as an argument is the same queue in the child. The child
 // ends with _exit once fn returns: the parent's atexit handlers and static destructors do not run

@@ -1,0 +1,262 @@
+// Faults other than kills: stopped lock holders, signal storms, no room, no descriptors, hostile
+// names and owners, an ignored SIGCHLD.
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "shmq/shmq.hpp"
+#include "../support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::Queue;
+using shmq::QueueOptions;
+using shmq::test::Child;
+using shmq::test::NameGuard;
+using shmq::test::unique_name;
+
+namespace {
+
+// A value whose encoding, in a process that set stop_fd, reports on that pipe and then stops the
+// process (SIGSTOP) inside encode(): while it holds the queue's put lock.
+int stop_fd = -1;
+struct Stopper {
+  int value;
+};
+
+struct Pipe {
+  int fds[2];
+  Pipe() { REQUIRE(pipe(fds) == 0); }
+  ~Pipe() {
+    close(fds[0]);
+    close(fds[1]);
+  }
+};
+
+}  // namespace
+
+template <>
+struct shmq::codec<Stopper> {
+  static std::size_t size(const Stopper&) { return sizeof(int); }
+  static void encode(const Stopper& s, Writer& w) {
+    if (stop_fd >= 0 && s.value < 0) {
+      const char byte = 's';
+      if (write(stop_fd, &byte, 1) != 1) _exit(9);
+      raise(SIGSTOP);
+    }
+    w.write(&s.value, sizeof s.value);
+  }
+  static Stopper decode(Reader& r) {
+    Stopper s{};
+    r.read(&s.value, sizeof s.value);
+    return s;
+  }
+};
+
+TEST_CASE("a lock holder stopped for a while: others time out, nobody takes its lock, traffic resumes",
+          "[fault]") {
+  Queue<Stopper> q;
+  Pipe pipe;
+  Child holder([&] {
+    stop_fd = pipe.fds[1];
+    q.put(Stopper{-1});  // stops itself halfway through this put, holding the lock
+  });
+  char byte;
+  REQUIRE(read(pipe.fds[0], &byte, 1) == 1);
+  REQUIRE(shmq::test::eventually([&] {
+    char state = 0;
+    if (FILE* f = std::fopen(("/proc/" + std::to_string(holder.pid()) + "/stat").c_str(), "r")) {
+      (void)!std::fscanf(f, "%*d %*s %c", &state);
+      std::fclose(f);
+    }
+    return state == 'T';
+  }));
+  CHECK_THROWS_AS(q.put(Stopper{1}, 100ms), shmq::Full);
+  CHECK_FALSE(q.try_put(Stopper{1}));
+  CHECK(q.stats().lock_recoveries == 0);  // a live owner keeps its lock
+
+  holder.kill(SIGCONT);
+  CHECK(holder.succeeded());
+  q.put(Stopper{2});
+  CHECK(q.get().value == -1);
+  CHECK(q.get().value == 2);
+}
+
+namespace {
+volatile sig_atomic_t alarms = 0;
+extern "C" void count_alarm(int) { alarms = alarms + 1; }
+
+// SIGALRM every millisecond, without SA_RESTART, in this process for the object's lifetime.
+class AlarmStorm {
+ public:
+  AlarmStorm() {
+    struct sigaction sa {};
+    sa.sa_handler = count_alarm;  // no SA_RESTART: interrupted syscalls fail with EINTR
+    sigaction(SIGALRM, &sa, &old_);
+    const itimerval every_ms{{0, 1000}, {0, 1000}};
+    setitimer(ITIMER_REAL, &every_ms, nullptr);
+  }
+  ~AlarmStorm() {
+    const itimerval off{};
+    setitimer(ITIMER_REAL, &off, nullptr);
+    sigaction(SIGALRM, &old_, nullptr);
+  }
+
+ private:
+  struct sigaction old_ {};
+};
+}  // namespace
+
+TEST_CASE("blocking calls interrupted by a signal every millisecond complete and lose nothing", "[fault]") {
+  Queue<long> q(4);
+  Queue<long> total;
+  constexpr long kMessages = 20'000;
+  Child consumer([&] {
+    AlarmStorm storm;
+    long sum = 0;
+    for (long i = 0; i < kMessages; ++i) sum += q.get();
+    // A timed get over an empty queue, interrupted many times, still waits its whole timeout.
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      q.get(30ms);
+      sum = -1;
+    } catch (const shmq::Empty&) {
+      if (std::chrono::steady_clock::now() - start < 30ms) sum = -2;
+    }
+    total.put(sum);
+    if (alarms == 0) throw std::runtime_error("no alarm arrived");
+  });
+  {
+    AlarmStorm storm;
+    for (long i = 0; i < kMessages; ++i) q.put(i);  // blocks often: maxsize 4
+    CHECK(total.get() == kMessages * (kMessages - 1) / 2);
+    CHECK(alarms > 0);
+  }
+  CHECK(consumer.succeeded());
+}
+
+TEST_CASE("join works, and nothing hangs, with SIGCHLD set to SIG_IGN", "[fault][process]") {
+  struct sigaction ignore {}, old{};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGCHLD, &ignore, &old);
+  {
+    shmq::Process p([] { return 3; });
+    p.start();
+    p.join();
+    CHECK_FALSE(p.is_alive());
+    CHECK(p.exitcode().has_value());  // the status itself is discarded by the kernel
+    shmq::Pool pool(1);
+    CHECK(pool.apply([](int x) { return x * 2; }, 21) == 42);
+  }
+  sigaction(SIGCHLD, &old, nullptr);
+}
+
+TEST_CASE("a full /dev/shm is a clear error at creation, never a SIGBUS later", "[fault]") {
+  // A private mount namespace with a tiny /dev/shm: needs root (CAP_SYS_ADMIN).
+  Queue<std::string> outcome;
+  Child child([outcome]() mutable {
+    if (unshare(CLONE_NEWNS) != 0 || mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=64k") != 0) {
+      outcome.put("skipped: cannot mount a tmpfs here");
+      return;
+    }
+    try {
+      Queue<int> q(QueueOptions{.capacity_bytes = 1 << 20});
+      outcome.put("created: no error");
+    } catch (const shmq::Error& e) {
+      outcome.put(e.what());
+    }
+  });
+  const std::string what = outcome.get();
+  CHECK(child.succeeded());
+  if (what.rfind("skipped", 0) == 0) {
+    WARN(what);
+    return;
+  }
+  CHECK(what.find("cannot reserve 1052672 bytes") != std::string::npos);
+  CHECK(what.find("No space left on device") != std::string::npos);
+}
+
+TEST_CASE("running out of file descriptors is a clear error", "[fault]") {
+  Queue<std::string> outcome;
+  Child child([outcome]() mutable {
+    const rlimit few{16, 16};
+    setrlimit(RLIMIT_NOFILE, &few);
+    std::vector<int> fds;
+    for (int fd; (fd = dup(0)) >= 0;) fds.push_back(fd);
+    try {
+      Queue<int> q;
+      outcome.put("created: no error");
+    } catch (const shmq::Error& e) {
+      outcome.put(e.what());
+    }
+  });
+  const std::string what = outcome.get();
+  CHECK(child.succeeded());
+  CHECK(what.find("Too many open files") != std::string::npos);
+}
+
+TEST_CASE("a symlink at the queue's name is refused, never followed", "[fault]") {
+  NameGuard guard(unique_name("link"));
+  const std::string target = "/tmp/shmq-link-target-" + std::to_string(getpid());
+  {
+    const int fd = open(target.c_str(), O_CREAT | O_RDWR, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(ftruncate(fd, 8192) == 0);
+    close(fd);
+  }
+  REQUIRE(symlink(target.c_str(), ("/dev/shm/shmq." + guard.name()).c_str()) == 0);
+  CHECK_THROWS_WITH(Queue<int>::open(guard.name()), Catch::Contains("symbolic links"));
+  CHECK_THROWS_AS(Queue<int>::create(guard.name()), shmq::AlreadyExists);
+  CHECK_THROWS_AS(Queue<int>::open_or_create(guard.name()), shmq::Error);
+  struct stat st;
+  REQUIRE(stat(target.c_str(), &st) == 0);
+  CHECK(st.st_size == 8192);  // untouched
+  unlink(target.c_str());
+}
+
+TEST_CASE("another user's segment, or another user, is kept out", "[fault]") {
+  if (geteuid() != 0) {
+    WARN("skipped: needs root to act as another user");
+    return;
+  }
+  constexpr uid_t kNobody = 65534;
+  NameGuard theirs(unique_name("theirs"));
+  NameGuard mine(unique_name("mine"));
+  SECTION("open_or_create refuses a segment owned by another user") {
+    Queue<int>::create(theirs.name());
+    REQUIRE(chown(("/dev/shm/shmq." + theirs.name()).c_str(), kNobody, kNobody) == 0);
+    CHECK_THROWS_WITH(Queue<int>::open_or_create(theirs.name()), Catch::Contains("belongs to uid 65534"));
+  }
+  SECTION("by default another user cannot open a queue; a widened mode lets them") {
+    Queue<int>::create(mine.name());
+    NameGuard shared(unique_name("shared"));
+    Queue<int>::create(shared.name(), {.mode = 0666});
+    Queue<std::string> outcome;
+    Child nobody([&] {
+      if (setgid(kNobody) != 0 || setuid(kNobody) != 0) throw std::runtime_error("cannot become nobody");
+      try {
+        Queue<int>::open(mine.name());
+        outcome.put("opened");
+      } catch (const shmq::Error& e) {
+        outcome.put(e.what());
+      }
+      Queue<int>::open(shared.name()).put(5);
+    });
+    const std::string what = outcome.get();
+    CHECK(nobody.succeeded());
+    CHECK(what.find("Permission denied") != std::string::npos);
+    CHECK(Queue<int>::open(shared.name()).get() == 5);
+  }
+}
