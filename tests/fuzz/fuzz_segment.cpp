@@ -1,0 +1,95 @@
+// libFuzzer target: hostile segments and hostile peers.
+//  - open() of a segment whose header page is the input (the rest a valid ring), which must
+//    either throw Incompatible or yield a queue that is safe to use;
+//  - a valid, running queue whose header is then overwritten with the input (a peer scribbling on
+//    it), after which every call must throw or work, never read or write outside the mapping.
+// The mutexes are left intact: a process that can scribble on them can also hold them forever,
+// which the timed calls already survive; scribbling on them tests glibc, not shmq.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "shmq/detail/layout.hpp"
+#include "shmq/shmq.hpp"
+
+namespace {
+
+using shmq::detail::SharedHeader;
+
+const std::string& name() {
+  static const std::string n = "fuzz-" + std::to_string(getpid());
+  return n;
+}
+
+// Copies the input over the header, keeping the two mutexes as they were.
+void scribble(SharedHeader& h, const std::uint8_t* data, std::size_t size) {
+  const auto put_lock = h.put_lock;
+  const auto get_lock = h.get_lock;
+  std::memcpy(static_cast<void*>(&h), data, std::min(size, sizeof(SharedHeader)));
+  h.put_lock = put_lock;
+  h.get_lock = get_lock;
+}
+
+// Every call a user can make; each may throw a shmq::Error, none may crash.
+void exercise(shmq::Queue<std::string>& q) {
+  for (int i = 0; i < 4; ++i) {
+    try {
+      q.try_put(std::string(static_cast<std::size_t>(i) * 100, 'x'));
+    } catch (const shmq::Error&) {
+    }
+    try {
+      (void)q.try_get();
+    } catch (const shmq::Error&) {
+    }
+  }
+  std::vector<std::string> out;
+  try {
+    q.try_get_many(out, 16);
+  } catch (const shmq::Error&) {
+  }
+  (void)q.qsize();
+  (void)q.full();
+  (void)q.stats();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  shmq::Queue<std::string>::remove(name());
+  {
+    auto q = shmq::Queue<std::string>::create(name(), {.maxsize = 0, .capacity_bytes = 4096});
+    q.put("one");
+    q.put(std::string(3000, 'b'));  // wraps the ring on the next put
+    q.get();
+    q.put("three");
+    // A peer with the queue mapped scribbles on the header.
+    const int fd = shm_open(("/shmq." + name()).c_str(), O_RDWR, 0);
+    void* p = mmap(nullptr, shmq::detail::kHeaderBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    auto* header = static_cast<SharedHeader*>(p);
+    std::vector<std::byte> saved(sizeof(SharedHeader));  // to restore once the input has had its go
+    std::memcpy(saved.data(), static_cast<void*>(header), saved.size());
+    scribble(*header, data, size);
+    exercise(q);
+    // The same bytes met by a fresh open; but not a zero magic word, which open() takes for a
+    // creator still at work and waits two seconds for (tests/test_queue_processes.cpp covers it).
+    if (header->magic.load() != 0) {
+      try {
+        auto reopened = shmq::Queue<std::string>::open(name());
+        exercise(reopened);
+      } catch (const shmq::Error&) {
+      }
+    }
+    std::memcpy(static_cast<void*>(header), saved.data(), saved.size());
+    munmap(p, shmq::detail::kHeaderBytes);
+  }
+  shmq::Queue<std::string>::remove(name());
+  return 0;
+}
