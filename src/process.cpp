@@ -128,6 +128,13 @@ void Process::start() {
   // The pidfd lets join(timeout) poll for the child's end and makes signals safe from pid reuse.
   // pidfd_open sets close-on-exec.
   const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0 && errno == ESRCH) {
+    // Only with SIGCHLD ignored: the child has already ended and the kernel reaped it, discarding
+    // its status (see exitcode()). Never signal that pid again: it may be someone else's now.
+    pid_ = pid;
+    exitcode_ = 0;
+    return;
+  }
   if (fd < 0) {
     const int err = errno;
     ::kill(pid, SIGKILL);

@@ -400,8 +400,8 @@ QueueStats Segment::stats() const {
   s.empty_waits = h.empty_waits.load(relaxed);
   s.lock_recoveries = h.lock_recoveries.load(relaxed);
   s.peak_depth = h.peak_depth.load(relaxed);
-  s.sleeping_producers = h.not_full.sleepers.load(relaxed);
-  s.sleeping_consumers = h.not_empty.sleepers.load(relaxed);
+  s.sleeping_producers = sleepers_of(h.not_full.sleep.load(relaxed));
+  s.sleeping_consumers = sleepers_of(h.not_empty.sleep.load(relaxed));
   return s;
 }
 

@@ -17,11 +17,6 @@ namespace shmq::detail {
 
 namespace {
 
-// A consumer woken for a message (or a producer for room) can be SIGKILLed before it acts on the
-// wake-up; the wake is then lost to the sleepers that remain. So no sleep lasts longer than this:
-// the sleeper then re-checks the queue, which costs a few microseconds a second while idle.
-constexpr std::chrono::seconds kLivenessBackstop{1};
-
 long futex(std::atomic<std::uint32_t>& word, int op, std::uint32_t value, const timespec* timeout) {
   // Not FUTEX_PRIVATE_FLAG: the word is shared between processes. FUTEX_WAIT_BITSET takes an
   // absolute CLOCK_MONOTONIC timeout (FUTEX_CLOCK_REALTIME is not set).
@@ -32,16 +27,19 @@ long futex(std::atomic<std::uint32_t>& word, int op, std::uint32_t value, const 
 }  // namespace
 
 void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const Deadline& deadline) {
-  const auto backstop = Deadline::clock::now() + kLivenessBackstop;
-  const auto until = deadline.is_never() ? backstop : std::min(deadline.at(), backstop);
-  const timespec ts = Deadline::to_timespec(until);
+  const timespec ts = Deadline::to_timespec(deadline.at());
   // EAGAIN (the word moved), EINTR (a signal) and ETIMEDOUT all mean: go and look again.
-  futex(word, FUTEX_WAIT_BITSET, expected, &ts);
+  futex(word, FUTEX_WAIT_BITSET, expected, deadline.is_never() ? nullptr : &ts);
 }
 
-void wake(EventCount& ev, int how_many) noexcept {
+void wake(EventCount& ev) noexcept {
+  std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
+  do {
+    if (sleepers_of(now) == 0) return;  // another notifier woke them first
+  } while (!ev.sleep.compare_exchange_weak(now, std::uint64_t{epoch_of(now) + 1u} << 32,
+                                           std::memory_order_relaxed));
   ev.seq.fetch_add(1, std::memory_order_release);
-  futex(ev.seq, FUTEX_WAKE_BITSET, static_cast<std::uint32_t>(how_many), nullptr);
+  futex(ev.seq, FUTEX_WAKE_BITSET, INT_MAX, nullptr);
 }
 
 int lock_slow(pthread_mutex_t& mutex, const Deadline& deadline) noexcept {

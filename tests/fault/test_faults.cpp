@@ -178,8 +178,9 @@ TEST_CASE("a full /dev/shm is a clear error at creation, never a SIGBUS later", 
       outcome.put(e.what());
     }
   });
-  const std::string what = outcome.get();
-  CHECK(child.succeeded());
+  // Reap first, then read: a child that died without reporting fails the test, never hangs it.
+  REQUIRE(child.succeeded());
+  const std::string what = outcome.try_get().value_or("no report");
   if (what.rfind("skipped", 0) == 0) {
     WARN(what);
     return;
@@ -189,6 +190,13 @@ TEST_CASE("a full /dev/shm is a clear error at creation, never a SIGBUS later", 
 }
 
 TEST_CASE("running out of file descriptors is a clear error", "[fault]") {
+#if defined(__SANITIZE_ADDRESS__)
+  // Our ASan build includes UBSan, whose vptr check needs descriptors of its own: with none left it
+  // reports every polymorphic access (typeid, any exception object) as invalid. The plain and TSan
+  // builds run this test.
+  WARN("skipped under UBSan: its vptr check cannot run without file descriptors");
+  return;
+#endif
   Queue<std::string> outcome;
   Child child([outcome]() mutable {
     const rlimit few{16, 16};
@@ -202,8 +210,8 @@ TEST_CASE("running out of file descriptors is a clear error", "[fault]") {
       outcome.put(e.what());
     }
   });
-  const std::string what = outcome.get();
-  CHECK(child.succeeded());
+  REQUIRE(child.succeeded());
+  const std::string what = outcome.try_get().value_or("no report");
   CHECK(what.find("Too many open files") != std::string::npos);
 }
 

@@ -56,16 +56,25 @@ struct Cursor {
   }
 };
 
-// A condition variable of our own: a futex word that every state change bumps, and a count of
-// processes asleep on it. It keeps no per-waiter state, so a waiter killed while asleep leaves
-// nothing behind but one stale count in `sleepers`, which costs later notifiers one futex_wake
-// syscall that wakes nobody, never a hang (glibc's process-shared pthread_cond_t can deadlock).
+// A condition variable of our own: a futex word that every wake-up bumps, and one 64-bit word
+// holding the number of processes asleep (low half) and the epoch they sleep in (high half). A
+// notifier that finds sleepers zeroes the count and starts a new epoch in one CAS, then wakes every
+// sleeper: until one of them sleeps again, later notifiers see no sleeper and make no syscall (a
+// woken process may wait milliseconds for a CPU, and counting it meanwhile would cost every put a
+// futex_wake that wakes nobody). A sleeper that wakes for another reason takes itself off the count
+// only if its epoch is still current. Nothing here is per waiter: a process killed asleep leaves
+// one count, which the next notifier clears with one wake-up that wakes nobody.
 struct alignas(kCacheLine) EventCount {
-  // Bumped (release) before every wake; sleepers futex-wait for it to move.
-  std::atomic<std::uint32_t> seq;
-  // Processes between deciding to sleep and waking up; read by notifiers after a seq_cst fence.
-  std::atomic<std::uint32_t> sleepers;
+  std::atomic<std::uint32_t> seq;     // bumped (release) by every wake-up; sleepers futex-wait on it
+  std::atomic<std::uint64_t> sleep;   // epoch << 32 | sleepers; RMW by sleepers and notifiers
 };
+
+inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
+  return static_cast<std::uint32_t>(sleep);
+}
+inline constexpr std::uint32_t epoch_of(std::uint64_t sleep) noexcept {
+  return static_cast<std::uint32_t>(sleep >> 32);
+}
 
 enum class ShutdownState : std::uint32_t { running = 0, draining = 1, immediate = 2 };
 

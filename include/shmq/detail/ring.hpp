@@ -40,11 +40,11 @@ namespace shmq::detail {
 // ---- Out of line (src/sync.cpp): everything that makes a syscall.
 
 // Sleeps while `word` holds `expected`, until woken, a signal, or the deadline. May return early;
-// callers re-check their condition. Each sleep lasts at most a second: see kLivenessBackstop.
+// callers re-check their condition.
 void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const Deadline& deadline);
-// Bumps ev.seq and wakes up to `how_many` sleepers (all of them for kWakeAll).
-void wake(EventCount& ev, int how_many) noexcept;
-inline constexpr int kWakeAll = 1 << 30;
+// Wakes every process asleep on `ev` if any is counted (see EventCount); call after publishing the
+// change they wait for, and after has_sleepers() or another seq_cst fence.
+void wake(EventCount& ev) noexcept;
 // The contended lock path: waits until the deadline; returns a pthread error code (0, EOWNERDEAD,
 // ETIMEDOUT, ...).
 int lock_slow(pthread_mutex_t& mutex, const Deadline& deadline) noexcept;
@@ -68,7 +68,11 @@ inline void cpu_relax() noexcept {
 // sleeper's re-check after its fence sees our change; never neither, so no wake-up is lost.
 inline bool has_sleepers(const EventCount& ev) noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  return ev.sleepers.load(std::memory_order_relaxed) != 0;
+  return sleepers_of(ev.sleep.load(std::memory_order_relaxed)) != 0;
+}
+// Wakes the sleepers of `ev`, if any, after a state change they may wait for.
+inline void notify(EventCount& ev) noexcept {
+  if (has_sleepers(ev)) wake(ev);
 }
 
 // How long a waiter polls before it sleeps, adapted per process: polling pays when the peer runs
@@ -102,16 +106,19 @@ void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
     cpu_relax();
   }
   spin.wasted();
-  // Read seq before counting ourselves and re-checking, so any change made after the re-check
-  // also moved seq and futex_wait returns at once instead of sleeping through it.
+  // Read seq before counting ourselves and re-checking, so any wake-up after the re-check also
+  // moved seq and futex_wait returns at once instead of sleeping through it.
   const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
-  ev.sleepers.fetch_add(1, std::memory_order_relaxed);
+  const std::uint32_t epoch = epoch_of(ev.sleep.fetch_add(1, std::memory_order_relaxed));
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (!ready()) {
     if (sleeps != nullptr) sleeps->fetch_add(1, std::memory_order_relaxed);
     futex_wait(ev.seq, seq, deadline);
   }
-  ev.sleepers.fetch_sub(1, std::memory_order_relaxed);
+  // Off the count, unless a notifier already cleared it by starting a new epoch.
+  std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
+  while (epoch_of(now) == epoch && !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
+  }
 }
 
 // Holds one of the ring's robust mutexes. Taking over a lock whose holder died marks it
@@ -259,7 +266,7 @@ class Ring {
         const Cursor tail = readable_tail(head);
         if (tail.count != head.count) {
           Cursor end = head;
-          const ScopeExit release([&]() noexcept { commit_get(head, end, tail, lock); });
+          const ScopeExit release([&]() noexcept { commit_get(head, end, lock); });
           std::size_t taken = 0;
           std::uint32_t queued = used_bytes(head, tail);  // bytes of frames in [end, tail)
           while (taken < max && end.count != tail.count) {
@@ -297,8 +304,8 @@ class Ring {
   void shutdown(bool immediate) noexcept {
     const auto state = immediate ? ShutdownState::immediate : ShutdownState::draining;
     h_->shutdown.fetch_or(static_cast<std::uint32_t>(state), std::memory_order_release);
-    wake(h_->not_empty, kWakeAll);
-    wake(h_->not_full, kWakeAll);
+    notify(h_->not_empty);
+    notify(h_->not_full);
   }
   // JoinableQueue's unfinished-task count: see SharedHeader::unfinished_tasks.
   void add_unfinished_tasks(std::int64_t n) noexcept { h_->unfinished_tasks.fetch_add(n); }
@@ -308,7 +315,7 @@ class Ring {
     do {
       if (now <= 0) return false;
     } while (!h_->unfinished_tasks.compare_exchange_weak(now, now - 1));
-    if (now == 1) wake(h_->all_tasks_done, kWakeAll);
+    if (now == 1) notify(h_->all_tasks_done);
     return true;
   }
   // Blocks until every task put through a JoinableQueue handle has been marked done.
@@ -390,7 +397,7 @@ class Ring {
     return tail;
   }
 
-  // Publishes the frames written in [tail, end) (if any) and wakes a consumer if one sleeps.
+  // Publishes the frames written in [tail, end) (if any) and wakes the consumers asleep, if any.
   // `depth` is the queue depth with them, as producers last saw the head (an upper bound).
   void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
     if (end.count == tail.count) return;
@@ -400,22 +407,17 @@ class Ring {
       h_->peak_depth.store(depth, std::memory_order_relaxed);
     }
     lock.unlock();
-    if (has_sleepers(h_->not_empty)) wake(h_->not_empty, 1);
+    notify(h_->not_empty);
   }
 
-  // Releases the frames read in [head, end) (if any) and wakes those waiting for room or messages.
-  void commit_get(Cursor head, Cursor end, Cursor tail, RobustLock& lock) noexcept {
+  // Releases the frames read in [head, end) (if any) and wakes the producers asleep, if any: each
+  // may need a different amount of room, so all of them look.
+  void commit_get(Cursor head, Cursor end, RobustLock& lock) noexcept {
     if (end.count == head.count) return;
     h_->head.store(end.pack(), std::memory_order_release);
     bump(h_->gets, end.count - head.count);
     lock.unlock();
-    // Room was freed: wake every waiting producer, since each may need a different amount. A
-    // consumer woken for a message that another consumer took passes the wake on while messages
-    // remain, so one wake per put is enough.
-    if (has_sleepers(h_->not_full)) wake(h_->not_full, kWakeAll);
-    if (end.count != tail.count && h_->not_empty.sleepers.load(std::memory_order_relaxed) != 0) {
-      wake(h_->not_empty, 1);
-    }
+    notify(h_->not_full);
   }
 
   // A statistic that only the lock holder writes: no read-modify-write needed.
