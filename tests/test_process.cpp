@@ -1,6 +1,7 @@
 // shmq::Process: exit codes, joins, lifetime, stdio across fork, and the seed's write/read demo.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -296,4 +297,30 @@ TEST_CASE("a child forked while other threads use a queue can use the queue", "[
     CHECK(c.exitcode() == 0);
   }
   CHECK(finished == 8);
+}
+
+TEST_CASE("a failed fork throws Error with the reason and leaves the Process unstarted", "[process][fault]") {
+  if (geteuid() != 0) {
+    WARN("skipped: needs root to become a user with no processes left (RLIMIT_NPROC)");
+    return;
+  }
+  Queue<std::string> outcome;
+  shmq::test::Child child([outcome]() mutable {
+    // As nobody, allowed no further process: fork fails with EAGAIN.
+    const rlimit none{0, 0};
+    if (setgid(65534) != 0 || setuid(65534) != 0 || setrlimit(RLIMIT_NPROC, &none) != 0) {
+      throw std::runtime_error("cannot set up the limit");
+    }
+    Process p([] {});
+    try {
+      p.start();
+      outcome.put("started");
+    } catch (const shmq::Error& e) {
+      outcome.put(std::string(e.what()) + (p.pid() == 0 && !p.is_alive() ? " [unchanged]" : " [changed]"));
+    }
+  });
+  REQUIRE(child.succeeded());
+  const std::string what = outcome.try_get().value_or("no report");
+  CHECK(what.find("fork failed: Resource temporarily unavailable") != std::string::npos);
+  CHECK(what.find("[unchanged]") != std::string::npos);
 }
