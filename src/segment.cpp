@@ -392,8 +392,8 @@ QueueStats Segment::stats() const {
   s.creator_pid = h.creator_pid;
   s.created_unix_ns = h.created_unix_ns;
   s.shut_down = ring_.shutdown_state() != ShutdownState::running;
-  s.puts = h.puts.load(relaxed);
-  s.gets = h.gets.load(relaxed);
+  s.puts = ring_.puts();
+  s.gets = ring_.gets();
   s.put_timeouts = h.put_timeouts.load(relaxed);
   s.get_timeouts = h.get_timeouts.load(relaxed);
   s.full_waits = h.full_waits.load(relaxed);

@@ -103,8 +103,9 @@ struct SharedHeader {
   alignas(kCacheLine) pthread_mutex_t put_lock;  // process-shared, robust
   std::uint64_t head_seen;   // producers' cached copy of `head`; guarded by put_lock; only grows
   // Statistics written only under put_lock (relaxed load + store, no read-modify-write) and
-  // atomic only so that a snapshot may read them without the lock.
-  std::atomic<std::uint64_t> puts;        // messages put since creation
+  // atomic only so that a snapshot may read them without the lock. Messages put since creation
+  // are tail's 32-bit count extended by put_wraps: a store once per 2^32 puts, not one per put.
+  std::atomic<std::uint64_t> put_wraps;   // times tail's count has wrapped past 2^32
   std::atomic<std::uint64_t> peak_depth;  // most messages held at once, as producers saw it
 
   // ---- Consumer side: get_lock serialises consumers; head is theirs, on a line of its own.
@@ -113,7 +114,7 @@ struct SharedHeader {
   alignas(kCacheLine) std::atomic<std::uint64_t> head;
   alignas(kCacheLine) pthread_mutex_t get_lock;  // process-shared, robust
   std::uint64_t tail_seen;  // consumers' cached copy of `tail`; guarded by get_lock; only grows
-  std::atomic<std::uint64_t> gets;  // messages taken since creation; written under get_lock as `puts`
+  std::atomic<std::uint64_t> get_wraps;  // times head's count has wrapped; as put_wraps
 
   // ---- Wake-ups: consumers sleep on not_empty, producers on not_full.
   EventCount not_empty;

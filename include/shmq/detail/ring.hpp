@@ -332,6 +332,10 @@ class Ring {
     return s >= 2 ? ShutdownState::immediate : static_cast<ShutdownState>(s);
   }
 
+  // Messages put and taken since creation (snapshots).
+  std::uint64_t puts() const noexcept { return total(h_->put_wraps, h_->tail); }
+  std::uint64_t gets() const noexcept { return total(h_->get_wraps, h_->head); }
+
   // A snapshot; clamps to the capacity rather than throwing on a corrupt header.
   Occupancy occupancy() const noexcept {
     // Head first: tail only grows, so the tail loaded after it is never behind it.
@@ -360,15 +364,23 @@ class Ring {
   }
   std::uint32_t used_bytes(Cursor head, Cursor tail) const {
     const std::uint32_t d = distance(head, tail);
-    if (d == kCorrupt) {
-      throw_corrupt(*queue_, "head (offset " + std::to_string(head.offset) + ", count " +
-                                 std::to_string(head.count) + ") and tail (offset " +
-                                 std::to_string(tail.offset) + ", count " +
-                                 std::to_string(tail.count) + ") disagree for a ring of " +
-                                 std::to_string(capacity_) + " bytes");
-    }
+    if (d == kCorrupt) throw_bad_cursors(head, tail);
     return d;
   }
+  // Out of line: building the message would keep used_bytes from being inlined on the hot path.
+  [[noreturn]] __attribute__((noinline, cold)) void throw_bad_cursors(Cursor head, Cursor tail) const {
+    throw_corrupt(*queue_, "head (offset " + std::to_string(head.offset) + ", count " +
+                               std::to_string(head.count) + ") and tail (offset " +
+                               std::to_string(tail.offset) + ", count " + std::to_string(tail.count) +
+                               ") disagree for a ring of " + std::to_string(capacity_) + " bytes");
+  }
+  // A side's 32-bit message count extended by its wrap counter. The two are read apart, so a read
+  // racing a wrap may be off by 2^32 for an instant; this is a statistic.
+  static std::uint64_t total(const std::atomic<std::uint64_t>& wraps, const std::atomic<std::uint64_t>& side) noexcept {
+    return (wraps.load(std::memory_order_relaxed) << 32) +
+           Cursor::unpack(side.load(std::memory_order_relaxed)).count;
+  }
+
   // What producers may still add after `tail`: free bytes, and free message slots under maxsize.
   struct Room {
     std::uint32_t bytes;
@@ -402,7 +414,7 @@ class Ring {
   void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
     if (end.count == tail.count) return;
     h_->tail.store(end.pack(), std::memory_order_release);
-    bump(h_->puts, end.count - tail.count);
+    if (end.count < tail.count) bump(h_->put_wraps);  // fewer than 2^32 frames a batch
     if (depth > h_->peak_depth.load(std::memory_order_relaxed)) {
       h_->peak_depth.store(depth, std::memory_order_relaxed);
     }
@@ -415,14 +427,14 @@ class Ring {
   void commit_get(Cursor head, Cursor end, RobustLock& lock) noexcept {
     if (end.count == head.count) return;
     h_->head.store(end.pack(), std::memory_order_release);
-    bump(h_->gets, end.count - head.count);
+    if (end.count < head.count) bump(h_->get_wraps);
     lock.unlock();
     notify(h_->not_full);
   }
 
   // A statistic that only the lock holder writes: no read-modify-write needed.
-  static void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
-    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  static void bump(std::atomic<std::uint64_t>& counter) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
 
   Outcome count_timeout(std::atomic<std::uint64_t>& counter) noexcept {
