@@ -2,11 +2,14 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <stdexcept>
 #include <exception>
 #include <string>
 #include <thread>
@@ -87,6 +90,40 @@ class Child {
 
  private:
   pid_t pid_ = -1;
+};
+
+// Whether /dev/shm holds the segment of the queue `name`.
+inline bool segment_exists(const std::string& name) {
+  struct stat st;
+  return stat(("/dev/shm/shmq." + name).c_str(), &st) == 0;
+}
+
+// A process's state letter from /proc/PID/stat (R, S, T, Z, ...), or 0 if there is no such process.
+inline char process_state(pid_t pid) {
+  char state = 0;
+  if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
+    // The command name may hold spaces, but not ") ": the state follows the last ')'.
+    char line[512];
+    const std::size_t n = std::fread(line, 1, sizeof line - 1, f);
+    std::fclose(f);
+    line[n] = '\0';
+    if (const char* close = std::strrchr(line, ')')) std::sscanf(close + 1, " %c", &state);
+  }
+  return state;
+}
+
+// A pipe, closed at the end of its scope.
+struct Pipe {
+  int fds[2];
+  Pipe() {
+    if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  ~Pipe() {
+    close(fds[0]);
+    close(fds[1]);
+  }
 };
 
 // Polls an observable condition (a counter in shared memory, a process state) that no queue or

@@ -18,6 +18,7 @@
 using shmq::Queue;
 using shmq::test::NameGuard;
 using shmq::test::unique_name;
+using shmq::test::segment_exists;
 
 namespace {
 
@@ -38,10 +39,6 @@ Run shmq_cli(const std::string& args) {
   return r;
 }
 
-bool segment_exists(const std::string& name) {
-  struct stat st;
-  return stat(("/dev/shm/shmq." + name).c_str(), &st) == 0;
-}
 
 }  // namespace
 

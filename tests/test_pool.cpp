@@ -18,6 +18,7 @@ using namespace std::chrono_literals;
 using shmq::Pool;
 using shmq::PoolOptions;
 using shmq::Queue;
+using shmq::test::segment_exists;
 
 namespace {
 
@@ -37,10 +38,6 @@ pid_t own_pid() { return getpid(); }
 
 int initialised = 0;  // set by the initializer in each worker
 
-bool segment_exists(const std::string& name) {
-  struct stat st;
-  return stat(("/dev/shm/shmq." + name).c_str(), &st) == 0;
-}
 
 }  // namespace
 

@@ -68,11 +68,7 @@ class Capture {
 
 // The process is gone, or is a zombie waiting for a parent that is not us.
 bool ended(pid_t pid) {
-  char state = 0;
-  if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
-    (void)!std::fscanf(f, "%*d %*s %c", &state);
-    std::fclose(f);
-  }
+  const char state = shmq::test::process_state(pid);
   return state == 0 || state == 'Z';
 }
 

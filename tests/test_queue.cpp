@@ -19,13 +19,10 @@ using shmq::QueueOptions;
 using shmq::test::Child;
 using shmq::test::NameGuard;
 using shmq::test::unique_name;
+using shmq::test::segment_exists;
 
 namespace {
 
-bool segment_exists(const std::string& name) {
-  struct stat st;
-  return stat(("/dev/shm/shmq." + name).c_str(), &st) == 0;
-}
 
 mode_t segment_mode(const std::string& name) {
   struct stat st;

@@ -20,6 +20,7 @@ using namespace std::chrono_literals;
 using shmq::Queue;
 using shmq::QueueOptions;
 using shmq::test::Child;
+using shmq::test::Pipe;
 using shmq::test::eventually;
 using shmq::test::NameGuard;
 using shmq::test::unique_name;
@@ -116,14 +117,6 @@ void wait_for_stall(int read_fd) {
   REQUIRE(read(read_fd, &byte, 1) == 1);
 }
 
-struct Pipe {
-  int fds[2];
-  Pipe() { REQUIRE(pipe(fds) == 0); }
-  ~Pipe() {
-    close(fds[0]);
-    close(fds[1]);
-  }
-};
 
 }  // namespace
 

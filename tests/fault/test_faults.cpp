@@ -23,6 +23,7 @@ using namespace std::chrono_literals;
 using shmq::Queue;
 using shmq::QueueOptions;
 using shmq::test::Child;
+using shmq::test::Pipe;
 using shmq::test::NameGuard;
 using shmq::test::unique_name;
 
@@ -35,14 +36,6 @@ struct Stopper {
   int value;
 };
 
-struct Pipe {
-  int fds[2];
-  Pipe() { REQUIRE(pipe(fds) == 0); }
-  ~Pipe() {
-    close(fds[0]);
-    close(fds[1]);
-  }
-};
 
 }  // namespace
 
@@ -74,14 +67,7 @@ TEST_CASE("a lock holder stopped for a while: others time out, nobody takes its 
   });
   char byte;
   REQUIRE(read(pipe.fds[0], &byte, 1) == 1);
-  REQUIRE(shmq::test::eventually([&] {
-    char state = 0;
-    if (FILE* f = std::fopen(("/proc/" + std::to_string(holder.pid()) + "/stat").c_str(), "r")) {
-      (void)!std::fscanf(f, "%*d %*s %c", &state);
-      std::fclose(f);
-    }
-    return state == 'T';
-  }));
+  REQUIRE(shmq::test::eventually([&] { return shmq::test::process_state(holder.pid()) == 'T'; }));
   CHECK_THROWS_AS(q.put(Stopper{1}, 100ms), shmq::Full);
   CHECK_FALSE(q.try_put(Stopper{1}));
   CHECK(q.stats().lock_recoveries == 0);  // a live owner keeps its lock
