@@ -2,6 +2,7 @@
 #include "shmq/process.hpp"
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -52,9 +53,6 @@ void follow_parent_death(pid_t parent) {
 [[noreturn]] void run_child(const std::string& name, bool daemon, pid_t parent,
                             const std::function<int()>& target) {
   own_name() = name;
-  // terminate() must end the child: a SIGTERM handler inherited from the parent (a test runner's,
-  // an application's shutdown hook) would run in its place. fn may install its own.
-  signal(SIGTERM, SIG_DFL);
   if (daemon) follow_parent_death(parent);
   int code = 1;
   try {
@@ -120,11 +118,25 @@ void Process::start() {
   if (pid_ != 0) throw Error("shmq: process " + quoted(name_) + " was already started");
   flush_output();
   const pid_t parent = getpid();
+  // terminate() must end the child, but a SIGTERM handler inherited from the parent (a test
+  // runner's, an application's shutdown hook) would run in its place. The child resets it before
+  // SIGTERM can arrive: it is blocked across the fork, and unblocked in the child only after the
+  // reset (a terminate() sent at once then meets the default action). fn may install its own.
+  sigset_t term, saved;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &term, &saved);
   const pid_t pid = fork();
-  if (pid < 0) {
-    throw Error("shmq: cannot start process " + quoted(name_) + ": fork failed: " + std::strerror(errno));
+  if (pid == 0) {
+    ::signal(SIGTERM, SIG_DFL);
+    pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+    run_child(name_, daemon_, parent, target_);
   }
-  if (pid == 0) run_child(name_, daemon_, parent, target_);
+  const int fork_error = errno;
+  pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  if (pid < 0) {
+    throw Error("shmq: cannot start process " + quoted(name_) + ": fork failed: " + std::strerror(fork_error));
+  }
   // The pidfd lets join(timeout) poll for the child's end and makes signals safe from pid reuse.
   // pidfd_open sets close-on-exec.
   const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
