@@ -210,9 +210,10 @@ class Ring {
   // frames before the failing one are published and the exception propagates.
   template <class SizeOf, class Fill>
   Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline) {
+    if (count == 0) return {Outcome::done, 0};
     std::size_t done = 0;
+    std::uint32_t next_payload = size_of(0);  // of frame `done`, still to be written
     for (;;) {
-      std::uint32_t next_payload = size_of(done);
       {
         RobustLock lock(h_->put_lock, deadline, *queue_, h_->lock_recoveries);
         if (!lock) return {Outcome::timed_out, done};
