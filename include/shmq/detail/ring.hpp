@@ -83,8 +83,12 @@ class SpinBudget {
  public:
   explicit SpinBudget(unsigned max_polls) noexcept : max_(max_polls), polls_(max_polls) {}
   unsigned polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
-  void paid_off() noexcept { polls_.store(std::min(max_, polls() * 2 + 1), std::memory_order_relaxed); }
-  void wasted() noexcept { polls_.store(std::min(max_, std::max(kFloor, polls() / 2)), std::memory_order_relaxed); }
+  void paid_off() noexcept {
+    polls_.store(std::min(max_, polls() * 2 + 1), std::memory_order_relaxed);
+  }
+  void wasted() noexcept {
+    polls_.store(std::min(max_, std::max(kFloor, polls() / 2)), std::memory_order_relaxed);
+  }
 
  private:
   static constexpr unsigned kFloor = 16;
@@ -117,7 +121,8 @@ void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
   }
   // Off the count, unless a notifier already cleared it by starting a new epoch.
   std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
-  while (epoch_of(now) == epoch && !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
+  while (epoch_of(now) == epoch &&
+         !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
   }
 }
 
@@ -159,19 +164,6 @@ class RobustLock {
   pthread_mutex_t* mutex_;
 };
 
-// Runs a function when the scope ends, however it ends.
-template <class F>
-class ScopeExit {
- public:
-  explicit ScopeExit(F f) noexcept : f_(std::move(f)) {}
-  ScopeExit(const ScopeExit&) = delete;
-  ScopeExit& operator=(const ScopeExit&) = delete;
-  ~ScopeExit() { f_(); }
-
- private:
-  F f_;
-};
-
 enum class Outcome { done, timed_out, shut_down };
 
 // How a batch call ended, and how many messages it moved before that.
@@ -193,8 +185,12 @@ class Ring {
   // another process can make an operation throw but never reach outside the mapping.
   Ring(SharedHeader& header, std::byte* data, std::uint32_t capacity, std::uint32_t maxsize,
        unsigned spin_polls, const std::string& queue) noexcept
-      : h_(&header), data_(data), capacity_(capacity), maxsize_(maxsize),
-        spin_(spin_polls), queue_(&queue) {}
+      : h_(&header),
+        data_(data),
+        capacity_(capacity),
+        maxsize_(maxsize),
+        spin_(spin_polls),
+        queue_(&queue) {}
 
   std::uint32_t capacity() const noexcept { return capacity_; }
   std::uint32_t maxsize() const noexcept { return maxsize_; }
@@ -203,11 +199,12 @@ class Ring {
   }
 
   // Appends `count` frames in order; frame i has size_of(i) payload bytes (a uint32_t, at most
-  // max_payload(); size_of may throw to refuse a frame), which fill(i, std::byte* dst, uint32_t size)
-  // writes in place. size_of(i) is called once per frame, before anything of that frame is written. Every frame that fits is written
-  // under one lock hold and published with one store; then it waits for room for the rest, until
-  // the deadline. Returns how it ended and how many frames were published. If fill throws, the
-  // frames before the failing one are published and the exception propagates.
+  // max_payload(); size_of may throw to refuse a frame), which fill(i, std::byte* dst, uint32_t
+  // size) writes in place. size_of(i) is called once per frame, before anything of that frame is
+  // written. Every frame that fits is written under one lock hold and published with one store;
+  // then it waits for room for the rest, until the deadline. Returns how it ended and how many
+  // frames were published. If fill throws, the frames before the failing one are published and the
+  // exception propagates.
   template <class SizeOf, class Fill>
   Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline) {
     if (count == 0) return {Outcome::done, 0};
@@ -221,32 +218,39 @@ class Ring {
         const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
         Cursor end = tail;
         Cursor head = Cursor::unpack(h_->head_seen);  // a stale head only understates the room
-        const ScopeExit publish([&]() noexcept { commit_put(tail, end, end.count - head.count, lock); });
-        Room room = room_after(head, end);
-        while (done < count) {
-          const std::uint32_t frame = frame_bytes(next_payload);
-          if (!room.fits(frame)) {
-            head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
-            h_->head_seen = head.pack();
-            room = room_after(head, end);
-            if (!room.fits(frame)) break;
+        // Frames in [tail, end) are published on every way out, exceptions included.
+        try {
+          Room room = room_after(head, end);
+          while (done < count) {
+            const std::uint32_t frame = frame_bytes(next_payload);
+            if (!room.fits(frame)) {
+              head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
+              h_->head_seen = head.pack();
+              room = room_after(head, end);
+              if (!room.fits(frame)) break;
+            }
+            std::byte* at = data_ + end.offset;  // the mirror makes [at, at + frame) contiguous
+            std::memcpy(at, &next_payload, kFrameHeaderBytes);
+            fill(done, at + kFrameHeaderBytes, next_payload);
+            end = Cursor{(end.offset + frame) % capacity_, end.count + 1};
+            room.take(frame);
+            if (++done < count) next_payload = size_of(done);
           }
-          std::byte* at = data_ + end.offset;  // the mirror makes [at, at + frame) contiguous
-          std::memcpy(at, &next_payload, kFrameHeaderBytes);
-          fill(done, at + kFrameHeaderBytes, next_payload);
-          end = Cursor{(end.offset + frame) % capacity_, end.count + 1};
-          room.take(frame);
-          if (++done < count) next_payload = size_of(done);
+        } catch (...) {
+          commit_put(tail, end, end.count - head.count, lock);
+          throw;
         }
+        commit_put(tail, end, end.count - head.count, lock);
         if (done == count) return {Outcome::done, done};
         if (deadline.expired()) return {count_timeout(h_->put_timeouts), done};
       }
-      await(h_->not_full, &h_->full_waits, spin_,
-            [&] {
-              return shutdown_state() != ShutdownState::running ||
-                     might_have_room(frame_bytes(next_payload));
-            },
-            deadline);
+      await(
+          h_->not_full, &h_->full_waits, spin_,
+          [&] {
+            return shutdown_state() != ShutdownState::running ||
+                   might_have_room(frame_bytes(next_payload));
+          },
+          deadline);
     }
   }
 
@@ -267,37 +271,45 @@ class Ring {
         const Cursor tail = readable_tail(head);
         if (tail.count != head.count) {
           Cursor end = head;
-          const ScopeExit release([&]() noexcept { commit_get(head, end, lock); });
           std::size_t taken = 0;
-          std::uint32_t queued = used_bytes(head, tail);  // bytes of frames in [end, tail)
-          while (taken < max && end.count != tail.count) {
-            const std::byte* at = data_ + end.offset;
-            std::uint32_t payload;
-            std::memcpy(&payload, at, kFrameHeaderBytes);
-            if (payload > max_payload() || frame_bytes(payload) > queued) {
-              throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
-                                         std::to_string(end.offset) + " overruns the " +
-                                         std::to_string(queued) + " bytes queued");
-            }
-            queued -= frame_bytes(payload);
-            const Cursor next{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
-            try {
-              take(at + kFrameHeaderBytes, payload);
-            } catch (const DecodeError&) {
+          // Frames in [head, end) are released on every way out, exceptions included.
+          try {
+            std::uint32_t queued = used_bytes(head, tail);  // bytes of frames in [end, tail)
+            while (taken < max && end.count != tail.count) {
+              const std::byte* at = data_ + end.offset;
+              std::uint32_t payload;
+              std::memcpy(&payload, at, kFrameHeaderBytes);
+              if (payload > max_payload() || frame_bytes(payload) > queued) {
+                throw_corrupt(*queue_, "a frame of " + std::to_string(payload) +
+                                           " bytes at offset " + std::to_string(end.offset) +
+                                           " overruns the " + std::to_string(queued) +
+                                           " bytes queued");
+              }
+              queued -= frame_bytes(payload);
+              const Cursor next{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
+              try {
+                take(at + kFrameHeaderBytes, payload);
+              } catch (const DecodeError&) {
+                end = next;  // a frame that will never decode is dropped
+                throw;
+              }
               end = next;
-              throw;
+              ++taken;
             }
-            end = next;
-            ++taken;
+          } catch (...) {
+            commit_get(head, end, lock);
+            throw;
           }
+          commit_get(head, end, lock);
           return {Outcome::done, taken};
         }
         if (state == ShutdownState::draining) return {Outcome::shut_down, 0};
         if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
       }
-      await(h_->not_empty, &h_->empty_waits, spin_,
-            [&] { return shutdown_state() != ShutdownState::running || might_have_message(); },
-            deadline);
+      await(
+          h_->not_empty, &h_->empty_waits, spin_,
+          [&] { return shutdown_state() != ShutdownState::running || might_have_message(); },
+          deadline);
     }
   }
 
@@ -322,11 +334,14 @@ class Ring {
   // Blocks until every task put through a JoinableQueue handle has been marked done.
   void join_tasks() {
     while (h_->unfinished_tasks.load() > 0) {
-      await(h_->all_tasks_done, nullptr, spin_, [&] { return h_->unfinished_tasks.load() <= 0; },
-            Deadline::never());
+      await(
+          h_->all_tasks_done, nullptr, spin_, [&] { return h_->unfinished_tasks.load() <= 0; },
+          Deadline::never());
     }
   }
-  std::int64_t unfinished_tasks() const noexcept { return h_->unfinished_tasks.load(std::memory_order_relaxed); }
+  std::int64_t unfinished_tasks() const noexcept {
+    return h_->unfinished_tasks.load(std::memory_order_relaxed);
+  }
 
   ShutdownState shutdown_state() const noexcept {
     const std::uint32_t s = h_->shutdown.load(std::memory_order_acquire);
@@ -354,8 +369,8 @@ class Ring {
   // least 4 bytes, so equal offsets with messages queued mean a full ring.
   std::uint32_t distance(Cursor head, Cursor tail) const noexcept {
     const std::uint32_t messages = tail.count - head.count;
-    if (head.offset >= capacity_ || tail.offset >= capacity_ || ((head.offset | tail.offset) & 3u) ||
-        messages > capacity_ / kFrameHeaderBytes) {
+    if (head.offset >= capacity_ || tail.offset >= capacity_ ||
+        ((head.offset | tail.offset) & 3u) || messages > capacity_ / kFrameHeaderBytes) {
       return kCorrupt;
     }
     if (messages == 0) return head.offset == tail.offset ? 0 : kCorrupt;
@@ -369,15 +384,18 @@ class Ring {
     return d;
   }
   // Out of line: building the message would keep used_bytes from being inlined on the hot path.
-  [[noreturn]] __attribute__((noinline, cold)) void throw_bad_cursors(Cursor head, Cursor tail) const {
+  [[noreturn]] __attribute__((noinline, cold)) void throw_bad_cursors(Cursor head,
+                                                                      Cursor tail) const {
     throw_corrupt(*queue_, "head (offset " + std::to_string(head.offset) + ", count " +
                                std::to_string(head.count) + ") and tail (offset " +
-                               std::to_string(tail.offset) + ", count " + std::to_string(tail.count) +
-                               ") disagree for a ring of " + std::to_string(capacity_) + " bytes");
+                               std::to_string(tail.offset) + ", count " +
+                               std::to_string(tail.count) + ") disagree for a ring of " +
+                               std::to_string(capacity_) + " bytes");
   }
   // A side's 32-bit message count extended by its wrap counter. The two are read apart, so a read
   // racing a wrap may be off by 2^32 for an instant; this is a statistic.
-  static std::uint64_t total(const std::atomic<std::uint64_t>& wraps, const std::atomic<std::uint64_t>& side) noexcept {
+  static std::uint64_t total(const std::atomic<std::uint64_t>& wraps,
+                             const std::atomic<std::uint64_t>& side) noexcept {
     return (wraps.load(std::memory_order_relaxed) << 32) +
            Cursor::unpack(side.load(std::memory_order_relaxed)).count;
   }
