@@ -410,8 +410,9 @@ class Ring {
       if (messages != UINT32_MAX) --messages;
     }
   };
-  Room room_after(Cursor head, Cursor tail) const {
-    const std::uint32_t used = used_bytes(head, tail);
+  Room room_after(Cursor head, Cursor tail) const { return room(head, tail, used_bytes(head, tail)); }
+  // The room left when `used` bytes (already checked) are queued between head and tail.
+  Room room(Cursor head, Cursor tail, std::uint32_t used) const noexcept {
     const std::uint32_t depth = tail.count - head.count;
     const std::uint32_t messages =
         maxsize_ == 0 ? UINT32_MAX : (depth >= maxsize_ ? 0 : maxsize_ - depth);
@@ -471,9 +472,7 @@ class Ring {
     const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
     const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
     const std::uint32_t used = distance(head, tail);
-    if (used == kCorrupt) return true;
-    if (maxsize_ != 0 && tail.count - head.count >= maxsize_) return false;
-    return frame <= capacity_ - used;
+    return used == kCorrupt || room(head, tail, used).fits(frame);
   }
 
   SharedHeader* h_;

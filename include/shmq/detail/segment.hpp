@@ -62,7 +62,6 @@ class Segment {
   const std::string& type_name() const noexcept { return type_name_; }
   Ring& ring() noexcept { return ring_; }
   const Ring& ring() const noexcept { return ring_; }
-  const SharedHeader& header() const noexcept { return *header_; }
 
   QueueStats stats() const;
   // Throws MessageTooLarge unless a payload of `bytes` can ever fit.
