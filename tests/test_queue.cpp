@@ -4,9 +4,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -461,4 +464,90 @@ TEST_CASE("a batch stops at a value too large to fit, after putting the ones bef
   std::vector<std::string> out;
   q.try_get_many(out, 10);
   CHECK(out == std::vector<std::string>{"a", "b"});
+}
+
+TEST_CASE("put_with writes a message in place, and get and get_with read it",
+          "[queue][zero-copy]") {
+  Queue<std::array<std::uint32_t, 4>> q;
+  q.put_with(16, [](std::byte* at, std::size_t bytes) {
+    REQUIRE(bytes == 16);
+    const std::array<std::uint32_t, 4> value{1, 2, 3, 4};
+    std::memcpy(at, value.data(), bytes);
+  });
+  q.put({5, 6, 7, 8});
+  CHECK(q.get() == std::array<std::uint32_t, 4>{1, 2, 3, 4});
+  const std::uint32_t sum = q.get_with([](const std::byte* at, std::size_t bytes) {
+    std::array<std::uint32_t, 4> value;
+    REQUIRE(bytes == sizeof(value));
+    std::memcpy(value.data(), at, bytes);
+    return value[0] + value[1] + value[2] + value[3];
+  });
+  CHECK(sum == 26);
+  CHECK(q.empty());
+}
+
+TEST_CASE("a put_with whose writer throws puts nothing", "[queue][zero-copy]") {
+  Queue<std::string> q;
+  q.put("before");
+  CHECK_THROWS_WITH(
+      q.put_with(3, [](std::byte*, std::size_t) { throw std::runtime_error("no bytes today"); }),
+      "no bytes today");
+  CHECK(q.qsize() == 1);
+  q.put("after");
+  CHECK(q.get() == "before");
+  CHECK(q.get() == "after");
+}
+
+TEST_CASE("put_with refuses a size the type cannot have, or that can never fit",
+          "[queue][zero-copy]") {
+  Queue<long> longs;
+  try {
+    longs.put_with(4, [](std::byte*, std::size_t) { FAIL("writer called"); });
+    FAIL("no throw");
+  } catch (const shmq::InvalidArgument& e) {
+    const std::string what = e.what();
+    CHECK(what.find(longs.name()) != std::string::npos);
+    CHECK(what.find("4 bytes") != std::string::npos);
+    CHECK(what.find("takes 8") != std::string::npos);
+  }
+  Queue<std::vector<char>> bytes(QueueOptions{.capacity_bytes = 4096});
+  CHECK_THROWS_AS(bytes.put_with(bytes.max_message_bytes() + 1,
+                                 [](std::byte*, std::size_t) { FAIL("writer called"); }),
+                  shmq::MessageTooLarge);
+  CHECK(longs.empty());
+  CHECK(bytes.empty());
+}
+
+TEST_CASE("get_with drops a message its reader cannot decode and keeps one its reader fails on",
+          "[queue][zero-copy]") {
+  Queue<long> q;
+  q.put(1);
+  q.put(2);
+  CHECK_THROWS_AS(q.get_with([](const std::byte*, std::size_t) -> long {
+    throw std::runtime_error("not now");
+  }),
+                  std::runtime_error);
+  CHECK(q.qsize() == 2);
+  CHECK_THROWS_AS(
+      q.get_with([](const std::byte*, std::size_t) -> long { throw shmq::DecodeError("garbage"); }),
+      shmq::DecodeError);
+  CHECK(q.qsize() == 1);
+  CHECK(q.get() == 2);
+}
+
+TEST_CASE("put_with waits for room that another process makes", "[queue][zero-copy]") {
+  Queue<long> q(1);
+  Queue<int> ready;
+  q.put(1);
+  Child consumer([&] {
+    ready.get();  // the parent is about to block
+    if (q.get() != 1) throw std::runtime_error("wrong first value");
+  });
+  ready.put(0);
+  q.put_with(8, [](std::byte* at, std::size_t) {  // blocks until the child takes 1
+    const long two = 2;
+    std::memcpy(at, &two, sizeof two);
+  });
+  CHECK(consumer.succeeded());
+  CHECK(q.get() == 2);
 }

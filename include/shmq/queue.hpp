@@ -101,12 +101,13 @@ class Queue {
   // values before it were put. Throws as put() does.
   template <class Range>
   void put_many(const Range& values) {
-    put_core(std::size(values), element_of(values), detail::Deadline::never(), "put_many");
+    put_core(std::size(values), encoder(element_of(values)), detail::Deadline::never(), "put_many");
   }
   // Puts as many values of the range, in order, as there is room for now; returns how many.
   template <class Range>
   std::size_t try_put_many(const Range& values) {
-    return put_core(std::size(values), element_of(values), detail::Deadline::now(), nullptr);
+    return put_core(std::size(values), encoder(element_of(values)), detail::Deadline::now(),
+                    nullptr);
   }
   // Appends to `out` up to `max` messages, blocking until there is at least one; returns how many.
   // Throws as get() does.
@@ -121,6 +122,26 @@ class Queue {
   // Appends to `out` up to `max` messages already queued; returns how many (0 if none).
   std::size_t try_get_many(std::vector<T>& out, std::size_t max) {
     return get_core(max, appender(out), detail::Deadline::now(), nullptr);
+  }
+
+  // Zero-copy put: blocks until there is room for a message of `bytes` encoded bytes, then calls
+  // writer(std::byte* data, std::size_t bytes) to write them in place in the ring (see codec.hpp
+  // for what get() will expect; for a bitwise T, `bytes` must be sizeof(T)). The message is put
+  // when writer returns; if writer throws, nothing is put and the exception propagates. writer runs
+  // under the producers' lock: keep it short, and do not call back into this queue from it.
+  // Throws as put() does, and InvalidArgument for a size no T can have.
+  template <class Fn>
+  void put_with(std::size_t bytes, Fn&& writer) {
+    if (is_bitwise_v<T> && bytes != sizeof(T)) {
+      throw InvalidArgument("shmq: queue '" + name() + "': put_with of " + std::to_string(bytes) +
+                            " bytes, but " + segment_->type_name() + " always takes " +
+                            std::to_string(sizeof(T)));
+    }
+    put_core(1,
+             std::make_pair(
+                 [bytes](std::size_t) { return bytes; },
+                 [&writer](std::size_t, std::byte* dst, std::size_t size) { writer(dst, size); }),
+             detail::Deadline::never(), "put_with");
   }
 
   // Zero-copy get: blocks for a message, then calls reader(const std::byte* data, std::size_t size)
@@ -207,7 +228,8 @@ class Queue {
   }
 
   std::size_t put_one(const T& value, const detail::Deadline& deadline, const char* call) {
-    return put_core(1, [&value](std::size_t) -> const T& { return value; }, deadline, call);
+    return put_core(1, encoder([&value](std::size_t) -> const T& { return value; }), deadline,
+                    call);
   }
   std::optional<T> get_one(const detail::Deadline& deadline, const char* call) {
     std::optional<T> value;
@@ -216,25 +238,38 @@ class Queue {
     return value;
   }
 
-  // The one core of every put: encodes n values, at(i) giving the i-th, straight into the ring.
-  // `call` names the API call for errors, or is null for the try_ forms, which report "full" by
-  // returning how many values went in rather than by throwing.
+  // How put_core gets at(i)'s size and bytes: through codec<T>. at is a small closure over the
+  // caller's values, copied into both.
   template <class At>
-  std::size_t put_core(std::size_t n, At&& at, const detail::Deadline& deadline, const char* call) {
-    check_open(call != nullptr ? call : "try_put");
-    const auto progress = segment_->ring().put_many(
-        n,
-        [&](std::size_t i) {
-          const std::size_t bytes = codec<T>::size(at(i));
-          segment_->check_message_size(bytes);
-          return static_cast<std::uint32_t>(bytes);
-        },
-        [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
+  static auto encoder(At at) {
+    return std::make_pair(
+        [at](std::size_t i) { return codec<T>::size(at(i)); },
+        [at](std::size_t i, std::byte* dst, std::size_t bytes) {
           Writer out(dst, bytes);
           codec<T>::encode(at(i), out);
           if (out.remaining() != 0) {
             throw Error("shmq::codec: encode() wrote fewer bytes than size() announced");
           }
+        });
+  }
+
+  // The one core of every put: n messages, where size_of(i) gives the i-th one's encoded size and
+  // fill(i, dst, size) writes its bytes straight into the ring. `call` names the API call for
+  // errors, or is null for the try_ forms, which report "full" by returning how many messages went
+  // in rather than by throwing.
+  template <class SizeOf, class Fill>
+  std::size_t put_core(std::size_t n, const std::pair<SizeOf, Fill>& message,
+                       const detail::Deadline& deadline, const char* call) {
+    check_open(call != nullptr ? call : "try_put");
+    const auto progress = segment_->ring().put_many(
+        n,
+        [&](std::size_t i) {
+          const std::size_t bytes = message.first(i);
+          segment_->check_message_size(bytes);
+          return static_cast<std::uint32_t>(bytes);
+        },
+        [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
+          message.second(i, dst, std::size_t{bytes});
         },
         deadline);
     if (progress.outcome == detail::Outcome::done ||
