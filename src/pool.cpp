@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -31,6 +32,10 @@
 #include "shmq/detail/demangle.hpp"
 #include "shmq/process.hpp"
 #include "shmq/queue.hpp"
+
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 
 namespace shmq::detail {
 
@@ -90,7 +95,7 @@ extern "C" void on_manager_sigterm(int) {
 
 // A process-private mutex with a lock that gives up at a Deadline on the monotonic clock. (Not
 // std::timed_mutex: its timed lock takes the same pthread_mutex_clocklock path, but without the
-// sanitizer annotations that lock_slow adds.)
+// annotations ThreadSanitizer needs; see lock_until.)
 class TimedMutex {
  public:
   TimedMutex() noexcept { pthread_mutex_init(&mutex_, nullptr); }
@@ -101,7 +106,20 @@ class TimedMutex {
   void lock() noexcept { pthread_mutex_lock(&mutex_); }
   void unlock() noexcept { pthread_mutex_unlock(&mutex_); }
   bool lock_until(const Deadline& deadline) noexcept {
-    return (deadline.is_now() ? pthread_mutex_trylock(&mutex_) : lock_slow(mutex_, deadline)) == 0;
+    if (deadline.is_now()) return pthread_mutex_trylock(&mutex_) == 0;
+    if (deadline.is_never()) return pthread_mutex_lock(&mutex_) == 0;
+    const timespec ts = Deadline::to_timespec(deadline.at());
+#if defined(__SANITIZE_THREAD__)
+    // ThreadSanitizer's runtime (GCC 12, LLVM 14) does not intercept pthread_mutex_clocklock: tell
+    // it about the acquisition, or it reports the later unlock as the unlock of an unlocked mutex.
+    __tsan_mutex_pre_lock(&mutex_, __tsan_mutex_try_lock);
+    const bool acquired = pthread_mutex_clocklock(&mutex_, CLOCK_MONOTONIC, &ts) == 0;
+    __tsan_mutex_post_lock(
+        &mutex_, __tsan_mutex_try_lock | (acquired ? 0 : __tsan_mutex_try_lock_failed), 0);
+    return acquired;
+#else
+    return pthread_mutex_clocklock(&mutex_, CLOCK_MONOTONIC, &ts) == 0;
+#endif
   }
 
  private:

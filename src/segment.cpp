@@ -163,8 +163,6 @@ void init_header(SharedHeader& h, const CheckedOptions& sizes, const QueueOption
           std::chrono::system_clock::now().time_since_epoch())
           .count());
   std::snprintf(h.type_name, sizeof h.type_name, "%s", type.name.c_str());
-  init_shared_mutex(h.put_lock);
-  init_shared_mutex(h.get_lock);
   h.magic.store(kMagic, std::memory_order_release);  // last: publishes everything above
 }
 

@@ -1,4 +1,4 @@
-// The syscalls behind the ring: futex wait/wake and the contended and failing paths of the locks.
+// The syscalls behind the ring: futex wait/wake, and the contended and failing paths of its locks.
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -6,12 +6,10 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <mutex>
+#include <string>
 
 #include "shmq/detail/ring.hpp"
-
-#if defined(__SANITIZE_THREAD__)
-#include <sanitizer/tsan_interface.h>
-#endif
 
 namespace shmq::detail {
 
@@ -42,20 +40,66 @@ void wake(EventCount& ev) noexcept {
   futex(ev.seq, FUTEX_WAKE_BITSET, INT_MAX, nullptr);
 }
 
-int lock_slow(pthread_mutex_t& mutex, const Deadline& deadline) noexcept {
-  if (deadline.is_never()) return pthread_mutex_lock(&mutex);
-  const timespec ts = Deadline::to_timespec(deadline.at());
-#if defined(__SANITIZE_THREAD__)
-  // ThreadSanitizer's runtime (GCC 12, LLVM 14) does not intercept pthread_mutex_clocklock: tell it
-  // about the acquisition, or it reports the later unlock as the unlock of an unlocked mutex.
-  __tsan_mutex_pre_lock(&mutex, __tsan_mutex_try_lock);
-  const int rc = pthread_mutex_clocklock(&mutex, CLOCK_MONOTONIC, &ts);
-  const bool acquired = rc == 0 || rc == EOWNERDEAD;
-  __tsan_mutex_post_lock(&mutex, __tsan_mutex_try_lock | (acquired ? 0 : __tsan_mutex_try_lock_failed), 0);
-  return rc;
-#else
-  return pthread_mutex_clocklock(&mutex, CLOCK_MONOTONIC, &ts);
-#endif
+void wake_one(std::atomic<std::uint32_t>& word) noexcept {
+  futex(word, FUTEX_WAKE_BITSET, 1, nullptr);
+}
+
+int lock_contended(RobustMutex& m, ThisThread& me, const Deadline& deadline) noexcept {
+  // Once this thread has slept, others may sleep too: keep FUTEX_WAITERS set when taking the lock,
+  // so that its unlock wakes the next one (glibc's robust mutexes do the same).
+  std::uint32_t waiters = 0;
+  for (;;) {
+    std::uint32_t word = m.word.load(std::memory_order_relaxed);
+    const std::uint32_t holder = word & FUTEX_TID_MASK;
+    if (holder == me.tid) {
+      set_pending(me, nullptr);
+      return EDEADLK;
+    }
+    if (holder == 0) {  // free, or FUTEX_OWNER_DIED: the kernel released it for a dead holder
+      const std::uint32_t mine = me.tid | waiters | (word & FUTEX_WAITERS);
+      if (m.word.compare_exchange_weak(word, mine, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+        link(m, *me.robust);
+        set_pending(me, nullptr);
+        return (word & FUTEX_OWNER_DIED) != 0 ? EOWNERDEAD : 0;
+      }
+      continue;
+    }
+    if (deadline.expired()) {
+      set_pending(me, nullptr);
+      return ETIMEDOUT;
+    }
+    if ((word & FUTEX_WAITERS) == 0 &&
+        !m.word.compare_exchange_weak(word, word | FUTEX_WAITERS, std::memory_order_relaxed)) {
+      continue;
+    }
+    futex_wait(m.word, word | FUTEX_WAITERS, deadline);
+    waiters = FUTEX_WAITERS;
+  }
+}
+
+void identify_this_thread() {
+  static std::once_flag at_fork;
+  // A forked child is a new thread with a new TID; glibc gives it a fresh, empty robust list.
+  std::call_once(at_fork,
+                 [] { pthread_atfork(nullptr, nullptr, [] { this_thread = ThisThread{}; }); });
+  robust_list_head* head = nullptr;
+  std::size_t bytes = 0;
+  if (syscall(SYS_get_robust_list, 0, &head, &bytes) != 0) {
+    throw Error(std::string("shmq: cannot find this thread's robust futex list: ") +
+                std::strerror(errno));
+  }
+  if (head == nullptr)
+    throw Error("shmq: this thread has no robust futex list (the C library registers none)");
+  constexpr long kFutexOffset =
+      static_cast<long>(offsetof(RobustMutex, word)) -
+      static_cast<long>(offsetof(RobustMutex, links) + offsetof(RobustLinks, next));
+  if (bytes != sizeof(robust_list_head) || head->futex_offset != kFutexOffset) {
+    throw Error(
+        "shmq: the C library's robust futex list is not laid out as glibc's (futex_offset " +
+        std::to_string(head->futex_offset) + ", expected " + std::to_string(kFutexOffset) + ")");
+  }
+  this_thread = ThisThread{static_cast<std::uint32_t>(gettid()), head};
 }
 
 void throw_lock_error(int rc, const std::string& queue) {
@@ -68,19 +112,6 @@ void throw_lock_error(int rc, const std::string& queue) {
 
 void throw_corrupt(const std::string& queue, const std::string& what) {
   throw Incompatible("shmq: queue '" + queue + "' is corrupt: " + what);
-}
-
-void init_shared_mutex(pthread_mutex_t& mutex) {
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  // Robust: a holder's death is reported to the next locker instead of leaving the lock held.
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  // Error-checking: re-locking from the holding thread fails with EDEADLK instead of hanging.
-  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-  const int rc = pthread_mutex_init(&mutex, &attr);
-  pthread_mutexattr_destroy(&attr);
-  if (rc != 0) throw Error(std::string("shmq: cannot initialise a shared mutex: ") + std::strerror(rc));
 }
 
 }  // namespace shmq::detail

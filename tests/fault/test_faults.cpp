@@ -1,6 +1,7 @@
 // Faults other than kills: stopped lock holders, signal storms, no room, no descriptors, hostile
 // names and owners, an ignored SIGCHLD.
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -11,8 +12,10 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -253,4 +256,66 @@ TEST_CASE("another user's segment, or another user, is kept out", "[fault]") {
     CHECK(what.find("Permission denied") != std::string::npos);
     CHECK(Queue<int>::open(shared.name()).get() == 5);
   }
+}
+
+namespace {
+
+// Two process-shared robust pthread mutexes, in shared memory, for a child to hold and die with.
+struct GlibcRobustMutexes {
+  pthread_mutex_t* m;
+  GlibcRobustMutexes() {
+    void* at = mmap(nullptr, 2 * sizeof(pthread_mutex_t), PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(at != MAP_FAILED);
+    m = static_cast<pthread_mutex_t*>(at);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    for (int i = 0; i < 2; ++i) REQUIRE(pthread_mutex_init(&m[i], &attr) == 0);
+    pthread_mutexattr_destroy(&attr);
+  }
+  ~GlibcRobustMutexes() { munmap(m, 2 * sizeof(pthread_mutex_t)); }
+};
+
+}  // namespace
+
+// shmq's locks share each thread's robust list with glibc's robust mutexes (robust_mutex.hpp):
+// entries of both kinds, linked and unlinked in any order, must leave a list from which the
+// kernel releases every lock a killed process held, and only those.
+TEST_CASE(
+    "a process killed holding queue locks and glibc robust mutexes, interleaved, releases all of "
+    "them",
+    "[fault]") {
+  Queue<long> q;
+  Queue<int> ready;
+  GlibcRobustMutexes glibc;
+  pthread_mutex_t& a = glibc.m[0];
+  pthread_mutex_t& b = glibc.m[1];
+  Child holder([&] {
+    if (pthread_mutex_lock(&a) != 0) throw std::runtime_error("lock a");
+    q.put(1);  // the queue's lock is linked and unlinked in front of a
+    q.put_with(sizeof(long), [&](std::byte*, std::size_t) {
+      // List now: queue lock, a. Lock b in front, and unlock a behind the queue's lock: glibc
+      // relinks around shmq's entry.
+      if (pthread_mutex_lock(&b) != 0 || pthread_mutex_unlock(&a) != 0)
+        throw std::runtime_error("b, a");
+      ready.put(0);
+      for (;;) pause();  // killed here: holding b and the queue's put lock
+    });
+  });
+  ready.get();
+  holder.kill(SIGKILL);
+  holder.wait_status();
+
+  CHECK(pthread_mutex_trylock(&a) == 0);           // unlocked before the kill: not touched
+  CHECK(pthread_mutex_trylock(&b) == EOWNERDEAD);  // released by the kernel
+  q.put(2, 10s);                                   // the queue's lock: released by the kernel
+  CHECK(q.stats().lock_recoveries == 1);
+  CHECK(q.get() == 1);
+  CHECK(q.get() == 2);  // the put_with in flight was never committed
+  CHECK(q.empty());
+  pthread_mutex_consistent(&b);
+  pthread_mutex_unlock(&b);
+  pthread_mutex_unlock(&a);
 }

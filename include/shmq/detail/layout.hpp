@@ -19,17 +19,17 @@
 // old word (the message was never put / never taken) or the new one: never half a message.
 #pragma once
 
-#include <pthread.h>
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
+#include "shmq/detail/robust_mutex.hpp"
+
 namespace shmq::detail {
 
 inline constexpr std::uint64_t kMagic = 0x5348'4d51'5155'4555ULL;  // "SHMQQUEU": marks our segments
-inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;  // 2: RobustMutex replaced pthread_mutex_t
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kFrameHeaderBytes = sizeof(std::uint32_t);
@@ -100,7 +100,7 @@ struct SharedHeader {
   // Packed Cursor of the next frame to write. Stored by producers holding put_lock, with release
   // (after the frame's bytes); loaded by consumers with acquire.
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;
-  alignas(kCacheLine) pthread_mutex_t put_lock;  // process-shared, robust
+  alignas(kCacheLine) RobustMutex put_lock;  // process-shared, robust (robust_mutex.hpp)
   std::uint64_t head_seen;   // producers' cached copy of `head`; guarded by put_lock; only grows
   // Statistics written only under put_lock (relaxed load + store, no read-modify-write) and
   // atomic only so that a snapshot may read them without the lock. Messages put since creation
@@ -112,7 +112,7 @@ struct SharedHeader {
   // Packed Cursor of the next frame to read. Stored by consumers holding get_lock, with release
   // (after the frame has been read); loaded by producers with acquire.
   alignas(kCacheLine) std::atomic<std::uint64_t> head;
-  alignas(kCacheLine) pthread_mutex_t get_lock;  // process-shared, robust
+  alignas(kCacheLine) RobustMutex get_lock;  // process-shared, robust (robust_mutex.hpp)
   std::uint64_t tail_seen;  // consumers' cached copy of `tail`; guarded by get_lock; only grows
   std::atomic<std::uint64_t> get_wraps;  // times head's count has wrapped; as put_wraps
 

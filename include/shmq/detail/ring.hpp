@@ -12,14 +12,13 @@
 // EventCount. A notifier issues a futex_wake only when the EventCount has sleepers, so the
 // uncontended path makes no syscall at all.
 //
-// Crash safety: both locks are robust. A process killed while holding one leaves its side's word
-// either before or after its single commit store; the next locker is told (EOWNERDEAD), marks the
-// lock consistent and goes on, with nothing to repair. A put in flight is lost (its producer
+// Crash safety: both locks are robust (robust_mutex.hpp). A process killed while holding one leaves
+// its side's word either before or after its single commit store; the next locker is told
+// (EOWNERDEAD) and goes on, with nothing to repair. A put in flight is lost (its producer
 // never returned); a get in flight leaves the message in the queue for the next consumer.
 #pragma once
 
 #include <errno.h>
-#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
@@ -33,6 +32,7 @@
 
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/layout.hpp"
+#include "shmq/detail/robust_mutex.hpp"
 #include "shmq/errors.hpp"
 
 namespace shmq::detail {
@@ -45,15 +45,10 @@ void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const 
 // Wakes every process asleep on `ev` if any is counted (see EventCount); call after publishing the
 // change they wait for, and after has_sleepers() or another seq_cst fence.
 void wake(EventCount& ev) noexcept;
-// The contended lock path: waits until the deadline; returns a pthread error code (0, EOWNERDEAD,
-// ETIMEDOUT, ...).
-int lock_slow(pthread_mutex_t& mutex, const Deadline& deadline) noexcept;
 // A lock error other than success, owner-died or time-out: throws a shmq::Error naming the queue.
 [[noreturn]] void throw_lock_error(int rc, const std::string& queue);
 // A header or frame that no well-behaved process could have written.
 [[noreturn]] void throw_corrupt(const std::string& queue, const std::string& what);
-// Initialises a process-shared, robust, error-checking mutex in shared memory.
-void init_shared_mutex(pthread_mutex_t& mutex);
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -126,8 +121,8 @@ void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
   }
 }
 
-// Holds one of the ring's robust mutexes. Taking over a lock whose holder died marks it
-// consistent and counts the recovery: the ring's state needs no repair (see the file comment).
+// Holds one of the ring's robust mutexes. Taking over a lock whose holder died counts the
+// recovery: the ring's state needs no repair (see the file comment).
 class RobustLock {
  public:
   // A deadline that has passed (the _nowait and try_ calls) still waits up to this long for a
@@ -135,15 +130,12 @@ class RobustLock {
   // or messages, not for a lock held a microsecond; but not forever for a stopped process.
   static constexpr std::chrono::milliseconds kNowaitLockPatience{50};
 
-  RobustLock(pthread_mutex_t& mutex, const Deadline& deadline, const std::string& queue,
+  RobustLock(RobustMutex& mutex, const Deadline& deadline, const std::string& queue,
              std::atomic<std::uint64_t>& recoveries)
-      : mutex_(&mutex) {
-    int rc = pthread_mutex_trylock(mutex_);  // the uncontended path reads no clock
-    if (rc == EBUSY) {
-      rc = lock_slow(*mutex_, deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
-    }
+      : mutex_(&mutex), me_(&this_thread_identity()) {
+    const int rc = detail::lock(
+        mutex, *me_, deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
     if (rc == EOWNERDEAD) {
-      pthread_mutex_consistent(mutex_);
       recoveries.fetch_add(1, std::memory_order_relaxed);
     } else if (rc == ETIMEDOUT) {
       mutex_ = nullptr;
@@ -157,11 +149,12 @@ class RobustLock {
 
   explicit operator bool() const noexcept { return mutex_ != nullptr; }
   void unlock() noexcept {
-    if (mutex_ != nullptr) pthread_mutex_unlock(std::exchange(mutex_, nullptr));
+    if (mutex_ != nullptr) detail::unlock(*std::exchange(mutex_, nullptr), *me_);
   }
 
  private:
-  pthread_mutex_t* mutex_;
+  RobustMutex* mutex_;
+  ThisThread* me_;
 };
 
 enum class Outcome { done, timed_out, shut_down };
