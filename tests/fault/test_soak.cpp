@@ -119,7 +119,10 @@ TEST_CASE("soak: N producers x M consumers, mixed sizes and call forms, exactly 
     });
   }
   std::uint64_t put_total = 0;
-  for (int p = 0; p < producers; ++p) put_total += put_counts.get(60s);
+  // Producers report once their time is up; a minute more is plenty, and a producer that died
+  // fails the test instead of hanging it.
+  const auto patience = std::chrono::duration_cast<std::chrono::milliseconds>(duration) + 60s;
+  for (int p = 0; p < producers; ++p) put_total += put_counts.get(patience);
   for (int p = 0; p < producers; ++p) REQUIRE(children[static_cast<std::size_t>(p)].succeeded());
   q.shutdown();  // consumers drain what is left, then stop
   for (int c = 0; c < consumers; ++c) REQUIRE(children[static_cast<std::size_t>(producers + c)].succeeded());
