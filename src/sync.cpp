@@ -78,6 +78,8 @@ int lock_contended(RobustMutex& m, ThisThread& me, const Deadline& deadline) noe
   }
 }
 
+__thread ThisThread this_thread{};
+
 void identify_this_thread() {
   static std::once_flag at_fork;
   // A forked child is a new thread with a new TID; glibc gives it a fresh, empty robust list.

@@ -59,7 +59,10 @@ struct ThisThread {
   std::uint32_t tid;         // 0 until looked up
   robust_list_head* robust;  // registered with the kernel by glibc
 };
-inline thread_local ThisThread this_thread{};
+// Defined once, in src/sync.cpp: an inline variable would get a copy per module wherever code is
+// built with hidden visibility, and the fork handler would renew only one. `__thread`, not
+// thread_local: it never has a dynamic initialiser, so reading it needs no call.
+extern __thread ThisThread this_thread;
 // Looks this thread up (src/sync.cpp); throws Error if the C library's robust list is not laid out
 // as RobustMutex expects.
 void identify_this_thread();
