@@ -1,7 +1,8 @@
 // Queue<T>: Python's Queue semantics, names and lifetime, limits and errors.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <array>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shmq/shmq.hpp"
@@ -149,6 +151,29 @@ TEST_CASE("put blocks while the queue is full until another process makes room",
   CHECK(consumer.succeeded());
   CHECK(q.get() == 2);
   CHECK(q.get() == 3);
+}
+
+TEST_CASE("a consumer waiting on an empty queue polls briefly, then sleeps and costs no CPU",
+          "[queue]") {
+  Queue<int> q;
+  Queue<double> cpu_ms;  // the consumer's CPU time during its get
+  Child consumer([&] {
+    auto cpu_now = [] {
+      timespec ts;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+      return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) / 1e6;
+    };
+    const double before = cpu_now();
+    if (q.get() != 7) throw std::runtime_error("wrong value");
+    cpu_ms.put(cpu_now() - before);
+  });
+  // Asleep in the kernel, not spinning: its polling budget is a few microseconds.
+  REQUIRE(shmq::test::eventually([&] { return shmq::test::process_state(consumer.pid()) == 'S'; }));
+  std::this_thread::sleep_for(300ms);  // a window to measure, not a synchronisation
+  q.put(7);
+  const double used = cpu_ms.get(10s);
+  CHECK(consumer.succeeded());
+  CHECK(used < 30.0);  // a spinning waiter would have used the whole 300 ms
 }
 
 TEST_CASE("get blocks while the queue is empty until another process puts", "[queue]") {
