@@ -400,6 +400,8 @@ QueueStats Segment::stats() const {
   s.peak_depth = h.peak_depth.load(relaxed);
   s.sleeping_producers = sleepers_of(h.not_full.sleep.load(relaxed));
   s.sleeping_consumers = sleepers_of(h.not_empty.sleep.load(relaxed));
+  s.put_lock_holder = static_cast<pid_t>(h.put_lock.word.load(relaxed) & FUTEX_TID_MASK);
+  s.get_lock_holder = static_cast<pid_t>(h.get_lock.word.load(relaxed) & FUTEX_TID_MASK);
   return s;
 }
 

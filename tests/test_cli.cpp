@@ -97,6 +97,7 @@ TEST_CASE("shmq stat shows the counters since creation", "[cli]") {
   CHECK(r.out.find("put timeouts:        1") != std::string::npos);
   CHECK(r.out.find("get timeouts:        1") != std::string::npos);
   CHECK(r.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") != std::string::npos);
+  CHECK(r.out.find("locks now:           put free, get free") != std::string::npos);
 }
 
 TEST_CASE("shmq exits 1 with a clear message for a missing queue or a foreign segment", "[cli]") {

@@ -100,14 +100,19 @@ std::string stats_json(const shmq::QueueStats& s, const shmq::QueueUsers& u) {
   return "{\"name\": " + json_string(s.name) + ", \"type\": " + json_string(s.type_name) +
          ", \"messages\": " + n(s.messages) + ", \"bytes_used\": " + n(s.bytes_used) +
          ", \"capacity_bytes\": " + n(s.capacity_bytes) + ", \"maxsize\": " + n(s.maxsize) +
-         ", \"mode\": " + json_string(octal(s.mode)) + ", \"creator_pid\": " + std::to_string(s.creator_pid) +
-         ", \"creator_alive\": " + (u.creator_alive ? "true" : "false") + ", \"mapped_by\": " + mapped +
-         ", \"created_unix_ns\": " + n(s.created_unix_ns) + ", \"shut_down\": " + (s.shut_down ? "true" : "false") +
-         ", \"puts\": " + n(s.puts) + ", \"gets\": " + n(s.gets) + ", \"put_timeouts\": " + n(s.put_timeouts) +
+         ", \"mode\": " + json_string(octal(s.mode)) +
+         ", \"creator_pid\": " + std::to_string(s.creator_pid) +
+         ", \"creator_alive\": " + (u.creator_alive ? "true" : "false") +
+         ", \"mapped_by\": " + mapped + ", \"created_unix_ns\": " + n(s.created_unix_ns) +
+         ", \"shut_down\": " + (s.shut_down ? "true" : "false") + ", \"puts\": " + n(s.puts) +
+         ", \"gets\": " + n(s.gets) + ", \"put_timeouts\": " + n(s.put_timeouts) +
          ", \"get_timeouts\": " + n(s.get_timeouts) + ", \"full_waits\": " + n(s.full_waits) +
-         ", \"empty_waits\": " + n(s.empty_waits) + ", \"lock_recoveries\": " + n(s.lock_recoveries) +
-         ", \"peak_depth\": " + n(s.peak_depth) + ", \"sleeping_producers\": " + n(s.sleeping_producers) +
-         ", \"sleeping_consumers\": " + n(s.sleeping_consumers) + "}";
+         ", \"empty_waits\": " + n(s.empty_waits) +
+         ", \"lock_recoveries\": " + n(s.lock_recoveries) + ", \"peak_depth\": " + n(s.peak_depth) +
+         ", \"sleeping_producers\": " + n(s.sleeping_producers) +
+         ", \"sleeping_consumers\": " + n(s.sleeping_consumers) +
+         ", \"put_lock_holder\": " + std::to_string(s.put_lock_holder) +
+         ", \"get_lock_holder\": " + std::to_string(s.get_lock_holder) + "}";
 }
 
 // ---- ls
@@ -205,6 +210,10 @@ int stat(const std::vector<std::string>& args) {
     row("lock recoveries:", n(s.lock_recoveries));
     row("peak depth:", n(s.peak_depth));
     row("sleeping now:", n(s.sleeping_producers) + " producer(s), " + n(s.sleeping_consumers) + " consumer(s)");
+    auto holder = [](pid_t tid) {
+      return tid == 0 ? std::string("free") : "held by thread " + std::to_string(tid);
+    };
+    row("locks now:", "put " + holder(s.put_lock_holder) + ", get " + holder(s.get_lock_holder));
     return kOk;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shmq stat: %s\n", e.what());

@@ -30,6 +30,10 @@ struct QueueStats {
   std::uint64_t peak_depth = 0;   // most messages held at once (as producers saw it: an upper bound)
   std::uint32_t sleeping_producers = 0;  // asleep now (a process killed asleep stays counted)
   std::uint32_t sleeping_consumers = 0;
+  // The thread (its TID; the process's pid for a single-threaded one) holding the producers' or
+  // the consumers' lock now, or 0. A holder that stays is stuck, or stopped (SIGSTOP, a debugger).
+  pid_t put_lock_holder = 0;
+  pid_t get_lock_holder = 0;
 };
 
 }  // namespace shmq

@@ -74,9 +74,13 @@ TEST_CASE("a lock holder stopped for a while: others time out, nobody takes its 
   CHECK_THROWS_AS(q.put(Stopper{1}, 100ms), shmq::Full);
   CHECK_FALSE(q.try_put(Stopper{1}));
   CHECK(q.stats().lock_recoveries == 0);  // a live owner keeps its lock
+  CHECK(q.stats().put_lock_holder ==
+        holder.pid());  // and is named (its only thread's TID is its pid)
+  CHECK(q.stats().get_lock_holder == 0);
 
   holder.kill(SIGCONT);
   CHECK(holder.succeeded());
+  CHECK(q.stats().put_lock_holder == 0);
   q.put(Stopper{2});
   CHECK(q.get().value == -1);
   CHECK(q.get().value == 2);
