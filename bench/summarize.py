@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Medians across several full runs of shmq_bench, as the README's benchmark tables.
 
-    for i in 1 2 3 4 5; do ./build/bench/shmq_bench --json > run$i.json; done
+    for i in $(seq 10); do ./build/bench/shmq_bench --json > run$i.json; done
     bench/summarize.py run*.json
 
 Each run already reports medians of its repetitions. This prints, for every scenario and peer, the
