@@ -48,6 +48,7 @@ int lock_contended(RobustMutex& m, ThisThread& me, const Deadline& deadline) noe
   // Once this thread has slept, others may sleep too: keep FUTEX_WAITERS set when taking the lock,
   // so that its unlock wakes the next one (glibc's robust mutexes do the same).
   std::uint32_t waiters = 0;
+  set_pending(me, &m);
   for (;;) {
     std::uint32_t word = m.word.load(std::memory_order_relaxed);
     const std::uint32_t holder = word & FUTEX_TID_MASK;

@@ -133,8 +133,12 @@ class RobustLock {
   RobustLock(RobustMutex& mutex, const Deadline& deadline, const std::string& queue,
              std::atomic<std::uint64_t>& recoveries)
       : mutex_(&mutex), me_(&this_thread_identity()) {
-    const int rc = detail::lock(
-        mutex, *me_, deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
+    // The uncontended path reads no clock, not even for a _nowait or try_ call.
+    const int rc =
+        try_lock(mutex, *me_)
+            ? 0
+            : lock_contended(mutex, *me_,
+                             deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
     if (rc == EOWNERDEAD) {
       recoveries.fetch_add(1, std::memory_order_relaxed);
     } else if (rc == ETIMEDOUT) {

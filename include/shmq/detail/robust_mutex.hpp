@@ -109,25 +109,21 @@ inline void set_pending(ThisThread& me, RobustMutex* m) noexcept {
   list_barrier();
 }
 
-// The waiting path (src/sync.cpp): returns 0, EOWNERDEAD (taken over from a dead holder),
-// ETIMEDOUT, or EDEADLK (this thread holds it already).
+// Takes `m` if it is free: the uncontended path, which makes no syscall and reads no clock.
+inline bool try_lock(RobustMutex& m, ThisThread& me) noexcept {
+  set_pending(me, &m);
+  std::uint32_t free = 0;
+  const bool taken = m.word.compare_exchange_strong(free, me.tid, std::memory_order_acquire,
+                                                    std::memory_order_relaxed);
+  if (taken) link(m, *me.robust);
+  set_pending(me, nullptr);
+  return taken;
+}
+// The waiting path, after try_lock failed (src/sync.cpp): returns 0, EOWNERDEAD (taken over from
+// a dead holder), ETIMEDOUT, or EDEADLK (this thread holds it already).
 int lock_contended(RobustMutex& m, ThisThread& me, const Deadline& deadline) noexcept;
 // Wakes one waiter on `word` (src/sync.cpp).
 void wake_one(std::atomic<std::uint32_t>& word) noexcept;
-
-// Takes `m`; returns as lock_contended does. The uncontended path makes no syscall and reads no
-// clock.
-inline int lock(RobustMutex& m, ThisThread& me, const Deadline& deadline) noexcept {
-  set_pending(me, &m);
-  std::uint32_t free = 0;
-  if (!m.word.compare_exchange_strong(free, me.tid, std::memory_order_acquire,
-                                      std::memory_order_relaxed)) {
-    return lock_contended(m, me, deadline);
-  }
-  link(m, *me.robust);
-  set_pending(me, nullptr);
-  return 0;
-}
 
 inline void unlock(RobustMutex& m, ThisThread& me) noexcept {
   set_pending(me, &m);
