@@ -43,7 +43,9 @@ struct RobustLinks {
   void* next;
 };
 
-// In shared memory; all zero is a free lock.
+// In shared memory; all zero is a free lock. `word` is taken by a CAS with acquire and let go by
+// an exchange with release (FUTEX_WAITERS is set with relaxed CASes: it only asks for a wake-up);
+// the kernel sets FUTEX_OWNER_DIED in it, and clears the TID, when the holder dies.
 struct RobustMutex {
   std::atomic<std::uint32_t> word;  // 0, or holder's TID | FUTEX_WAITERS | FUTEX_OWNER_DIED
   std::uint32_t reserved[5];        // zero: puts `links` where pthread_mutex_t has its __list
