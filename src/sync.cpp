@@ -125,13 +125,38 @@ int lock_contended(RobustMutex& m, ThisThread& me, const Deadline& deadline) noe
   }
 }
 
-// Entries of the robust list that unlink cannot vouch for: process_vm_readv and _writev on our own
-// process copy through the kernel, which reports an unmapped or protected address as an error
+namespace {
+
+// An entry of this thread's robust list, as unlink_walking reads it.
+struct ListEntry {
+  void* link;         // the entry's `next` field, untagged: what its neighbours point at
+  RobustLinks links;  // its links when read (each read once: a shared entry's may change)
+  bool vouched;       // the head or a held shmq lock: read and written directly
+};
+
+bool vouched_for(const ThisThread& me, void* link) noexcept {
+  if (link == head_link(*me.robust)) return true;
+  for (std::uint32_t i = 0; i < me.held_count; ++i) {
+    if (link == &me.held[i]->links.next) return true;
+  }
+  return false;
+}
+
+// Entries that cannot be vouched for are read and written with process_vm_readv and _writev on
+// our own process: the kernel copies, and reports an unmapped or protected address as an error
 // instead of a fault. getpid(), not the cached TID: in a child forked while a lock was held, that
 // TID would name the parent.
-bool read_unvouched_entry(const ThisThread& me, void* link, RobustLinks& out) noexcept {
+bool read_entry(const ThisThread& me, void* tagged_link, ListEntry& out) noexcept {
+  out.link = untagged(tagged_link);
+  out.vouched = vouched_for(me, out.link);
+  if (out.vouched) {
+    const RobustLinks& at = entry_at(out.link);
+    out.links = {__atomic_load_n(&at.prev, __ATOMIC_RELAXED),
+                 __atomic_load_n(&at.next, __ATOMIC_RELAXED)};
+    return true;
+  }
   constexpr std::uintptr_t kLinkOffset = offsetof(RobustMutex, links) + offsetof(RobustLinks, next);
-  const auto at = reinterpret_cast<std::uintptr_t>(link);
+  const auto at = reinterpret_cast<std::uintptr_t>(out.link);
   if (at % alignof(void*) != 0 || at < kLinkOffset) return false;
   struct {
     std::uint32_t word;
@@ -145,19 +170,68 @@ bool read_unvouched_entry(const ThisThread& me, void* link, RobustLinks& out) no
   if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(sizeof entry))
     return false;
   if ((entry.word & FUTEX_TID_MASK) != me.tid) return false;  // not a lock this thread holds
-  out = entry.links;
+  out.links = entry.links;
   return true;
 }
 
-void write_unvouched_link(const ThisThread&, void** field, void* value) noexcept {
+void write_link(const ListEntry& e, void* RobustLinks::*field, void* value) noexcept {
+  void** at = &(entry_at(e.link).*field);  // an address only: nothing is read here
+  if (e.vouched) {
+    *at = value;
+    return;
+  }
   iovec local{&value, sizeof value};
-  iovec remote{field, sizeof value};
+  iovec remote{at, sizeof value};
   // If it fails, the entry that read back as a lock of ours cannot be written: it is no lock,
   // and there is nothing of ours in it to repair.
   process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
 }
 
-__thread ThisThread this_thread{};
+// Ends the list after `last`, an entry reached through checked links.
+void cut_list_after(const ThisThread& me, const ListEntry& last) noexcept {
+  void* const head = head_link(*me.robust);
+  entry_at(head).prev = last.link;
+  list_barrier();
+  write_link(last, &RobustLinks::next, head);
+}
+
+}  // namespace
+
+void unlink_walking(RobustMutex& m, ThisThread& me) noexcept {
+  for (std::uint32_t i = 0; i < me.held_count; ++i) {  // no longer vouched for
+    if (me.held[i] == &m) {
+      me.held[i] = me.held[--me.held_count];
+      break;
+    }
+  }
+  void* const mine = &m.links.next;
+  ListEntry prev;
+  read_entry(me, head_link(*me.robust), prev);  // the head: vouched for
+  ListEntry next;
+  for (int steps = kRobustListLimit; untagged(prev.links.next) != mine;) {
+    if (untagged(prev.links.next) == head_link(*me.robust)) return;  // not in the list
+    if (--steps == 0 || !read_entry(me, prev.links.next, next) || next.links.prev != prev.link) {
+      cut_list_after(me, prev);
+      return;
+    }
+    prev = next;
+  }
+  void* const successor = __atomic_load_n(&m.links.next, __ATOMIC_RELAXED);  // read once
+  if (untagged(successor) != mine && read_entry(me, successor, next) && next.links.prev == mine) {
+    write_link(next, &RobustLinks::prev, prev.link);
+    list_barrier();
+    write_link(prev, &RobustLinks::next, successor);  // keeps the successor's PI tag
+  } else {
+    cut_list_after(me, prev);
+  }
+}
+
+namespace {
+// Where ThisThread::process_mark points until the thread is looked up.
+constexpr std::atomic<std::uint32_t> kNotIdentified{0};
+}  // namespace
+
+__thread ThisThread this_thread{&kNotIdentified, 0, 0, nullptr, {}};
 
 namespace {
 
@@ -215,7 +289,7 @@ void identify_this_thread() {
         "shmq: the C library's robust futex list is not laid out as glibc's (futex_offset " +
         std::to_string(head->futex_offset) + ", expected " + std::to_string(kFutexOffset) + ")");
   }
-  this_thread = ThisThread{static_cast<std::uint32_t>(gettid()), 0, head, mark, {}};
+  this_thread = ThisThread{mark, static_cast<std::uint32_t>(gettid()), 0, head, {}};
   mark->store(1, std::memory_order_relaxed);
 }
 

@@ -72,27 +72,25 @@ inline constexpr int kRobustListLimit = 2048;
 // forked child; plus the shmq locks it holds (the first kVouchedLocks of them), whose addresses,
 // unlike their links in shared memory, no other process can change.
 struct ThisThread {
-  std::uint32_t tid;         // 0 until looked up
+  // Non-zero once this thread is looked up in this process: until then it points at a constant 0,
+  // then at a word on a page the kernel zeroes in the child of any fork (MADV_WIPEONFORK), so a
+  // child made by fork(), glibc's _Fork() (which runs no atfork handler) or clone() without
+  // CLONE_VM looks itself up again instead of using its parent's TID.
+  const std::atomic<std::uint32_t>* process_mark;
+  std::uint32_t tid;
   std::uint32_t held_count;  // entries of `held` in use
   robust_list_head* robust;  // registered with the kernel by glibc
-  // Non-zero in the process that looked this thread up: it lives on a page the kernel zeroes in
-  // the child of any fork (MADV_WIPEONFORK), so a child made by fork(), glibc's _Fork() (which
-  // runs no atfork handler) or clone() without CLONE_VM looks itself up again.
-  const std::atomic<std::uint32_t>* process_mark;
   RobustMutex* held[kVouchedLocks];
 };
 // Defined once, in src/sync.cpp: an inline variable would get a copy per module wherever code is
-// built with hidden visibility. `__thread`, not thread_local: it never has a dynamic initialiser,
-// so reading it needs no call.
+// built with hidden visibility. `__thread`, not thread_local: it has a constant initialiser, so
+// reading it needs no call.
 extern __thread ThisThread this_thread;
 // Looks this thread up (src/sync.cpp); throws Error if the C library's robust list is not laid out
 // as RobustMutex expects, or if the kernel predates MADV_WIPEONFORK (Linux 4.14).
 void identify_this_thread();
-// A forked child inherits this_thread with its parent's TID: a lock it took would hold a TID the
-// kernel never releases for it. process_mark is read only once tid is set, so it exists.
 inline ThisThread& this_thread_identity() {
-  if (this_thread.tid == 0 || this_thread.process_mark->load(std::memory_order_relaxed) == 0)
-    identify_this_thread();
+  if (this_thread.process_mark->load(std::memory_order_relaxed) == 0) identify_this_thread();
   return this_thread;
 }
 
@@ -129,107 +127,42 @@ inline void link(RobustMutex& m, ThisThread& me) noexcept {
 // ---- Unlinking, when other processes may have rewritten any link in shared memory.
 //
 // A lock's links live in the shared header (the kernel finds the word at a fixed offset from
-// them), so any process that maps the queue can rewrite them while we hold the lock. The holder
-// therefore never reads through, writes through, or stores into its list, a pointer it read from
-// shared memory unless that pointer is vouched for or checked:
-//  - vouched: the private list head, or a shmq lock this thread holds (ThisThread::held): their
-//    addresses are private knowledge, so their links are read and written with plain accesses;
+// them), so any process that maps the queue can rewrite them while we hold the lock. glibc's
+// unlink writes through its entry's links; ours never reads through, writes through, or stores
+// into the list a pointer read from shared memory unless it is vouched for or checked:
+//  - vouched for: the private list head, or a shmq lock this thread holds (ThisThread::held):
+//    their addresses are private knowledge, so their links are read and written directly;
 //  - checked: any other entry (a glibc robust mutex, a shmq lock beyond kVouchedLocks, or
 //    garbage) is read with process_vm_readv, which cannot fault, and accepted only if its word
 //    holds our TID (every entry of our list is a lock we hold) and it links back to the entry we
 //    came from; it is written with process_vm_writev.
-// The predecessor is found by walking from the private head, never from our own `prev`; the
-// successor is our `next`, accepted only if it links back to us. The common case (one lock held,
-// nothing else in the list) reads the head and our `next`, and writes the head: no syscall.
-// If a link does not check out, the list is cut after the last entry that did, so that both the
-// kernel and this code only ever follow checked links. What a hostile writer costs, and only the
-// holder it targets: locks behind the cut (taken before it) are no longer released by the kernel
-// if this thread dies holding them; and a lock whose `next` is rewritten while held hides those
-// behind it from the kernel until it is unlocked.
+// The predecessor is found by walking from the private head, never through our own `prev`; the
+// successor is our `next`, accepted only if it links back to us. If a link does not check out,
+// the list is cut after the last entry that did, so that the kernel and this code only ever
+// follow checked links. What a hostile writer costs, and only the holder it targets: locks behind
+// the cut (taken before it) are no longer released by the kernel if this thread dies holding
+// them; and a lock whose `next` is rewritten while held hides those behind it from the kernel
+// until it is unlocked.
 
-// An entry of this thread's robust list, as read by unlink.
-struct ListEntry {
-  void* link;         // the entry's `next` field, untagged: what its neighbours point at
-  RobustLinks links;  // its links when read
-  bool vouched;       // the head or a held shmq lock: plain loads and stores
-};
+// The general case of unlink (src/sync.cpp): the walk described above; it also takes `m` off
+// ThisThread::held.
+void unlink_walking(RobustMutex& m, ThisThread& me) noexcept;
 
-// The non-faulting read and write of an entry that is not vouched for (src/sync.cpp); the read is
-// false unless the entry holds our TID.
-bool read_unvouched_entry(const ThisThread& me, void* link, RobustLinks& out) noexcept;
-void write_unvouched_link(const ThisThread& me, void** field, void* value) noexcept;
-
-inline bool vouched_for(const ThisThread& me, void* link) noexcept {
-  if (link == head_link(*me.robust)) return true;
-  for (std::uint32_t i = 0; i < me.held_count; ++i) {
-    if (link == &me.held[i]->links.next) return true;
-  }
-  return false;
-}
-inline bool read_entry(const ThisThread& me, void* tagged_link, ListEntry& out) noexcept {
-  out.link = untagged(tagged_link);
-  out.vouched = vouched_for(me, out.link);
-  if (!out.vouched) return read_unvouched_entry(me, out.link, out.links);
-  // Relaxed atomic loads: a shared entry's links may change under us; each is read once.
-  const RobustLinks& at = entry_at(out.link);
-  out.links = {__atomic_load_n(&at.prev, __ATOMIC_RELAXED),
-               __atomic_load_n(&at.next, __ATOMIC_RELAXED)};
-  return true;
-}
-inline void write_link(const ThisThread& me, const ListEntry& e, void* RobustLinks::*field,
-                       void* value) noexcept {
-  void** at = &(entry_at(e.link).*field);  // an address only: nothing is read here
-  if (e.vouched) {
-    *at = value;
-  } else {
-    write_unvouched_link(me, at, value);
-  }
-}
-
-// Ends the list after `last`, an entry reached through checked links.
-inline void cut_list_after(const ThisThread& me, const ListEntry& last) noexcept {
-  void* const head = head_link(*me.robust);
-  entry_at(head).prev = last.link;
-  list_barrier();
-  write_link(me, last, &RobustLinks::next, head);
-}
-
-inline void forget_held(ThisThread& me, const RobustMutex& m) noexcept {
-  for (std::uint32_t i = me.held_count; i-- > 0;) {
-    if (me.held[i] == &m) {
-      me.held[i] = me.held[--me.held_count];
-      return;
-    }
-  }
-}
-
-// Call with list_op_pending naming `m`, before its word lets go.
+// Call with list_op_pending naming `m`, before its word lets go. The common case, `m` the only
+// entry, is the walk's first step, and needs neither m's links nor a syscall: the private head
+// names m as its first and its last entry. Then m is also the only shmq lock this thread holds
+// (or, after a cut, the only one left in its list: forgetting the others only costs checks).
 inline void unlink(RobustMutex& m, ThisThread& me) noexcept {
-  void* const mine = &m.links.next;
-  ListEntry prev;
-  read_entry(me, head_link(*me.robust), prev);  // the head: vouched for, always read
-  ListEntry next;
-  for (int steps = kRobustListLimit; untagged(prev.links.next) != mine;) {
-    if (untagged(prev.links.next) == head_link(*me.robust)) {  // not in the list: nothing to do
-      forget_held(me, m);
-      return;
-    }
-    if (--steps == 0 || !read_entry(me, prev.links.next, next) || next.links.prev != prev.link) {
-      cut_list_after(me, prev);
-      forget_held(me, m);
-      return;
-    }
-    prev = next;
-  }
-  void* const successor = __atomic_load_n(&m.links.next, __ATOMIC_RELAXED);  // read once
-  if (read_entry(me, successor, next) && next.links.prev == mine) {
-    write_link(me, next, &RobustLinks::prev, prev.link);
+  void* const head = head_link(*me.robust);
+  RobustLinks& ends = entry_at(head);  // the head's links, in this thread's private memory
+  if (ends.next == &m.links.next && ends.prev == &m.links.next) {
+    ends.prev = head;
     list_barrier();
-    write_link(me, prev, &RobustLinks::next, successor);  // keeps the successor's PI tag
+    ends.next = head;
+    me.held_count = 0;
   } else {
-    cut_list_after(me, prev);
+    unlink_walking(m, me);
   }
-  forget_held(me, m);
 }
 
 inline void set_pending(ThisThread& me, RobustMutex* m) noexcept {
