@@ -89,6 +89,7 @@ TEST_CASE("a Manager's guardian outlives the signals a terminal sends to the pro
   std::optional<shmq::Manager> manager(std::in_place);
   const pid_t guardian = only_child();
   const std::string name = manager->Queue<int>().name();
+  REQUIRE(shmq::test::eventually([&] { return shmq::test::process_state(guardian) == 'S'; }));  // set up
   CHECK(getpgid(guardian) != getpgrp());  // not in the group a terminal signals
   // Sent to the guardian itself: a signal whose default action kills has killed it by the time
   // kill() returns (the kernel acts on a fatal signal at once), so looking next is enough.
@@ -104,8 +105,8 @@ TEST_CASE("a Ctrl-C that the program survives leaves its Manager's queues cleane
   Queue<int> go;
   shmq::test::Child program([names, go]() mutable {
     setpgid(0, 0);  // a process group of its own, as a shell gives a job: the test's is spared
-    signal(SIGINT, [](int) {});  // the program handles Ctrl-C and goes on
     shmq::Manager manager;
+    signal(SIGINT, [](int) {});  // the program handles Ctrl-C and goes on (its guardian did not inherit this)
     names.put(manager.Queue<int>().name());
     names.put(manager.JoinableQueue<int>().name());
     go.get();

@@ -78,7 +78,9 @@ bool ended(pid_t pid) {
 
 // Runs fn on a std::thread and returns once that thread is gone for the kernel too: its entry in
 // /proc/self/task goes only after the kernel has handed its children to another thread and sent
-// them their parent-death signal (PR_SET_PDEATHSIG), which is what the tests below provoke.
+// them their parent-death signal (PR_SET_PDEATHSIG), which is what the tests below provoke. fn
+// must wait until the children it makes have set themselves up (a child that asks for that signal
+// after the thread ended has the surviving thread as its parent, and is not provoked).
 template <class Fn>
 void run_on_ending_thread(Fn&& fn) {
   pid_t tid = 0;
@@ -102,6 +104,18 @@ pid_t parent_of(pid_t pid) {
     if (const char* close = std::strrchr(line, ')')) std::sscanf(close + 1, " %*c %d", &parent);
   }
   return parent;
+}
+
+// The one child the calling thread has made, once it sleeps (has set itself up and waits).
+pid_t sleeping_only_child_of_this_thread() {
+  const std::string path = "/proc/self/task/" + std::to_string(gettid()) + "/children";
+  int child = 0;
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    if (std::fscanf(f, "%d", &child) != 1) child = 0;
+    std::fclose(f);
+  }
+  shmq::test::eventually([&] { return shmq::test::process_state(child) == 'S'; });
+  return child;
 }
 
 int square(int x) { return x * x; }
@@ -363,7 +377,13 @@ TEST_CASE("a daemon child started on a thread that ends lives on while its proce
   Process echo(ProcessOptions{.name = "echo", .daemon = true}, [ask, answer]() mutable {
     for (;;) answer.put(ask.get());
   });
-  run_on_ending_thread([&] { echo.start(); });
+  int first = 0;
+  run_on_ending_thread([&] {
+    echo.start();
+    ask.put(1);
+    first = answer.get(60s);
+  });
+  CHECK(first == 1);
   ask.put(5);
   CHECK(answer.get(10s) == 5);
   CHECK(echo.is_alive());
@@ -373,7 +393,12 @@ TEST_CASE("a pool made on a thread that ends keeps working, and still ends with 
           "[pool][process]") {
   SECTION("the pool works on") {
     std::optional<shmq::Pool> pool;
-    run_on_ending_thread([&] { pool.emplace(2); });
+    int first = 0;
+    run_on_ending_thread([&] {
+      pool.emplace(1);
+      first = pool->apply(square, 2);  // the manager has set itself up: it forked this worker
+    });
+    CHECK(first == 4);
     CHECK(pool->apply(square, 3) == 9);
     CHECK(pool->map(square, std::vector<int>{1, 2, 3}, 1) == std::vector<int>{1, 4, 9});
   }
@@ -381,8 +406,10 @@ TEST_CASE("a pool made on a thread that ends keeps working, and still ends with 
     Queue<int> pids;
     Process owner([pids]() mutable {
       std::optional<shmq::Pool> pool;
-      run_on_ending_thread([&] { pool.emplace(1); });
-      pids.put(pool->apply([] { return static_cast<int>(getpid()); }));
+      run_on_ending_thread([&] {
+        pool.emplace(1);
+        pids.put(pool->apply([] { return static_cast<int>(getpid()); }));
+      });
       pause();  // killed here, with the pool running
     });
     owner.start();
@@ -400,10 +427,16 @@ TEST_CASE("a pool made on a thread that ends keeps working, and still ends with 
 TEST_CASE("a Manager made on a thread that ends keeps its queues until it is destroyed", "[manager]") {
   std::optional<shmq::Manager> manager;
   std::optional<Queue<int>> q;
+  pid_t guardian = 0;
   run_on_ending_thread([&] {
     manager.emplace();
     q.emplace(manager->Queue<int>());
+    guardian = sleeping_only_child_of_this_thread();
   });
+  REQUIRE(guardian > 0);
+  // A guardian provoked by the thread's end would wake within microseconds to remove the queues;
+  // one that follows the process sleeps on.
+  CHECK_FALSE(shmq::test::eventually([&] { return shmq::test::process_state(guardian) != 'S'; }, 1s));
   REQUIRE(shmq::test::segment_exists(q->name()));
   q->put(4);
   CHECK(q->get() == 4);
