@@ -1,5 +1,6 @@
 #include "shmq/manager.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -16,39 +17,48 @@ std::string unique_prefix() {
   return "mgr-" + std::to_string(getpid()) + "-" + std::to_string(managers.fetch_add(1)) + "-";
 }
 
-// Runs in the guardian: waits for SIGTERM (from ~Manager, or from the kernel when the parent
-// dies), then removes the Manager's queues. SIGTERM is blocked from before the fork (see
-// Manager::Manager), so it cannot arrive before sigwait and end the guardian without cleaning up.
-void guard(const std::string& prefix) {
-  sigset_t term;
-  sigemptyset(&term);
-  sigaddset(&term, SIGTERM);
-  int sig = 0;
-  sigwait(&term, &sig);
+// Runs in the guardian: waits for the owning process to end (its pidfd turns readable when its last
+// thread ends), then removes the Manager's queues. ~Manager ends the guardian with SIGKILL instead.
+int guard(const std::string& prefix, int owner) {
+  pollfd ended{owner, POLLIN, 0};
+  while (poll(&ended, 1, -1) != 1) {
+    // EINTR: look again.
+  }
   detail::remove_segments_with_prefix(prefix);
+  return 0;
+}
+
+// The guardian outlives a Ctrl-C, Ctrl-\, Ctrl-Z or hangup that the program itself survives, and a
+// SIGTERM sent to the program's group (a supervisor stopping it): were it to die of one while the
+// program lives, a later crash of the program would leave the queues behind. In a group of its own
+// it is not sent the terminal's signals; ignoring them also covers one sent to it by pid.
+detail::SpawnOptions guardian_options() {
+  detail::SpawnOptions options;
+  options.own_process_group = true;
+  for (const int sig : {SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP, SIGTERM, SIGPIPE}) {
+    options.dispositions.push_back(detail::Disposition::ignore(sig));
+  }
+  return options;
 }
 
 }  // namespace
 
-Manager::Manager()
-    : prefix_(unique_prefix()),
-      guardian_(ProcessOptions{"ManagerGuardian", /*daemon=*/true},
-                [prefix = prefix_] { guard(prefix); }) {
-  sigset_t term, before;
-  sigemptyset(&term);
-  sigaddset(&term, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &term, &before);  // the guardian inherits this mask
+Manager::Manager() : prefix_(unique_prefix()) {
+  const std::string what = "the guardian of shmq::Manager " + prefix_;
+  const int owner = detail::open_own_pidfd(what);
   try {
-    guardian_.start();
+    guardian_ = detail::Child::spawn(what, guardian_options(),
+                                     [prefix = prefix_, owner] { return guard(prefix, owner); });
   } catch (...) {
-    pthread_sigmask(SIG_SETMASK, &before, nullptr);
+    close(owner);
     throw;
   }
-  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  close(owner);
 }
 
-// The guardian's destructor sends SIGTERM and joins: the guardian removes the queues and exits.
-Manager::~Manager() = default;
+// The queues go first, by this process: the guardian may have been killed (it is then reaped
+// here). Then the guardian, which has nothing left to do, is killed and reaped by guardian_.
+Manager::~Manager() { detail::remove_segments_with_prefix(prefix_); }
 
 std::string Manager::next_name() { return prefix_ + std::to_string(++made_); }
 

@@ -5,6 +5,14 @@
 //                        ▲
 //            manager ────┘ forks and reaps them; posts WorkerLost for the task a dead worker held
 //
+// The pool's processes do not depend on the program's signal dispositions: the manager resets
+// SIGCHLD (an ignored SIGCHLD, or a handler that reaps, would hide its workers' deaths), ignores the
+// signals a terminal sends to the whole group (it follows the owning process through a pidfd
+// instead, and so keeps serving a program that survives Ctrl-C), and waits for events with ppoll on
+// pidfds, never blocking elsewhere: a WorkerLost notice that finds the result queue full stays
+// pending and is retried while the manager goes on serving (and obeying terminate()). Workers get
+// the program's dispositions and signal mask back before they run its code.
+//
 // Which task each worker holds is kept in a shared array of slots. A worker records the task in its
 // slot while it decodes it, under the task queue's lock and before the get commits, so there is no
 // instant at which a worker holds a task its slot does not show. A worker killed in between leaves
@@ -12,10 +20,10 @@
 // WorkerLost) is the one reported.
 #include "shmq/pool.hpp"
 
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,13 +32,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <iostream>
+#include <deque>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "shmq/detail/demangle.hpp"
-#include "shmq/process.hpp"
+#include "shmq/detail/spawn.hpp"
 #include "shmq/queue.hpp"
 
 #if defined(__SANITIZE_THREAD__)
@@ -48,11 +56,17 @@ constexpr std::chrono::seconds kManagerCheck{1};
 constexpr int kExitShutDown = 0;  // the task queue was shut down (close or terminate): do not replace
 constexpr int kExitRetired = 100;  // maxtasksperchild reached: replace
 
+// How often the manager retries posting WorkerLost notices that found the result queue full.
+constexpr timespec kNoticeRetry{0, 10'000'000};
+
 // One per worker, in a MAP_SHARED page made before the manager is forked.
 struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> task;  // the task this worker holds, or 0; written by the worker
-  std::atomic<pid_t> pid;           // written by the manager; read by its SIGTERM handler
 };
+
+// Signals whose disposition the manager changes, and a worker restores to the program's before it
+// runs the program's code (the initializer, tasks).
+constexpr int kManagerSignals[] = {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP};
 
 std::size_t usable_cpus() {
   cpu_set_t set;
@@ -61,35 +75,17 @@ std::size_t usable_cpus() {
   return n > 0 ? static_cast<std::size_t>(n) : 1;
 }
 
-std::string describe_end(int status) {
-  if (WIFSIGNALED(status)) return "was killed by signal " + std::to_string(WTERMSIG(status));
-  return "exited with code " + std::to_string(WEXITSTATUS(status));
+std::string describe_end(const std::optional<int>& status) {
+  // The manager resets SIGCHLD, so only a worker that calls exit() in a task can end unrecorded.
+  if (!status) return "ended without a recorded status";
+  if (WIFSIGNALED(*status)) return "was killed by signal " + std::to_string(WTERMSIG(*status));
+  return "exited with code " + std::to_string(WEXITSTATUS(*status));
 }
 
-void flush_output() {
-  std::cout.flush();
-  std::fflush(nullptr);
-}
-
-// The manager's SIGTERM handler kills every worker; it may only touch these.
-WorkerSlot* g_slots = nullptr;
-std::size_t g_slot_count = 0;
+// Set by the manager's SIGTERM handler (terminate()); SIGTERM is blocked outside its ppoll.
 volatile sig_atomic_t g_terminating = 0;
 
-// Async-signal-safe: called by the handler, and by the manager's loop for a worker whose pid was
-// not yet in its slot when the handler ran (fork can return in the child, which may already be
-// running a task, before it returns in the manager).
-void kill_workers() {
-  for (std::size_t i = 0; i < g_slot_count; ++i) {
-    const pid_t pid = g_slots[i].pid.load();
-    if (pid > 0) kill(pid, SIGKILL);
-  }
-}
-
-extern "C" void on_manager_sigterm(int) {
-  g_terminating = 1;
-  kill_workers();
-}
+extern "C" void on_manager_sigterm(int) { g_terminating = 1; }
 
 }  // namespace
 
@@ -133,9 +129,15 @@ class PoolCore {
         processes_(options_.processes != 0 ? options_.processes : usable_cpus()),
         tasks_(sized(options_.queue_bytes)),
         results_(sized(options_.queue_bytes)),
-        slots_(map_slots(processes_)),
-        manager_(ProcessOptions{"PoolManager", /*daemon=*/true}, [this] { manage(); }) {
-    manager_.start();
+        slots_(map_slots(processes_)) {
+    for (const int sig : kManagerSignals) program_dispositions_.push_back(Disposition::current(sig));
+    pthread_sigmask(SIG_BLOCK, nullptr, &program_mask_);
+    try {
+      start_manager();
+    } catch (...) {
+      munmap(slots_, slots_bytes());
+      throw;
+    }
   }
   PoolCore(const PoolCore&) = delete;
   PoolCore& operator=(const PoolCore&) = delete;
@@ -148,13 +150,18 @@ class PoolCore {
 
   std::vector<std::uint64_t> submit(std::vector<TaskMessage> tasks) {
     std::lock_guard lock(mutex_);
+    if (state_ == State::broken) throw PoolBroken(name() + ": " + ended_reason_);
     if (state_ != State::running) throw Error("shmq::Pool: the pool is closed: no more tasks");
     std::vector<std::uint64_t> ids;
     for (auto& task : tasks) {
       task.id = ++last_id_;
       // While the task queue is full, collect results: the workers may be waiting for room to
-      // post them, and nobody else may be collecting.
-      while (!tasks_.try_put(task)) pull(Deadline::never());
+      // post them, and nobody else may be collecting. pull() notices a dead manager, after which
+      // nobody will ever make room.
+      while (!tasks_.try_put(task)) {
+        pull(Deadline::never());
+        if (state_ == State::broken) throw PoolBroken(name() + ": " + ended_reason_);
+      }
       pending_.insert(task.id);
       ids.push_back(task.id);
     }
@@ -166,7 +173,7 @@ class PoolCore {
     if (!mutex_.lock_until(deadline)) return false;
     std::unique_lock lock(mutex_, std::adopt_lock);
     for (;;) {
-      if (state_ == State::ended || all_arrived(ids)) return true;
+      if (has_ended() || all_arrived(ids)) return true;
       if (!pull(deadline)) return false;
       // Between pulls, let another thread in (a terminate(), or a waiter with a deadline).
       lock.unlock();
@@ -207,22 +214,27 @@ class PoolCore {
   void join() {
     std::lock_guard lock(mutex_);
     if (state_ == State::running) throw Error("shmq::Pool: join() before close() or terminate()");
-    // Collect while waiting: a worker may be blocked posting a result.
-    while (state_ != State::ended && !pending_.empty()) pull(Deadline::never());
-    manager_.join();
+    // Collect while waiting: a worker may be blocked posting a result. pull() ends the pool if
+    // the manager dies meanwhile.
+    while (!has_ended() && !pending_.empty()) pull(Deadline::never());
+    manager_.wait_until(Deadline::never());
   }
 
   void terminate() noexcept {
     std::lock_guard lock(mutex_);
-    if (state_ == State::ended) return;
-    end("the pool was terminated before the task finished");
+    if (has_ended()) return;
+    end(State::terminated, "the pool was terminated before the task finished");
     tasks_.shutdown(true);
-    manager_.terminate();  // its handler kills every worker, then it reaps them and exits
-    manager_.join();
+    manager_.signal(SIGTERM);  // it kills every worker, reaps them and exits
+    manager_.wait_until(Deadline::never());
   }
 
  private:
-  enum class State { running, closed, ended };
+  // running -> closed (close) -> terminated (terminate); broken (the manager died) from any but
+  // terminated. Once terminated or broken, no result will come any more.
+  enum class State { running, closed, terminated, broken };
+
+  bool has_ended() const noexcept { return state_ == State::terminated || state_ == State::broken; }
 
   static QueueOptions sized(std::size_t bytes) {
     QueueOptions options;
@@ -239,6 +251,9 @@ class PoolCore {
     return new (p) WorkerSlot[n]{};
   }
 
+  // How errors name this pool.
+  std::string name() const { return "shmq::Pool (manager pid " + std::to_string(manager_.pid()) + ")"; }
+
   bool all_arrived(const std::vector<std::uint64_t>& ids) const {
     for (const auto id : ids) {
       if (arrived_.count(id) == 0) return false;
@@ -247,7 +262,8 @@ class PoolCore {
   }
 
   // Under mutex_: waits for at least one result (or the deadline) and files every result that
-  // has arrived. Returns false only if the deadline passed with nothing new.
+  // has arrived. Returns false only if the deadline passed with nothing new. Ends the pool if the
+  // manager has died: no more results will come.
   bool pull(const Deadline& deadline) {
     std::optional<ResultMessage> first;
     if (deadline.is_now()) {
@@ -260,8 +276,9 @@ class PoolCore {
       }
     }
     if (!first) {
-      if (!manager_.is_alive()) {
-        end("the pool's manager process died");
+      if (manager_.reap()) {
+        end(State::broken, "the pool's manager process (pid " + std::to_string(manager_.pid()) + ") " +
+            describe_end(manager_.wait_status()) + ": the pool is broken");
         return true;
       }
       return !deadline.expired();
@@ -278,65 +295,118 @@ class PoolCore {
     if (forgotten_.erase(result.id) == 0) arrived_.emplace(result.id, std::move(result));
   }
 
-  void end(std::string reason) {
-    state_ = State::ended;
+  void end(State state, std::string reason) {
+    state_ = state;
     ended_reason_ = std::move(reason);
     pending_.clear();
     forgotten_.clear();
   }
 
-  // ---- In the manager process.
-
-  [[noreturn]] void manage() {
-    g_slots = slots_;
-    g_slot_count = processes_;
-    struct sigaction on_term {};
-    on_term.sa_handler = on_manager_sigterm;  // no SA_RESTART: waitpid returns EINTR
-    sigaction(SIGTERM, &on_term, nullptr);
-    for (std::size_t i = 0; i < processes_; ++i) spawn(i);
-    for (;;) {
-      // Pids are stored in their slots before this check: each is seen here or by the handler.
-      if (g_terminating) kill_workers();
-      int status = 0;
-      const pid_t pid = waitpid(-1, &status, 0);
-      if (pid < 0) {
-        if (errno == EINTR) continue;
-        break;  // ECHILD: every worker has ended
-      }
-      WorkerSlot* slot = nullptr;
-      for (std::size_t i = 0; i < processes_; ++i) {
-        if (slots_[i].pid.load() == pid) slot = &slots_[i];
-      }
-      if (slot == nullptr) continue;
-      slot->pid.store(0);
-      if (g_terminating) continue;
-      if (const std::uint64_t task = slot->task.exchange(0); task != 0) {
-        results_.put({task, TaskOutcome::lost, {},
-                      "worker pid " + std::to_string(pid) + " " + describe_end(status) +
-                          " while running task " + std::to_string(task)});
-      }
-      const bool shut_down = WIFEXITED(status) && WEXITSTATUS(status) == kExitShutDown;
-      if (!shut_down) spawn(static_cast<std::size_t>(slot - slots_));
+  void start_manager() {
+    const std::string what = "the manager process of a shmq::Pool";
+    const int owner = open_own_pidfd(what);
+    SpawnOptions options;
+    options.dispositions = {Disposition::reset(SIGCHLD)};
+    for (const int sig : {SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP}) {
+      options.dispositions.push_back(Disposition::ignore(sig));
     }
-    flush_output();
-    _exit(0);
+    // SIGTERM (terminate()) gets the manager's handler at its start; until its ppoll, it waits.
+    sigset_t blocked = program_mask_;
+    sigaddset(&blocked, SIGTERM);
+    options.mask = blocked;
+    try {
+      manager_ = Child::spawn(what, options, [this, owner] { return manage(owner); });
+    } catch (...) {
+      ::close(owner);
+      throw;
+    }
+    ::close(owner);
   }
 
-  void spawn(std::size_t index) {
-    flush_output();
-    const pid_t manager = getpid();
-    const pid_t pid = fork();
-    if (pid < 0) throw Error(std::string("shmq::Pool: cannot fork a worker: ") + std::strerror(errno));
-    if (pid == 0) work(index, manager);
-    slots_[index].pid.store(pid);
+  // ---- In the manager process.
+
+  // Returns when every worker has ended (shut down, or killed by terminate()), or at once when the
+  // owning process has ended (the workers then follow the manager).
+  int manage(int owner) {
+    struct sigaction on_term {};
+    on_term.sa_handler = on_manager_sigterm;
+    sigemptyset(&on_term.sa_mask);
+    sigaction(SIGTERM, &on_term, nullptr);
+    sigset_t while_waiting;
+    pthread_sigmask(SIG_BLOCK, nullptr, &while_waiting);
+    sigdelset(&while_waiting, SIGTERM);
+
+    std::vector<Child> workers(processes_);
+    std::deque<ResultMessage> undelivered;  // WorkerLost notices that found the result queue full
+    try {
+      for (std::size_t i = 0; i < processes_; ++i) workers[i] = spawn_worker(i);
+      for (;;) {
+        if (g_terminating) {
+          for (auto& worker : workers) worker.signal(SIGKILL);
+          undelivered.clear();  // the caller has marked every pending task lost
+        }
+        bool any_running = false;
+        for (std::size_t i = 0; i < processes_; ++i) {
+          if (workers[i].pid() == 0) continue;
+          if (!workers[i].reap()) {
+            any_running = true;
+            continue;
+          }
+          if (auto notice = notice_of_loss(i, workers[i]); notice && !g_terminating) {
+            undelivered.push_back(std::move(*notice));
+          }
+          const auto status = workers[i].wait_status();
+          const bool shut_down = status && WIFEXITED(*status) && WEXITSTATUS(*status) == kExitShutDown;
+          workers[i] = Child();
+          if (!shut_down && !g_terminating) {
+            workers[i] = spawn_worker(i);
+            any_running = true;
+          }
+        }
+        if (!any_running) return 0;
+        while (!undelivered.empty() && results_.try_put(undelivered.front())) undelivered.pop_front();
+
+        std::vector<pollfd> events{{owner, POLLIN, 0}};
+        for (const auto& worker : workers) {
+          if (worker.pidfd() >= 0) events.push_back({worker.pidfd(), POLLIN, 0});
+        }
+        ppoll(events.data(), events.size(), undelivered.empty() ? nullptr : &kNoticeRetry, &while_waiting);
+        if (events[0].revents != 0) {
+          for (auto& worker : workers) worker.signal(SIGKILL);
+          return 0;
+        }
+      }
+    } catch (const std::exception& e) {
+      // A worker could not be forked (EAGAIN, ENOMEM): the pool is broken, and its caller learns
+      // it from this process's end.
+      std::fprintf(stderr, "shmq::Pool manager (pid %d): %s\n", getpid(), e.what());
+      for (auto& worker : workers) worker.signal(SIGKILL);
+      return 1;
+    }
+  }
+
+  // The WorkerLost notice for the task the ended worker `index` held, if it held one.
+  std::optional<ResultMessage> notice_of_loss(std::size_t index, const Child& worker) {
+    const std::uint64_t task = slots_[index].task.exchange(0);
+    if (task == 0) return std::nullopt;
+    return ResultMessage{task, TaskOutcome::lost, {},
+                         "worker pid " + std::to_string(worker.pid()) + " " + describe_end(worker.wait_status()) +
+                             " while running task " + std::to_string(task)};
+  }
+
+  Child spawn_worker(std::size_t index) {
+    SpawnOptions options;
+    options.dispositions = program_dispositions_;
+    // terminate() kills workers with SIGKILL; SIGTERM's default makes a stray one end them too.
+    options.dispositions.push_back(Disposition::reset(SIGTERM));
+    options.mask = program_mask_;
+    options.on_parent_death = SIGKILL;  // a worker never outlives its manager
+    return Child::spawn("a worker of a shmq::Pool", options, [this, index] { return work(index); });
   }
 
   // ---- In a worker process.
 
-  [[noreturn]] void work(std::size_t index, pid_t manager) {
-    signal(SIGTERM, SIG_DFL);
-    // A worker never outlives its manager.
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != manager) _exit(1);
+  int work(std::size_t index) {
     WorkerSlot& slot = slots_[index];
     if (options_.initializer) {
       try {
@@ -344,8 +414,7 @@ class PoolCore {
       } catch (const std::exception& e) {
         std::fprintf(stderr, "shmq::Pool worker (pid %d): initializer raised %s: %s\n", getpid(),
                      current_exception_type_name().c_str(), e.what());
-        flush_output();
-        _exit(1);
+        return 1;
       }
     }
     for (std::size_t done = 0; options_.maxtasksperchild == 0 || done < options_.maxtasksperchild; ++done) {
@@ -357,16 +426,15 @@ class PoolCore {
           return t;
         });
       } catch (const ShutDown&) {
-        flush_output();
-        _exit(kExitShutDown);
+        return kExitShutDown;
       } catch (const DecodeError&) {
         continue;  // not a task this pool sent; get_with dropped it
       }
       post(run(task));
       slot.task.store(0);
-      flush_output();
+      std::fflush(nullptr);
     }
-    _exit(kExitRetired);
+    return kExitRetired;
   }
 
   static ResultMessage run(const TaskMessage& task) {
@@ -395,7 +463,10 @@ class PoolCore {
   Queue<TaskMessage> tasks_;
   Queue<ResultMessage> results_;
   WorkerSlot* slots_;
-  Process manager_;
+  // What a worker restores before it runs the program's code: as they were when the pool was made.
+  std::vector<Disposition> program_dispositions_;
+  sigset_t program_mask_;
+  Child manager_;
 
   // The caller's side; guarded by mutex_, which the one thread collecting results holds.
   TimedMutex mutex_;

@@ -1,10 +1,13 @@
-// Pool, AsyncResult, JoinableQueue, SimpleQueue and Manager.
+// Pool, AsyncResult, JoinableQueue and SimpleQueue.
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <future>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -35,6 +38,33 @@ int block_until(Queue<int> started, Queue<int> go) {
   return go.get();
 }
 pid_t own_pid() { return getpid(); }
+pid_t manager_pid() { return getppid(); }  // a worker's parent is the pool's manager
+std::string text_of(int size) { return std::string(static_cast<std::size_t>(size), 'x'); }
+
+// The longest text_of result that fits a result queue of `capacity` ring bytes: a frame's 4-byte
+// length plus the encoded result message.
+int longest_result(std::size_t capacity) {
+  int size = static_cast<int>(capacity);
+  while (4 + shmq::encoded_size(shmq::detail::ResultMessage{
+                 1, shmq::detail::TaskOutcome::returned, shmq::detail::encode_to_string(text_of(size)), {}}) >
+         capacity) {
+    --size;
+  }
+  return size;
+}
+
+// The parent's pid of a process, from /proc; 0 if there is no such process.
+pid_t parent_of(pid_t pid) {
+  int parent = 0;
+  if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
+    char line[512];
+    const std::size_t n = std::fread(line, 1, sizeof line - 1, f);
+    std::fclose(f);
+    line[n] = '\0';
+    if (const char* close = std::strrchr(line, ')')) std::sscanf(close + 1, " %*c %d", &parent);
+  }
+  return parent;
+}
 
 int initialised = 0;  // set by the initializer in each worker
 
@@ -228,33 +258,67 @@ TEST_CASE("SimpleQueue offers put, get, empty and close", "[queue]") {
   CHECK_THROWS_AS(q.put("y"), shmq::Closed);
 }
 
-TEST_CASE("a Manager's queues reach pool workers and are removed with the Manager", "[pool][manager]") {
-  std::string name;
-  {
-    shmq::Manager manager;
-    auto q = manager.Queue<int>();
-    name = q.name();
-    CHECK(segment_exists(name));
-    Pool pool(1);
-    pool.apply(report_pid, q);
-    CHECK(q.get() > 0);
+TEST_CASE("a submit waiting for room in a full task queue throws PoolBroken once the manager has died",
+          "[pool][fault]") {
+  Pool pool(PoolOptions{.processes = 1, .initializer = {}, .maxtasksperchild = 0, .queue_bytes = 4096});
+  const pid_t manager = pool.apply(manager_pid);
+  kill(manager, SIGKILL);  // its worker follows it: nobody will ever take a task again
+  const std::vector<int> items(10'000, 1);  // far more than 4096 bytes of tasks
+  try {
+    pool.map_async(square, items, 1);
+    FAIL("no throw");
+  } catch (const shmq::PoolBroken& e) {
+    CHECK_THAT(e.what(), Catch::Contains("manager pid " + std::to_string(manager)) &&
+                             Catch::Contains("killed by signal 9"));
   }
-  CHECK_FALSE(segment_exists(name));
+  CHECK_THROWS_AS(pool.apply(square, 1), shmq::PoolBroken);
 }
 
-TEST_CASE("a Manager's queues are removed even if its process is killed", "[pool][manager][fault]") {
-  Queue<std::string> names;
-  shmq::Process owner([names]() mutable {
-    shmq::Manager manager;
-    names.put(manager.Queue<int>().name());
-    names.put(manager.JoinableQueue<int>().name());
-    pause();  // killed here, without destroying the Manager
-  });
-  owner.start();
-  const std::string a = names.get();
-  const std::string b = names.get();
-  CHECK(segment_exists(a));
-  owner.kill();
-  owner.join();
-  CHECK(shmq::test::eventually([&] { return !segment_exists(a) && !segment_exists(b); }));
+TEST_CASE("a worker lost while the result queue is full: its WorkerLost waits for room, and terminate never hangs",
+          "[pool][fault]") {
+  Pool pool(PoolOptions{.processes = 2, .initializer = {}, .maxtasksperchild = 0, .queue_bytes = 4096});
+  Queue<int> started;
+  Queue<int> go;
+  auto doomed = pool.apply_async(block_until, started, go);
+  const pid_t doomed_worker = started.get();
+  const pid_t manager = parent_of(doomed_worker);
+  // The other worker fills the result queue to its last bytes, then holds the next task: once it
+  // has started that one, the result queue has no room for any WorkerLost notice.
+  auto filler = pool.apply_async(text_of, longest_result(4096));
+  auto held = pool.apply_async(block_until, started, go);
+  started.get();
+  kill(doomed_worker, SIGKILL);
+  // The manager has reaped it once it is gone from /proc; it then has a notice it cannot post.
+  REQUIRE(shmq::test::eventually([&] { return shmq::test::process_state(doomed_worker) == 0; }));
+  SECTION("collecting a result makes room, and the notice arrives") {
+    CHECK(filler.get().size() == static_cast<std::size_t>(longest_result(4096)));
+    CHECK_THROWS_WITH(doomed.get(60s), Catch::Contains("killed by signal 9"));
+    go.put(3);
+    CHECK(held.get() == 3);
+  }
+  SECTION("terminate returns") {
+    auto terminated = std::async(std::launch::async, [&] { pool.terminate(); });
+    if (terminated.wait_for(30s) != std::future_status::ready) {
+      kill(manager, SIGKILL);  // unblock the test, then fail it
+      terminated.wait();
+      FAIL("terminate() hung on a manager blocked posting WorkerLost");
+    }
+    CHECK_THROWS_AS(doomed.get(), shmq::WorkerLost);
+    CHECK_THROWS_AS(held.get(), shmq::WorkerLost);
+  }
+}
+
+TEST_CASE("a task whose argument cannot be decoded fails alone; the pool goes on", "[pool][fault]") {
+  Pool pool(1);
+  const std::string name = shmq::test::unique_name("removed");
+  auto removed = Queue<int>::create(name);
+  Queue<int>::remove(name);  // the handle still works here; a worker cannot open the name
+  auto orphan = pool.apply_async(report_pid, removed);
+  try {
+    orphan.get(60s);
+    FAIL("no throw");
+  } catch (const shmq::RemoteError& e) {
+    CHECK_THAT(e.what(), Catch::Contains(name));
+  }
+  CHECK(pool.apply(square, 5) == 25);
 }

@@ -1,4 +1,5 @@
-// shmq::Process: exit codes, joins, lifetime, stdio across fork, and the seed's write/read demo.
+// shmq::Process: exit codes, joins, lifetime, stdio across fork, and the seed's write/read demo;
+// and every helper process (daemon child, pool, Manager guardian) made on a thread that ends.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -8,11 +9,14 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "shmq/detail/segment.hpp"
 #include "shmq/shmq.hpp"
 #include "support.hpp"
 
@@ -71,6 +75,50 @@ bool ended(pid_t pid) {
   const char state = shmq::test::process_state(pid);
   return state == 0 || state == 'Z';
 }
+
+// Runs fn on a std::thread and returns once that thread is gone for the kernel too: its entry in
+// /proc/self/task goes only after the kernel has handed its children to another thread and sent
+// them their parent-death signal (PR_SET_PDEATHSIG), which is what the tests below provoke. fn
+// must wait until the children it makes have set themselves up (a child that asks for that signal
+// after the thread ended has the surviving thread as its parent, and is not provoked).
+template <class Fn>
+void run_on_ending_thread(Fn&& fn) {
+  pid_t tid = 0;
+  std::thread thread([&] {
+    tid = gettid();
+    fn();
+  });
+  thread.join();
+  const std::string entry = "/proc/self/task/" + std::to_string(tid);
+  REQUIRE(shmq::test::eventually([&] { return access(entry.c_str(), F_OK) != 0; }));
+}
+
+// The parent's pid of a process, from /proc; 0 if there is no such process.
+pid_t parent_of(pid_t pid) {
+  int parent = 0;
+  if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
+    char line[512];
+    const std::size_t n = std::fread(line, 1, sizeof line - 1, f);
+    std::fclose(f);
+    line[n] = '\0';
+    if (const char* close = std::strrchr(line, ')')) std::sscanf(close + 1, " %*c %d", &parent);
+  }
+  return parent;
+}
+
+// The one child the calling thread has made, once it sleeps (has set itself up and waits).
+pid_t sleeping_only_child_of_this_thread() {
+  const std::string path = "/proc/self/task/" + std::to_string(gettid()) + "/children";
+  int child = 0;
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    if (std::fscanf(f, "%d", &child) != 1) child = 0;
+    std::fclose(f);
+  }
+  shmq::test::eventually([&] { return shmq::test::process_state(child) == 'S'; });
+  return child;
+}
+
+int square(int x) { return x * x; }
 
 int count(const std::string& haystack, const std::string& needle) {
   int n = 0;
@@ -319,4 +367,80 @@ TEST_CASE("a failed fork throws Error with the reason and leaves the Process uns
   const std::string what = outcome.try_get().value_or("no report");
   CHECK(what.find("fork failed: Resource temporarily unavailable") != std::string::npos);
   CHECK(what.find("[unchanged]") != std::string::npos);
+}
+
+// ---- Helpers made on a thread that then ends: each follows the process, not the thread.
+
+TEST_CASE("a daemon child started on a thread that ends lives on while its process lives", "[process]") {
+  Queue<int> ask;
+  Queue<int> answer;
+  Process echo(ProcessOptions{.name = "echo", .daemon = true}, [ask, answer]() mutable {
+    for (;;) answer.put(ask.get());
+  });
+  int first = 0;
+  run_on_ending_thread([&] {
+    echo.start();
+    ask.put(1);
+    first = answer.get(60s);
+  });
+  CHECK(first == 1);
+  ask.put(5);
+  CHECK(answer.get(10s) == 5);
+  CHECK(echo.is_alive());
+}
+
+TEST_CASE("a pool made on a thread that ends keeps working, and still ends with its process",
+          "[pool][process]") {
+  SECTION("the pool works on") {
+    std::optional<shmq::Pool> pool;
+    int first = 0;
+    run_on_ending_thread([&] {
+      pool.emplace(1);
+      first = pool->apply(square, 2);  // the manager has set itself up: it forked this worker
+    });
+    CHECK(first == 4);
+    CHECK(pool->apply(square, 3) == 9);
+    CHECK(pool->map(square, std::vector<int>{1, 2, 3}, 1) == std::vector<int>{1, 4, 9});
+  }
+  SECTION("the pool's processes end when the process that made it is killed") {
+    Queue<int> pids;
+    Process owner([pids]() mutable {
+      std::optional<shmq::Pool> pool;
+      run_on_ending_thread([&] {
+        pool.emplace(1);
+        pids.put(pool->apply([] { return static_cast<int>(getpid()); }));
+      });
+      pause();  // killed here, with the pool running
+    });
+    owner.start();
+    const pid_t worker = pids.get(60s);
+    const pid_t manager = parent_of(worker);
+    CHECK(parent_of(manager) == owner.pid());
+    owner.kill();
+    owner.join();
+    CHECK(shmq::test::eventually([&] { return ended(manager) && ended(worker); }));
+    // Its unnamed queues are not removed by a SIGKILL (see the README): remove them here.
+    shmq::detail::remove_segments_with_prefix("anon-" + std::to_string(owner.pid()) + "-");
+  }
+}
+
+TEST_CASE("a Manager made on a thread that ends keeps its queues until it is destroyed", "[manager]") {
+  std::optional<shmq::Manager> manager;
+  std::optional<Queue<int>> q;
+  pid_t guardian = 0;
+  run_on_ending_thread([&] {
+    manager.emplace();
+    q.emplace(manager->Queue<int>());
+    guardian = sleeping_only_child_of_this_thread();
+  });
+  REQUIRE(guardian > 0);
+  // A guardian provoked by the thread's end would wake within microseconds to remove the queues;
+  // one that follows the process sleeps on.
+  CHECK_FALSE(shmq::test::eventually([&] { return shmq::test::process_state(guardian) != 'S'; }, 1s));
+  REQUIRE(shmq::test::segment_exists(q->name()));
+  q->put(4);
+  CHECK(q->get() == 4);
+  CHECK(shmq::test::segment_exists(manager->Queue<int>().name()));
+  manager.reset();
+  CHECK_FALSE(shmq::test::segment_exists(q->name()));
 }

@@ -21,6 +21,15 @@
 
 namespace shmq {
 
+// The pool's manager process has died (killed, or it could not fork a worker): no task will run
+// or finish any more. Thrown by calls that would otherwise wait for it forever (submitting into a
+// full task queue); the results of tasks pending then throw WorkerLost with the same reason. A
+// WorkerLost, since the pool's workers are lost with their manager.
+class PoolBroken : public WorkerLost {
+ public:
+  using WorkerLost::WorkerLost;
+};
+
 struct PoolOptions {
   // Worker processes; 0: as many as this process may run on CPUs.
   std::size_t processes = 0;
@@ -246,6 +255,12 @@ class AsyncResult {
 //
 // The calling process runs no threads for the pool: a small manager process forks, watches and
 // replaces the workers. Results are collected by whichever call waits for them. Thread-safe.
+//
+// The pool's processes follow the process that made the pool, not the thread: a pool made on a
+// thread that then ends keeps working. They do not depend on the program's signal dispositions
+// (an ignored SIGCHLD, a SIGCHLD handler that reaps children); workers run tasks with the program's
+// dispositions and signal mask as they were when the pool was made. No call waits forever on a
+// dead manager: each notices it within a second and throws PoolBroken or WorkerLost.
 class Pool {
  public:
   Pool() : Pool(PoolOptions{}) {}

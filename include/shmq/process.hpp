@@ -13,6 +13,8 @@
 #include <utility>
 
 #include "shmq/detail/deadline.hpp"
+#include "shmq/detail/spawn.hpp"
+#include "shmq/errors.hpp"
 
 namespace shmq {
 
@@ -20,9 +22,18 @@ struct ProcessOptions {
   // Shown in error reports and by current_process(); "Process-N" when empty, as in Python. (Every
   // field has an initialiser, so designated initialisers may skip any without -Wextra warnings.)
   std::string name{};
-  // A daemon child is terminated when its Process handle goes away, and gets SIGTERM if its parent
-  // dies (so it never outlives a crashed parent); a non-daemon one is joined.
+  // A daemon child is terminated when its Process handle goes away, and gets SIGTERM if the process
+  // that started it dies (so it never outlives a crashed parent) — not when the thread that started
+  // it ends; a non-daemon one is joined.
   bool daemon = false;
+};
+
+// Process::exitcode() of a child whose end was collected by someone else — the kernel, with
+// SIGCHLD set to SIG_IGN, or a SIGCHLD handler that reaps children — after it was ended other than
+// by returning from its function (a signal; exit() called in it): its exit code is unknown.
+class ExitStatusLost : public Error {
+ public:
+  using Error::Error;
 };
 
 // What current_process() reports: the running process's Process name ("MainProcess" outside any
@@ -46,7 +57,10 @@ ProcessInfo current_process();
 //
 // exitcode(): empty while running or before start(); 0 when fn returns; the value modulo 256 when
 // fn returns an int; 1 when fn throws (the child prints the exception's type and what() to stderr,
-// prefixed with its name, as Python prints a traceback); -N when a signal N ended the child.
+// prefixed with its name, as Python prints a traceback); -N when a signal N ended the child. The
+// child records its code in shared memory before it exits, so the code stays known even if the
+// program's SIGCHLD disposition lets someone else collect the child's status (SIG_IGN, a handler
+// that reaps); a child ended by a signal whose status was collected so throws ExitStatusLost.
 //
 // Threads: fork() copies only the calling thread. If the parent runs other threads, the child may
 // use shmq queues, malloc and stdio (glibc keeps them usable across fork), but must not take locks
@@ -88,9 +102,10 @@ class Process {
 
   // Started and not yet ended (reaps the child if it has just ended).
   bool is_alive();
+  // See the class comment; throws ExitStatusLost when the code is unknown.
   std::optional<int> exitcode();
   // The child's pid; 0 before start().
-  pid_t pid() const noexcept { return pid_; }
+  pid_t pid() const noexcept { return child_.pid(); }
   const std::string& name() const noexcept { return name_; }
   bool daemon() const noexcept { return daemon_; }
 
@@ -119,16 +134,11 @@ class Process {
   }
 
   bool join_until(const detail::Deadline& deadline);
-  void signal(int sig);
-  // Collects the child's status if it has ended, without waiting; returns whether it has.
-  bool reap();
 
   std::string name_;
   bool daemon_ = false;
   Target target_;
-  pid_t pid_ = 0;
-  int pidfd_ = -1;  // open from start() until the child is reaped
-  std::optional<int> exitcode_;
+  detail::Child child_;  // not started while its pid is 0
 };
 
 }  // namespace shmq

@@ -1,5 +1,5 @@
 // Faults other than kills: stopped lock holders, signal storms, no room, no descriptors, hostile
-// names and owners, an ignored SIGCHLD.
+// names and owners, an ignored SIGCHLD or one whose handler reaps every child.
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -9,10 +9,13 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cstdint>
 #include <stdexcept>
@@ -139,20 +142,91 @@ TEST_CASE("blocking calls interrupted by a signal every millisecond complete and
   CHECK(consumer.succeeded());
 }
 
-TEST_CASE("join works, and nothing hangs, with SIGCHLD set to SIG_IGN", "[fault][process]") {
-  struct sigaction ignore {}, old{};
-  ignore.sa_handler = SIG_IGN;
-  sigaction(SIGCHLD, &ignore, &old);
-  {
-    shmq::Process p([] { return 3; });
-    p.start();
-    p.join();
-    CHECK_FALSE(p.is_alive());
-    CHECK(p.exitcode().has_value());  // the status itself is discarded by the kernel
-    shmq::Pool pool(1);
-    CHECK(pool.apply([](int x) { return x * 2; }, 21) == 42);
+namespace {
+
+// A SIGCHLD handler of the common kind: it reaps every child that has ended, whoever made it.
+extern "C" void reap_every_child(int) {
+  const int saved_errno = errno;
+  while (waitpid(-1, nullptr, WNOHANG) > 0) {
   }
-  sigaction(SIGCHLD, &old, nullptr);
+  errno = saved_errno;
+}
+
+// SIGCHLD's disposition for the scope of a test.
+class SigchldDisposition {
+ public:
+  explicit SigchldDisposition(void (*handler)(int)) {
+    struct sigaction action {};
+    action.sa_handler = handler;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGCHLD, &action, &saved_);
+  }
+  SigchldDisposition(const SigchldDisposition&) = delete;
+  SigchldDisposition& operator=(const SigchldDisposition&) = delete;
+  ~SigchldDisposition() { sigaction(SIGCHLD, &saved_, nullptr); }
+
+ private:
+  struct sigaction saved_ {};
+};
+
+int hold(Queue<int> started, Queue<int> go) {
+  started.put(getpid());
+  return go.get();
+}
+
+}  // namespace
+
+TEST_CASE("exitcode tells the truth, or throws ExitStatusLost, when SIGCHLD is ignored or reaped by a handler",
+          "[fault][process]") {
+  void (*disposition)(int) = nullptr;
+  bool kernel_discards = false;  // whether the status of a signalled child can never be known
+  SECTION("ignored") {
+    disposition = SIG_IGN;
+    kernel_discards = true;
+  }
+  SECTION("a handler that reaps every child") { disposition = reap_every_child; }
+  SigchldDisposition scope(disposition);
+  shmq::Process returns([] {});
+  shmq::Process returns_int([] { return 7; });
+  shmq::Process segfaults([] {
+    std::signal(SIGSEGV, SIG_DFL);  // past any sanitizer's handler: the kernel's default
+    raise(SIGSEGV);
+  });
+  for (auto* p : {&returns, &returns_int, &segfaults}) p->start();
+  for (auto* p : {&returns, &returns_int, &segfaults}) {
+    p->join();
+    CHECK_FALSE(p->is_alive());
+  }
+  CHECK(returns.exitcode() == 0);
+  CHECK(returns_int.exitcode() == 7);
+  // Known only if this process collected the status before the handler did; never a made-up 0.
+  try {
+    const auto code = segfaults.exitcode();
+    CHECK_FALSE(kernel_discards);
+    CHECK(code == -SIGSEGV);
+  } catch (const shmq::ExitStatusLost& e) {
+    CHECK_THAT(e.what(), Catch::Contains("collected by someone else"));
+  }
+}
+
+TEST_CASE("a pool under an ignored or reaping SIGCHLD reports 8 workers killed at once and replaces them",
+          "[fault][pool]") {
+  void (*disposition)(int) = nullptr;
+  SECTION("ignored") { disposition = SIG_IGN; }
+  SECTION("a handler that reaps every child") { disposition = reap_every_child; }
+  SigchldDisposition scope(disposition);
+  shmq::Pool pool(8);
+  Queue<int> started;
+  Queue<int> go;  // never fed: every task holds its worker until killed
+  std::vector<shmq::AsyncResult<int>> held;
+  for (int i = 0; i < 8; ++i) held.push_back(pool.apply_async(hold, started, go));
+  std::vector<pid_t> killed;
+  for (int i = 0; i < 8; ++i) killed.push_back(started.get(60s));
+  for (const pid_t worker : killed) kill(worker, SIGKILL);
+  for (auto& result : held) CHECK_THROWS_AS(result.get(10s), shmq::WorkerLost);
+  const auto pids = pool.map([](int) { return getpid(); }, std::vector<int>(64), 1);
+  for (const pid_t pid : pids) CHECK(std::find(killed.begin(), killed.end(), pid) == killed.end());
 }
 
 TEST_CASE("a full /dev/shm is a clear error at creation, never a SIGBUS later", "[fault]") {
