@@ -1,4 +1,7 @@
 // JoinableQueue<T>: every put form counts, join() waits for task_done(), and shutdown wakes it.
+#include <signal.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstddef>
@@ -225,4 +228,53 @@ TEST_CASE("producers using every put form and consumers marking each item done: 
   for (auto& c : consumers) CHECK(c.succeeded());
   CHECK(refused.qsize() == 0);
   CHECK(q.unfinished_tasks() == 0);
+}
+
+namespace {
+// A value whose encoding, in a process that set pause_fd, reports on that pipe and then waits for a
+// signal inside encode(): while it holds the queue's put lock, its message half-written.
+int pause_fd = -1;
+struct Pauser {
+  int value;
+};
+}  // namespace
+
+template <>
+struct shmq::codec<Pauser> {
+  static std::size_t size(const Pauser&) { return sizeof(int); }
+  static void encode(const Pauser& p, Writer& w) {
+    if (pause_fd >= 0) {
+      const char byte = 'p';
+      if (write(pause_fd, &byte, 1) != 1) _exit(9);
+      pause();
+    }
+    w.write(&p.value, sizeof p.value);
+  }
+  static Pauser decode(Reader& r) {
+    Pauser p{};
+    r.read(&p.value, sizeof p.value);
+    return p;
+  }
+};
+
+TEST_CASE("a producer killed in the middle of its put leaves the count as it was", "[queue][joinable][fault]") {
+  JoinableQueue<Pauser> q;
+  q.put(Pauser{1});
+  shmq::test::Pipe encoding;
+  Child producer([&] {
+    pause_fd = encoding.fds[1];
+    q.put(Pauser{2});  // killed inside encode, under the producers' lock
+  });
+  char byte;
+  REQUIRE(read(encoding.fds[0], &byte, 1) == 1);
+  producer.kill(SIGKILL);
+  CHECK_FALSE(producer.succeeded());
+  CHECK(q.unfinished_tasks() == 1);  // its message was lost, and never counted
+  CHECK(q.qsize() == 1);
+  q.put(Pauser{3});  // the next producer takes the lock over
+  CHECK(q.get().value == 1);
+  q.task_done();
+  CHECK(q.get().value == 3);
+  q.task_done();
+  q.join();
 }

@@ -22,10 +22,11 @@ namespace shmq {
 //
 // Each message is counted under the producers' lock just before it is published, so a consumer
 // can never get it, and mark it done, before it is counted. A producer killed in the middle of a
-// put may leave the count too high by the messages that put was publishing in its last lock hold
-// (one for put; for put_many, at most the values that fit in that hold), which are lost: join()
-// then waits for them forever, as Python's JoinableQueue does for the items a killed producer
-// had buffered.
+// put loses the message it was writing, uncounted: the count stays exact. Only a kill landing
+// between the increment and the publishing store, two adjacent instructions, leaves the count
+// too high by the messages of that lock hold (one for put; for put_many, the values that fitted
+// in it), and join() then waits for them forever, as Python's join() does for the items a killed
+// producer had buffered.
 template <class T>
 class JoinableQueue : public Queue<T> {
  public:
