@@ -271,7 +271,9 @@ class Queue {
   // that makes the ring drop it: any other exception would leave it at the head, failing every
   // later get (a handle naming a removed queue throws NotFound; a hostile length, bad_alloc).
   // Only decoding is covered: `out` running out of memory in appender leaves the message queued.
-  static T decode_message(const std::byte* at, std::size_t bytes) {
+  // Always inlined, so that its try block costs nothing on the hot path (out of line, GCC 12 made
+  // it 14 instructions a get: 3% of a put+get pair).
+  __attribute__((always_inline)) static T decode_message(const std::byte* at, std::size_t bytes) {
     try {
       return detail::decode_exactly<T>(at, bytes);
     } catch (const DecodeError&) {
