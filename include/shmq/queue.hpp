@@ -42,7 +42,7 @@ namespace shmq {
 // wait at most their timeout in all; the _nowait and try_ forms never sleep on a full or empty
 // queue, but may wait up to 50 ms (detail::RobustLock::kNowaitLockPatience) for a lock that
 // another thread or process holds in the middle of its own put or get, and then report "full" /
-// "empty" as if there were no room or no message. Every form returns at once after shutdown().
+// "empty" as if there were no room or no message. shutdown() wakes every waiting call.
 //
 // Decoding: a message that cannot be turned into a T, for any reason codec<T>::decode gives
 // (DecodeError, or any other exception: NotFound for a queue handle naming a removed queue,

@@ -332,8 +332,8 @@ class Ring {
     notify(h_->not_full);
     notify(h_->all_tasks_done);
   }
-  // JoinableQueue's unfinished-task count (SharedHeader::unfinished_tasks): put_many adds to it.
-  // Returns false, changing nothing, if no task is unfinished.
+  // Marks one of JoinableQueue's unfinished tasks (SharedHeader::unfinished_tasks, which put_many
+  // adds to) done. Returns false, changing nothing, if no task is unfinished.
   bool task_done() noexcept {
     std::int64_t now = h_->unfinished_tasks.load();
     do {
