@@ -93,7 +93,8 @@ class Queue {
   // can never fit, Closed after close(), ShutDown after shutdown(), and what codec<T> throws.
   // Blocks while the queue is full (by maxsize or by bytes), however long that takes.
   void put(const T& value) { put_one(value, detail::Deadline::never(), "put"); }
-  // Waits at most `timeout` in all (for room and for the lock), then throws Full.
+  // Waits at most `timeout` in all (for room and for the lock), then throws Full; a timeout of
+  // zero or less is put_nowait.
   template <class Rep, class Period>
   void put(const T& value, const std::chrono::duration<Rep, Period>& timeout) {
     put_one(value, detail::Deadline::after(timeout), "put");
@@ -110,7 +111,8 @@ class Queue {
   // as T, which is dropped (see "Decoding" above; the next get gets the next message).
   // Blocks while the queue is empty, however long that takes.
   T get() { return *get_one(detail::Deadline::never(), "get"); }
-  // Waits at most `timeout` in all (for a message and for the lock), then throws Empty.
+  // Waits at most `timeout` in all (for a message and for the lock), then throws Empty; a timeout
+  // of zero or less is get_nowait.
   template <class Rep, class Period>
   T get(const std::chrono::duration<Rep, Period>& timeout) {
     return *get_one(detail::Deadline::after(timeout), "get");
