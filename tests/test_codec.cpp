@@ -1,15 +1,21 @@
 // shmq::codec<T>: round trips of every built-in codec, a user codec, and hostile bytes.
 #include <catch2/catch.hpp>
 #include <array>
+#include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <map>
+#include <new>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
 
 #include "shmq/shmq.hpp"
+#include "support.hpp"
 
 namespace {
 
@@ -159,5 +165,177 @@ TEST_CASE("a message that fails to decode is dropped with a DecodeError naming t
   q.put(Checked{2});
   CHECK_THROWS_WITH(q.get(), Catch::Contains(q.name()) && Catch::Contains("negative"));
   CHECK(q.get().v == 2);
+  CHECK(q.empty());
+}
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// Every get form but get_with (which leaves the decoding to its reader), as a call that takes one
+// message: the poison-message tests run each of them.
+template <class T>
+struct GetForm {
+  const char* name;
+  std::function<std::optional<T>(shmq::Queue<T>&)> get;
+};
+
+template <class T>
+std::optional<T> only(std::vector<T> got) {
+  REQUIRE(got.size() <= 1);
+  if (got.empty()) return std::nullopt;
+  return std::move(got.front());
+}
+
+template <class T>
+std::vector<GetForm<T>> every_get_form() {
+  using Q = shmq::Queue<T>;
+  return {
+      {"get", [](Q& q) { return std::optional<T>(q.get()); }},
+      {"get(timeout)", [](Q& q) { return std::optional<T>(q.get(10s)); }},
+      {"get_nowait", [](Q& q) { return std::optional<T>(q.get_nowait()); }},
+      {"try_get", [](Q& q) { return q.try_get(); }},
+      {"get_many", [](Q& q) { std::vector<T> out; q.get_many(out, 1); return only(std::move(out)); }},
+      {"get_many(timeout)",
+       [](Q& q) { std::vector<T> out; q.get_many(out, 1, 10s); return only(std::move(out)); }},
+      {"try_get_many", [](Q& q) { std::vector<T> out; q.try_get_many(out, 1); return only(std::move(out)); }},
+  };
+}
+
+// What fn throws, as "<type>: <what()>", to check an exception's type and message in one call.
+template <class Fn>
+std::string exception_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const shmq::DecodeError& e) {
+    return std::string("DecodeError: ") + e.what();
+  } catch (const std::exception& e) {
+    return std::string("another exception: ") + e.what();
+  }
+  return "no exception";
+}
+
+// Puts a message whose bytes are the encoding of the string `name`: what a queue handle named
+// `name` travels as.
+void put_handle_named(shmq::Queue<shmq::Queue<int>>& q, const std::string& name) {
+  const std::size_t bytes = shmq::encoded_size(name);
+  q.put_with(bytes, [&](std::byte* at, std::size_t size) {
+    shmq::Writer out(at, size);
+    shmq::encode(name, out);
+  });
+}
+
+// Decodes like int, but a few values make decode throw what a user codec might, none of them a
+// shmq exception.
+struct Fussy {
+  int v;
+};
+constexpr int kRefused = 1;   // std::runtime_error
+constexpr int kHostile = 2;   // std::bad_alloc, as from a length too large to allocate
+constexpr int kNotStd = 3;    // an int: not even a std::exception
+
+}  // namespace
+
+template <>
+struct shmq::codec<Fussy> {
+  static std::size_t size(const Fussy&) { return sizeof(int); }
+  static void encode(const Fussy& f, Writer& w) { w.write(&f.v, sizeof f.v); }
+  static Fussy decode(Reader& r) {
+    Fussy f{};
+    r.read(&f.v, sizeof f.v);
+    if (f.v == kRefused) throw std::runtime_error("refused by the codec");
+    if (f.v == kHostile) throw std::bad_alloc();
+    if (f.v == kNotStd) throw 42;
+    return f;
+  }
+};
+
+TEST_CASE("a handle naming a removed queue, or an invalid name, is dropped with DecodeError by every get form",
+          "[codec][queue]") {
+  using Handles = shmq::Queue<shmq::Queue<int>>;
+  struct Poison {
+    const char* what;
+    const char* cause;
+    std::function<void(Handles&)> put;
+  };
+  const Poison poisons[] = {
+      {"a queue that no longer exists", "NotFound",
+       [](Handles& handles) {
+         shmq::test::NameGuard gone(shmq::test::unique_name("gone"));
+         handles.put(shmq::Queue<int>::create(gone.name()));
+       }},  // the guard removes the name
+      {"an invalid name", "InvalidArgument",
+       [](Handles& handles) { put_handle_named(handles, "no/such/queue"); }},
+  };
+  for (const auto& form : every_get_form<shmq::Queue<int>>()) {
+    for (const auto& poison : poisons) {
+      DYNAMIC_SECTION(form.name << ": " << poison.what) {
+        Handles handles;
+        shmq::Queue<int> good;
+        poison.put(handles);
+        handles.put(good);
+        CHECK_THAT(exception_of([&] { form.get(handles); }),
+                   Catch::Contains("DecodeError: shmq: queue '" + handles.name()) &&
+                       Catch::Contains("shmq::Queue<int>") && Catch::Contains(poison.cause) &&
+                       Catch::Contains("dropped"));
+        const std::optional<shmq::Queue<int>> next = form.get(handles);
+        REQUIRE(next.has_value());
+        CHECK(next->name() == good.name());
+        CHECK(handles.empty());
+      }
+    }
+  }
+}
+
+TEST_CASE("a message whose codec throws anything is dropped with DecodeError naming the cause, by every get form",
+          "[codec][queue]") {
+  const std::pair<int, const char*> poisons[] = {
+      {kRefused, "std::runtime_error: refused by the codec"},
+      {kHostile, "std::bad_alloc"},
+      {kNotStd, "an exception of type int"},
+  };
+  for (const auto& form : every_get_form<Fussy>()) {
+    for (const auto& [poison, cause] : poisons) {
+      DYNAMIC_SECTION(form.name << ", decode throwing " << cause) {
+        shmq::Queue<Fussy> q;
+        q.put(Fussy{poison});
+        q.put(Fussy{10});
+        CHECK_THAT(exception_of([&] { form.get(q); }),
+                   Catch::Contains("DecodeError: shmq: queue '" + q.name()) &&
+                       Catch::Contains("Fussy") && Catch::Contains(cause));
+        const std::optional<Fussy> next = form.get(q);
+        REQUIRE(next.has_value());
+        CHECK(next->v == 10);
+        CHECK(q.empty());
+      }
+    }
+  }
+}
+
+TEST_CASE("get_many stops at a message that cannot be decoded: the ones before are got, it is dropped, the ones after stay",
+          "[codec][queue][batch]") {
+  shmq::Queue<Fussy> q;
+  for (const int v : {10, kRefused, 11, 12}) q.put(Fussy{v});
+  std::vector<Fussy> out;
+  CHECK_THROWS_AS(q.get_many(out, 10), shmq::DecodeError);
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].v == 10);
+  out.clear();
+  CHECK(q.try_get_many(out, 10) == 2);
+  REQUIRE(out.size() == 2);
+  CHECK((out[0].v == 11 && out[1].v == 12));
+}
+
+TEST_CASE("get_with keeps a message its reader fails on with an exception other than DecodeError",
+          "[codec][queue][zero-copy]") {
+  shmq::Queue<Fussy> q;
+  q.put(Fussy{kRefused});
+  const auto decode_fussy = [](const std::byte* at, std::size_t bytes) {
+    shmq::Reader in(at, bytes);
+    return shmq::codec<Fussy>::decode(in);
+  };
+  CHECK_THROWS_AS(q.get_with(decode_fussy), std::runtime_error);
+  CHECK(q.qsize() == 1);  // get_with's rule: only DecodeError drops
+  CHECK_THROWS_AS(q.get(), shmq::DecodeError);
   CHECK(q.empty());
 }

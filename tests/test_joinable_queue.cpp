@@ -1,2 +1,280 @@
-// Placeholder: filled in by the issue 11 work.
+// JoinableQueue<T>: every put form counts, join() waits for task_done(), and shutdown wakes it.
+#include <signal.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <cstddef>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "shmq/shmq.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::JoinableQueue;
+using shmq::Queue;
+using shmq::test::Child;
+using shmq::test::eventually;
+using shmq::test::process_state;
+
+namespace {
+
+// Gets and marks done `items` items, then checks that the count is back to zero, that join()
+// returns, and that one task_done() more is refused.
+void finish_every_item(JoinableQueue<int>& q, std::size_t items) {
+  for (std::size_t i = 0; i < items; ++i) {
+    q.get_nowait();
+    q.task_done();
+  }
+  CHECK(q.unfinished_tasks() == 0);
+  q.join();
+  CHECK_THROWS_WITH(q.task_done(), Catch::Contains("more times than items"));
+}
+
+// Whether the child is asleep: in these tests, in join() (it does nothing else that sleeps).
+bool asleep(const Child& child) { return process_state(child.pid()) == 'S'; }
+
+}  // namespace
+
+TEST_CASE("every put form counts exactly the items it put as unfinished tasks", "[queue][joinable]") {
+  JoinableQueue<int> q(3);
+  const std::vector<int> five{1, 2, 3, 4, 5};
+  std::size_t put = 0;
+  SECTION("put, put(timeout), put_nowait, try_put") {
+    q.put(1);
+    q.put(2, 1s);
+    q.put_nowait(3);
+    CHECK_FALSE(q.try_put(4));  // full: counts nothing
+    CHECK_THROWS_AS(q.put_nowait(4), shmq::Full);
+    put = 3;
+  }
+  SECTION("try_put") {
+    CHECK(q.try_put(1));
+    put = 1;
+  }
+  SECTION("put_many") {
+    q.put_many(std::vector<int>{1, 2, 3});
+    put = 3;
+  }
+  SECTION("try_put_many, which puts what fits") {
+    CHECK(q.try_put_many(five) == 3);
+    CHECK(q.try_put_many(five) == 0);
+    put = 3;
+  }
+  SECTION("put_with") {
+    q.put_with(sizeof(int), [](std::byte* at, std::size_t) {
+      const int v = 7;
+      std::memcpy(at, &v, sizeof v);
+    });
+    CHECK_THROWS_AS(q.put_with(sizeof(int), [](std::byte*, std::size_t) { throw std::runtime_error("no"); }),
+                    std::runtime_error);  // nothing put: counts nothing
+    put = 1;
+  }
+  SECTION("through a Queue<T>& and a Queue<T> copy of the handle") {
+    Queue<int>& as_queue = q;
+    as_queue.put(1);
+    Queue<int> copy = q;
+    copy.put_many(std::vector<int>{2, 3});
+    put = 3;
+  }
+  CHECK(q.unfinished_tasks() == static_cast<std::int64_t>(put));
+  CHECK(q.qsize() == put);
+  finish_every_item(q, put);
+}
+
+TEST_CASE("a put_many that throws midway counts the items it put before the throw", "[queue][joinable]") {
+  JoinableQueue<std::string> q;
+  const std::vector<std::string> values{"a", "b", std::string(q.max_message_bytes() + 1, 'x'), "c"};
+  CHECK_THROWS_AS(q.put_many(values), shmq::MessageTooLarge);
+  CHECK(q.qsize() == 2);
+  CHECK(q.unfinished_tasks() == 2);
+}
+
+TEST_CASE("a plain Queue handle opened on a JoinableQueue's name does not count its puts", "[queue][joinable]") {
+  JoinableQueue<int> q;
+  Queue<int> plain = Queue<int>::open(q.name());
+  plain.put(1);
+  CHECK(q.unfinished_tasks() == 0);
+  q.put(2);
+  CHECK(q.unfinished_tasks() == 1);
+}
+
+TEST_CASE("join in another process returns only when the items of a put_many are all marked done",
+          "[queue][joinable]") {
+  JoinableQueue<int> q;
+  Queue<int> joined;
+  q.put_many(std::vector<int>{1, 2, 3});
+  Child joiner([&] {
+    q.join();
+    joined.put(1);
+  });
+  for (int i = 0; i < 2; ++i) {
+    q.get();
+    q.task_done();
+  }
+  REQUIRE(eventually([&] { return asleep(joiner); }));
+  CHECK_FALSE(joined.try_get().has_value());
+  q.get();
+  q.task_done();
+  REQUIRE(joined.get(10s) == 1);
+  CHECK(joiner.succeeded());
+}
+
+TEST_CASE("shutdown(true) wakes a join blocked in another process, which throws ShutDown", "[queue][joinable]") {
+  JoinableQueue<int> q;
+  Queue<int> outcome;
+  q.put(1);
+  Child joiner([&] {
+    try {
+      q.join();
+      outcome.put(0);
+    } catch (const shmq::ShutDown&) {
+      outcome.put(1);
+    }
+  });
+  REQUIRE(eventually([&] { return asleep(joiner); }));
+  q.shutdown(true);
+  REQUIRE(outcome.get(10s) == 1);  // else the Child destructor ends the joiner
+  CHECK(joiner.succeeded());
+  // Later joins refuse at once while the queued item stays unfinished.
+  CHECK_THROWS_WITH(q.join(), Catch::Contains(q.name()) && Catch::Contains("1 tasks unfinished"));
+  CHECK(q.unfinished_tasks() == 1);
+}
+
+TEST_CASE("after shutdown(true), join returns if no task is unfinished", "[queue][joinable]") {
+  JoinableQueue<int> q;
+  q.put(1);
+  q.get();
+  q.task_done();
+  q.shutdown(true);
+  q.join();
+  CHECK(q.unfinished_tasks() == 0);
+}
+
+TEST_CASE("after shutdown(), a blocked join goes on waiting while consumers drain the queue, then returns",
+          "[queue][joinable]") {
+  JoinableQueue<int> q;
+  Queue<int> outcome;
+  q.put_many(std::vector<int>{1, 2});
+  Child joiner([&] {
+    try {
+      q.join();
+      outcome.put(0);
+    } catch (const shmq::ShutDown&) {
+      outcome.put(1);
+    }
+  });
+  REQUIRE(eventually([&] { return asleep(joiner); }));
+  q.shutdown();
+  CHECK(q.get() == 1);
+  q.task_done();
+  CHECK(q.get() == 2);
+  q.task_done();
+  CHECK_THROWS_AS(q.get(), shmq::ShutDown);
+  REQUIRE(outcome.get(10s) == 0);  // else the Child destructor ends the joiner
+  CHECK(joiner.succeeded());
+}
+
+TEST_CASE("producers using every put form and consumers marking each item done: join returns after the last",
+          "[queue][joinable][stress]") {
+  constexpr int kRounds = 200;
+  constexpr int kItemsPerRound = 6;  // 3 by put_many, then one each by put, try_put_many, put_with
+  JoinableQueue<int> q(16);
+  Queue<int> done;     // one message per item processed, put before its task_done
+  Queue<int> refused;  // one message per task_done refused: an item got before it was counted
+  std::vector<Child> producers;
+  for (int p = 0; p < 2; ++p) {
+    producers.emplace_back([&] {
+      const std::vector<int> three{1, 2, 3};
+      for (int round = 0; round < kRounds; ++round) {
+        q.put_many(three);
+        q.put(4, 10s);
+        std::size_t put = 0;
+        while (put == 0) put = q.try_put_many(std::vector<int>{5});
+        q.put_with(sizeof(int), [](std::byte* at, std::size_t) {
+          const int v = 6;
+          std::memcpy(at, &v, sizeof v);
+        });
+      }
+    });
+  }
+  std::vector<Child> consumers;
+  for (int c = 0; c < 2; ++c) {
+    consumers.emplace_back([&] {
+      try {
+        for (;;) {
+          std::vector<int> got;
+          q.get_many(got, 4);
+          for (std::size_t i = 0; i < got.size(); ++i) {
+            done.put(1);
+            try {
+              q.task_done();
+            } catch (const shmq::Error&) {
+              refused.put(1);
+            }
+          }
+        }
+      } catch (const shmq::ShutDown&) {
+      }
+    });
+  }
+  for (auto& p : producers) CHECK(p.succeeded());
+  q.join();
+  CHECK(done.qsize() == 2 * kItemsPerRound * kRounds);  // every task_done followed its item's processing
+  q.shutdown();
+  for (auto& c : consumers) CHECK(c.succeeded());
+  CHECK(refused.qsize() == 0);
+  CHECK(q.unfinished_tasks() == 0);
+}
+
+namespace {
+// A value whose encoding, in a process that set pause_fd, reports on that pipe and then waits for a
+// signal inside encode(): while it holds the queue's put lock, its message half-written.
+int pause_fd = -1;
+struct Pauser {
+  int value;
+};
+}  // namespace
+
+template <>
+struct shmq::codec<Pauser> {
+  static std::size_t size(const Pauser&) { return sizeof(int); }
+  static void encode(const Pauser& p, Writer& w) {
+    if (pause_fd >= 0) {
+      const char byte = 'p';
+      if (write(pause_fd, &byte, 1) != 1) _exit(9);
+      pause();
+    }
+    w.write(&p.value, sizeof p.value);
+  }
+  static Pauser decode(Reader& r) {
+    Pauser p{};
+    r.read(&p.value, sizeof p.value);
+    return p;
+  }
+};
+
+TEST_CASE("a producer killed in the middle of its put leaves the count as it was", "[queue][joinable][fault]") {
+  JoinableQueue<Pauser> q;
+  q.put(Pauser{1});
+  shmq::test::Pipe encoding;
+  Child producer([&] {
+    pause_fd = encoding.fds[1];
+    q.put(Pauser{2});  // killed inside encode, under the producers' lock
+  });
+  char byte;
+  REQUIRE(read(encoding.fds[0], &byte, 1) == 1);
+  producer.kill(SIGKILL);
+  CHECK_FALSE(producer.succeeded());
+  CHECK(q.unfinished_tasks() == 1);  // its message was lost, and never counted
+  CHECK(q.qsize() == 1);
+  q.put(Pauser{3});  // the next producer takes the lock over
+  CHECK(q.get().value == 1);
+  q.task_done();
+  CHECK(q.get().value == 3);
+  q.task_done();
+  q.join();
+}

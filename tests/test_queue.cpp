@@ -576,3 +576,82 @@ TEST_CASE("put_with waits for room that another process makes", "[queue][zero-co
   CHECK(consumer.succeeded());
   CHECK(q.get() == 2);
 }
+
+namespace {
+// A child that holds one of q's locks, from inside a put_with writer or a get_with reader, until
+// released: it says "locked" on one pipe, then waits for a byte on the other.
+class LockHolder {
+ public:
+  enum Side { producers, consumers };
+  LockHolder(Queue<int>& q, Side side)
+      : child_([&q, side, this] {
+          const auto hold = [this] {
+            const char byte = 'L';
+            if (write(locked_.fds[1], &byte, 1) != 1) throw std::runtime_error("pipe");
+            char got;
+            if (read(release_.fds[0], &got, 1) != 1) throw std::runtime_error("pipe");
+          };
+          if (side == producers) {
+            q.put_with(sizeof(int), [&](std::byte* at, std::size_t) {
+              hold();
+              const int v = 0;
+              std::memcpy(at, &v, sizeof v);
+            });
+          } else {
+            q.get_with([&](const std::byte*, std::size_t) { hold(); });
+          }
+        }) {
+    char byte;
+    REQUIRE(read(locked_.fds[0], &byte, 1) == 1);
+  }
+  // Lets the child finish its call; true if it did.
+  bool release() {
+    const char byte = 'R';
+    return write(release_.fds[1], &byte, 1) == 1 && child_.succeeded();
+  }
+
+ private:
+  shmq::test::Pipe locked_;
+  shmq::test::Pipe release_;
+  Child child_;
+};
+
+// How long fn takes.
+template <class Fn>
+std::chrono::steady_clock::duration time_of(Fn&& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::steady_clock::now() - start;
+}
+}  // namespace
+
+TEST_CASE("try_ and _nowait calls wait about 50 ms for a lock another process holds, then report full or empty",
+          "[queue]") {
+  // The patience is RobustLock::kNowaitLockPatience; the upper bound only catches a call that
+  // waited for the holder instead.
+  const auto about_50ms = [](std::chrono::steady_clock::duration waited) {
+    return waited >= 50ms && waited < 5s;
+  };
+  Queue<int> q;
+  std::vector<int> out;
+  SECTION("producers' lock: the queue has room, the puts report it full") {
+    LockHolder holder(q, LockHolder::producers);
+    CHECK(about_50ms(time_of([&] { CHECK_FALSE(q.try_put(1)); })));
+    CHECK(about_50ms(time_of([&] { CHECK(q.try_put_many(std::vector<int>{1, 2}) == 0); })));
+    CHECK(about_50ms(time_of([&] { CHECK_THROWS_AS(q.put_nowait(1), shmq::Full); })));
+    CHECK(q.try_get() == std::nullopt);  // the other side is not held up
+    CHECK(holder.release());
+    CHECK(q.try_put(1));
+    CHECK(q.qsize() == 2);
+  }
+  SECTION("consumers' lock: the queue has messages, the gets report it empty") {
+    q.put_many(std::vector<int>{1, 2, 3});
+    LockHolder holder(q, LockHolder::consumers);
+    CHECK(about_50ms(time_of([&] { CHECK(q.try_get() == std::nullopt); })));
+    CHECK(about_50ms(time_of([&] { CHECK(q.try_get_many(out, 3) == 0); })));
+    CHECK(about_50ms(time_of([&] { CHECK_THROWS_AS(q.get_nowait(), shmq::Empty); })));
+    CHECK(q.try_put(4));  // the other side is not held up
+    CHECK(holder.release());
+    CHECK(q.try_get() == 2);
+  }
+}

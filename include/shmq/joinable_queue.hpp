@@ -1,22 +1,40 @@
 // shmq::JoinableQueue<T>: Python's multiprocessing.JoinableQueue.
 #pragma once
 
-#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
 #include <string_view>
+#include <utility>
 
 #include "shmq/queue.hpp"
 
 namespace shmq {
 
 // A Queue<T> that also counts items put and not yet marked task_done(), across every process that
-// uses it through a JoinableQueue handle; join() waits for that count to reach zero. The count
-// lives in the queue's header: every handle to the segment shares it (plain Queue handles do not
-// change it). A producer killed between counting an item and putting it leaves the count one too
-// high, as in Python.
+// uses it; join() waits for that count to reach zero. The count lives in the queue's header.
+//
+// What counts: every message put through a JoinableQueue handle, by every put form (put, the
+// timed and _nowait forms, try_put, put_many, try_put_many, put_with), exactly as many as went
+// in: a put_many that throws midway, or a try_put_many that puts some, counts the ones it put.
+// Copies of the handle count too, a Queue<T>& or Queue<T> copy of it included. A handle opened as
+// a plain Queue<T> (Queue<T>::open, or a Queue<T> received through a queue) does not count.
+//
+// Each message is counted under the producers' lock just before it is published, so a consumer
+// can never get it, and mark it done, before it is counted. A producer killed in the middle of a
+// put loses the message it was writing, uncounted: the count stays exact. Only a kill landing
+// between the increment and the publishing store, two adjacent instructions, leaves the count
+// too high by the messages of that lock hold (one for put; for put_many, the values that fitted
+// in it), and join() then waits for them forever, as Python's join() does for the items a killed
+// producer had buffered.
 template <class T>
 class JoinableQueue : public Queue<T> {
  public:
-  using Queue<T>::Queue;
+  // As Queue<T>'s constructors.
+  JoinableQueue() : JoinableQueue(Queue<T>()) {}
+  explicit JoinableQueue(std::size_t maxsize) : JoinableQueue(Queue<T>(maxsize)) {}
+  explicit JoinableQueue(const QueueOptions& options) : JoinableQueue(Queue<T>(options)) {}
+
   static JoinableQueue create(std::string_view name, const QueueOptions& options = {}) {
     return JoinableQueue(Queue<T>::create(name, options));
   }
@@ -25,62 +43,36 @@ class JoinableQueue : public Queue<T> {
     return JoinableQueue(Queue<T>::open_or_create(name, options));
   }
 
-  // The puts of Queue<T>, each counting the item as unfinished.
-  void put(const T& value) {
-    counted([&] { return Queue<T>::put(value), true; });
-  }
-  template <class Rep, class Period>
-  void put(const T& value, const std::chrono::duration<Rep, Period>& timeout) {
-    counted([&] { return Queue<T>::put(value, timeout), true; });
-  }
-  void put_nowait(const T& value) {
-    counted([&] { return Queue<T>::put_nowait(value), true; });
-  }
-  bool try_put(const T& value) {
-    return counted([&] { return Queue<T>::try_put(value); });
-  }
+  // Every put form is Queue<T>'s, counting what it puts (see above); they wait as Queue<T>'s do.
 
   // Marks one item got from the queue as processed. Throws Error if called more times than items
-  // were put (Python's ValueError).
+  // were put (Python's ValueError). Never waits.
   void task_done() {
     if (!this->segment().ring().task_done()) {
       throw Error("shmq: queue '" + this->name() + "': task_done() called more times than items were put");
     }
   }
-  // Blocks until every item put has been marked task_done().
-  void join() { this->segment().ring().join_tasks(); }
-  // Items put and not yet marked done (a snapshot).
+  // Blocks, however long it takes, until every item put has been marked task_done(). shutdown()
+  // wakes it: after shutdown(true) it throws ShutDown if items are unfinished (those still queued
+  // will never be got; Python's shutdown(immediate=True) discards them instead, but shmq leaves
+  // them queued and cannot tell which were counted); after shutdown() it goes on waiting, since
+  // consumers still get every queued item, as Python's join() does.
+  void join() {
+    if (!this->segment().ring().join_tasks()) {
+      throw ShutDown("shmq: queue '" + this->name() + "' was shut down immediately with " +
+                     std::to_string(unfinished_tasks()) +
+                     " tasks unfinished: join() refused (queued items will never be got)");
+    }
+  }
+  // Items put and not yet marked done (a snapshot; never waits).
   std::int64_t unfinished_tasks() const noexcept { return this->segment().ring().unfinished_tasks(); }
 
  private:
-  explicit JoinableQueue(Queue<T> q) : Queue<T>(std::move(q)) {}
-
-  // Counts the item before putting it, so that a consumer's task_done() never sees the count
-  // before the item's increment; takes the count back if put() throws or reports no put.
-  template <class Put>
-  bool counted(Put&& put) {
-    auto& ring = this->segment().ring();
-    ring.add_unfinished_tasks(1);
-    bool done = false;
-    try {
-      done = put();
-    } catch (...) {
-      ring.add_unfinished_tasks(-1);
-      throw;
-    }
-    if (!done) ring.add_unfinished_tasks(-1);
-    return done;
-  }
+  explicit JoinableQueue(Queue<T> q) : Queue<T>(std::move(q)) { this->count_puts_as_tasks(); }
 };
 
-// Travels by name, as Queue<T> does.
+// Travels by name, as Queue<T> does; the receiver's handle counts its puts.
 template <class T>
-struct codec<JoinableQueue<T>> {
-  static std::size_t size(const JoinableQueue<T>& q) { return codec<std::string>::size(q.name()); }
-  static void encode(const JoinableQueue<T>& q, Writer& out) { codec<std::string>::encode(q.name(), out); }
-  static JoinableQueue<T> decode(Reader& in) {
-    return JoinableQueue<T>::open(codec<std::string>::decode(in));
-  }
-};
+struct codec<JoinableQueue<T>> : detail::queue_handle_codec<JoinableQueue<T>> {};
 
 }  // namespace shmq

@@ -1,6 +1,10 @@
 // shmq::Queue<T>: Python's multiprocessing.Queue for C++ processes, in POSIX shared memory.
 #pragma once
 
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>
+#endif
+
 #include <chrono>
 #include <cstddef>
 #include <iterator>
@@ -15,6 +19,7 @@
 
 #include "shmq/codec.hpp"
 #include "shmq/detail/deadline.hpp"
+#include "shmq/detail/demangle.hpp"
 #include "shmq/detail/segment.hpp"
 #include "shmq/errors.hpp"
 #include "shmq/queue_options.hpp"
@@ -31,6 +36,18 @@ namespace shmq {
 //
 // Thread safety: a handle may be used from many threads at once (only close() is per handle and
 // unsynchronised); every call is also safe against other processes.
+//
+// Waiting, as each call's comment says: the blocking forms wait as long as it takes (for room,
+// for a message, and for a lock a stopped process holds, until it continues); the timed forms
+// wait at most their timeout in all; the _nowait and try_ forms never sleep on a full or empty
+// queue, but may wait up to 50 ms (detail::RobustLock::kNowaitLockPatience) for a lock that
+// another thread or process holds in the middle of its own put or get, and then report "full" /
+// "empty" as if there were no room or no message. shutdown() wakes every waiting call.
+//
+// Decoding: a message that cannot be turned into a T, for any reason codec<T>::decode gives
+// (DecodeError, or any other exception: NotFound for a queue handle naming a removed queue,
+// std::bad_alloc, a user codec's own exception), is dropped, and the get throws DecodeError
+// naming the queue, T and the cause. It never stays at the head to fail every later get.
 template <class T>
 class Queue {
  public:
@@ -43,7 +60,8 @@ class Queue {
   explicit Queue(const QueueOptions& options)
       : segment_(detail::Segment::create_anonymous(options, type_tag())) {}
 
-  // Copyable: a handle; copies share the queue (and copy the closed flag).
+  // Copyable: a handle; copies share the queue (and copy the closed flag and, from a
+  // JoinableQueue, its counting of puts as tasks, even into a plain Queue<T>).
   Queue(const Queue&) = default;
   Queue& operator=(const Queue&) = default;
   Queue(Queue&&) noexcept = default;
@@ -56,13 +74,14 @@ class Queue {
     return Queue(detail::Segment::create(name, options, type_tag()));
   }
   // An existing queue. Throws NotFound, or Incompatible if it is not a queue of T (or not a shmq
-  // queue at all); creates nothing.
+  // queue at all); creates nothing. Waits (up to 2 s, then Incompatible) only for a creator that
+  // has made the segment and not yet initialised it.
   static Queue open(std::string_view name) {
     return Queue(detail::Segment::open(name, &type_tag()));
   }
   // Opens `name`, or creates it with `options` if it does not exist; of many racing callers
   // exactly one creates. Refuses (Error) a segment owned by another user or with a wider mode than
-  // options.mode. An existing queue keeps its own capacity and maxsize.
+  // options.mode. An existing queue keeps its own capacity and maxsize. Waits as open() does.
   static Queue open_or_create(std::string_view name, const QueueOptions& options = {}) {
     return Queue(detail::Segment::open_or_create(name, options, type_tag()));
   }
@@ -70,65 +89,83 @@ class Queue {
   // open keep working.
   static bool remove(std::string_view name) { return detail::Segment::remove(name); }
 
-  // ---- put: blocks while the queue is full (by maxsize or by bytes).
-  // Throws MessageTooLarge (before writing anything) if the encoded value can never fit, Closed
-  // after close(), ShutDown after shutdown(); the timed and _nowait forms throw Full.
+  // ---- put. Every form throws MessageTooLarge (before writing anything) if the encoded value
+  // can never fit, Closed after close(), ShutDown after shutdown(), and what codec<T> throws.
+  // Blocks while the queue is full (by maxsize or by bytes), however long that takes.
   void put(const T& value) { put_one(value, detail::Deadline::never(), "put"); }
+  // Waits at most `timeout` in all (for room and for the lock), then throws Full; a timeout of
+  // zero or less is put_nowait.
   template <class Rep, class Period>
   void put(const T& value, const std::chrono::duration<Rep, Period>& timeout) {
     put_one(value, detail::Deadline::after(timeout), "put");
   }
+  // Never sleeps on a full queue: throws Full at once. May wait up to 50 ms for the producers'
+  // lock held by another thread or process, then throws Full too.
   void put_nowait(const T& value) { put_one(value, detail::Deadline::now(), "put_nowait"); }
-  // As put_nowait, but returns false instead of throwing Full.
+  // As put_nowait (the same 50 ms at most for the lock), but returns false instead of throwing
+  // Full; still throws MessageTooLarge, Closed and ShutDown.
   bool try_put(const T& value) { return put_one(value, detail::Deadline::now(), nullptr) == 1; }
 
-  // ---- get: blocks while the queue is empty.
-  // Throws Closed after close(), ShutDown once the queue is shut down and drained (at once after
-  // shutdown(true)), DecodeError for a message that does not decode as T (the message is dropped);
-  // the timed and _nowait forms throw Empty.
+  // ---- get. Every form throws Closed after close(), ShutDown once the queue is shut down and
+  // drained (at once after shutdown(true)), and DecodeError for a message that cannot be decoded
+  // as T, which is dropped (see "Decoding" above; the next get gets the next message).
+  // Blocks while the queue is empty, however long that takes.
   T get() { return *get_one(detail::Deadline::never(), "get"); }
+  // Waits at most `timeout` in all (for a message and for the lock), then throws Empty; a timeout
+  // of zero or less is get_nowait.
   template <class Rep, class Period>
   T get(const std::chrono::duration<Rep, Period>& timeout) {
     return *get_one(detail::Deadline::after(timeout), "get");
   }
+  // Never sleeps on an empty queue: throws Empty at once. May wait up to 50 ms for the consumers'
+  // lock held by another thread or process, then throws Empty too.
   T get_nowait() { return *get_one(detail::Deadline::now(), "get_nowait"); }
-  // As get_nowait, but returns nullopt instead of throwing Empty.
+  // As get_nowait (the same 50 ms at most for the lock), but returns nullopt instead of throwing
+  // Empty; still throws DecodeError (the bad message is dropped), Closed and ShutDown.
   std::optional<T> try_get() { return get_one(detail::Deadline::now(), nullptr); }
 
   // ---- Batches: many messages per lock hold, one wake-up per batch. Not in Python; for speed.
-  // Puts every value of a random-access range in order, blocking while full. Each value that fits
-  // goes in under one lock hold; a value too large to ever fit throws MessageTooLarge after the
-  // values before it were put. Throws as put() does.
+  // Puts every value of a random-access range in order, blocking while full, however long that
+  // takes. Each value that fits goes in under one lock hold; a value too large to ever fit throws
+  // MessageTooLarge after the values before it were put. Throws as put() does; if anything throws
+  // midway, the values before it are in the queue.
   template <class Range>
   void put_many(const Range& values) {
     put_core(std::size(values), encoder(element_of(values)), detail::Deadline::never(), "put_many");
   }
-  // Puts as many values of the range, in order, as there is room for now; returns how many.
+  // Puts as many values of the range, in order, as there is room for now; returns how many. Never
+  // sleeps on a full queue; may wait up to 50 ms for the producers' lock held by another thread
+  // or process, and then returns 0. Throws as try_put does.
   template <class Range>
   std::size_t try_put_many(const Range& values) {
     return put_core(std::size(values), encoder(element_of(values)), detail::Deadline::now(),
                     nullptr);
   }
-  // Appends to `out` up to `max` messages, blocking until there is at least one; returns how many.
-  // Throws as get() does.
+  // Appends to `out` up to `max` messages, blocking until there is at least one, however long that
+  // takes; returns how many. Throws as get() does; on DecodeError the messages before the bad one
+  // are already appended to `out` (and taken), the bad one is dropped, the ones after it stay.
   std::size_t get_many(std::vector<T>& out, std::size_t max) {
     return get_core(max, appender(out), detail::Deadline::never(), "get_many");
   }
+  // As get_many, waiting at most `timeout` in all for the first message, then throwing Empty.
   template <class Rep, class Period>
   std::size_t get_many(std::vector<T>& out, std::size_t max,
                        const std::chrono::duration<Rep, Period>& timeout) {
     return get_core(max, appender(out), detail::Deadline::after(timeout), "get_many");
   }
-  // Appends to `out` up to `max` messages already queued; returns how many (0 if none).
+  // Appends to `out` up to `max` messages already queued; returns how many (0 if none). Never
+  // sleeps on an empty queue; may wait up to 50 ms for the consumers' lock held by another thread
+  // or process, and then returns 0. Throws as try_get does (DecodeError as get_many).
   std::size_t try_get_many(std::vector<T>& out, std::size_t max) {
     return get_core(max, appender(out), detail::Deadline::now(), nullptr);
   }
 
-  // Zero-copy put: blocks until there is room for a message of `bytes` encoded bytes, then calls
-  // writer(std::byte* data, std::size_t bytes) to write them in place in the ring (see codec.hpp
-  // for what get() will expect; for a bitwise T, `bytes` must be sizeof(T)). The message is put
-  // when writer returns; if writer throws, nothing is put and the exception propagates. writer runs
-  // under the producers' lock: keep it short, and do not call back into this queue from it.
+  // Zero-copy put: blocks until there is room for a message of `bytes` encoded bytes (however long
+  // that takes), then calls writer(std::byte* data, std::size_t bytes) to write them in place in
+  // the ring (see codec.hpp for what get() will expect; for a bitwise T, `bytes` must be
+  // sizeof(T)). The message is put when writer returns; if writer throws, nothing is put and the
+  // exception propagates. writer runs under the producers' lock: keep it short, and do not call
+  // back into this queue from it.
   // Throws as put() does, and InvalidArgument for a size no T can have.
   template <class Fn>
   void put_with(std::size_t bytes, Fn&& writer) {
@@ -144,11 +181,13 @@ class Queue {
              detail::Deadline::never(), "put_with");
   }
 
-  // Zero-copy get: blocks for a message, then calls reader(const std::byte* data, std::size_t size)
-  // on its encoded bytes (see codec.hpp) while they are still in the ring, and returns what reader
-  // returns. The message is taken when reader returns; if reader throws DecodeError it is dropped,
-  // and if it throws anything else it stays queued. reader runs under the consumers' lock: keep it
-  // short, and do not call back into this queue from it.
+  // Zero-copy get: blocks for a message (however long that takes), then calls
+  // reader(const std::byte* data, std::size_t size) on its encoded bytes (see codec.hpp) while they
+  // are still in the ring, and returns what reader returns. The message is taken when reader
+  // returns; if reader throws DecodeError it is dropped, and if it throws anything else it stays
+  // queued (unlike the other gets, which drop whatever fails to decode: here the caller decides
+  // what is the message's fault). reader runs under the consumers' lock: keep it short, and do not
+  // call back into this queue from it. Throws as get() does.
   template <class Fn>
   auto get_with(Fn&& reader) -> std::invoke_result_t<Fn&, const std::byte*, std::size_t> {
     using Result = std::invoke_result_t<Fn&, const std::byte*, std::size_t>;
@@ -163,6 +202,7 @@ class Queue {
   }
 
   // ---- Snapshots: exact when taken, possibly stale by the time they are read (as in Python).
+  // Lock-free: they never wait.
   std::size_t qsize() const noexcept { return segment_->ring().occupancy().messages; }
   bool empty() const noexcept { return qsize() == 0; }
   // True when maxsize is reached, or when not even the smallest T could fit in the free bytes.
@@ -183,7 +223,7 @@ class Queue {
   bool closed() const noexcept { return closed_; }
   // Shuts the queue down for every process, as Python 3.13's Queue.shutdown: wakes every blocked
   // caller; later puts throw ShutDown; gets drain what is queued, then throw ShutDown (at once,
-  // leaving the messages, if `immediate`). Irreversible.
+  // leaving the messages, if `immediate`). Irreversible. Never waits.
   void shutdown(bool immediate = false) noexcept { segment_->ring().shutdown(immediate); }
   bool is_shutdown() const noexcept {
     return segment_->ring().shutdown_state() != detail::ShutdownState::running;
@@ -199,6 +239,9 @@ class Queue {
   explicit Queue(std::shared_ptr<detail::Segment> segment) : segment_(std::move(segment)) {}
   // For the queues built on this one (JoinableQueue).
   detail::Segment& segment() const noexcept { return *segment_; }
+  // From now on, every message put through this handle, or through a copy of it, is counted as an
+  // unfinished task (JoinableQueue): every put form goes through put_core, which passes this on.
+  void count_puts_as_tasks() noexcept { counts_tasks_ = true; }
 
  private:
 
@@ -222,9 +265,30 @@ class Queue {
     return [&values](std::size_t i) -> const T& { return std::begin(values)[static_cast<std::ptrdiff_t>(i)]; };
   }
   static auto appender(std::vector<T>& out) {
-    return [&out](const std::byte* at, std::size_t bytes) {
-      out.push_back(detail::decode_exactly<T>(at, bytes));
-    };
+    return [&out](const std::byte* at, std::size_t bytes) { out.push_back(decode_message(at, bytes)); };
+  }
+
+  // The one decoding of every get form but get_with. A message that codec<T> cannot turn into a T
+  // will fail the same way for every consumer, so whatever decode throws becomes the DecodeError
+  // that makes the ring drop it: any other exception would leave it at the head, failing every
+  // later get (a handle naming a removed queue throws NotFound; a hostile length, bad_alloc).
+  // Only decoding is covered: `out` running out of memory in appender leaves the message queued.
+  // Always inlined, so that its try block costs nothing on the hot path (out of line, GCC 12 made
+  // it 14 instructions a get: 3% of a put+get pair).
+  __attribute__((always_inline)) static T decode_message(const std::byte* at, std::size_t bytes) {
+    try {
+      return detail::decode_exactly<T>(at, bytes);
+    } catch (const DecodeError&) {
+      throw;
+#if defined(__GLIBCXX__)
+    } catch (const abi::__forced_unwind&) {
+      throw;  // thread cancellation must go on unwinding
+#endif
+    } catch (const std::exception& e) {
+      throw DecodeError(detail::current_exception_type_name() + ": " + e.what());
+    } catch (...) {
+      throw DecodeError("an exception of type " + detail::current_exception_type_name());
+    }
   }
 
   std::size_t put_one(const T& value, const detail::Deadline& deadline, const char* call) {
@@ -233,7 +297,7 @@ class Queue {
   }
   std::optional<T> get_one(const detail::Deadline& deadline, const char* call) {
     std::optional<T> value;
-    get_core(1, [&](const std::byte* at, std::size_t bytes) { value.emplace(detail::decode_exactly<T>(at, bytes)); },
+    get_core(1, [&](const std::byte* at, std::size_t bytes) { value.emplace(decode_message(at, bytes)); },
              deadline, call);
     return value;
   }
@@ -271,7 +335,7 @@ class Queue {
         [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
           message.second(i, dst, std::size_t{bytes});
         },
-        deadline);
+        deadline, counts_tasks_);
     if (progress.outcome == detail::Outcome::done ||
         (call == nullptr && progress.outcome == detail::Outcome::timed_out)) {
       return progress.count;
@@ -300,15 +364,22 @@ class Queue {
 
   std::shared_ptr<detail::Segment> segment_;
   bool closed_ = false;
+  bool counts_tasks_ = false;  // see count_puts_as_tasks()
 };
 
-// A queue handle travels between processes by name (as a Pool task's argument, say): decoding
-// opens the queue, so it must still exist.
-template <class T>
-struct codec<Queue<T>> {
-  static std::size_t size(const Queue<T>& q) { return codec<std::string>::size(q.name()); }
-  static void encode(const Queue<T>& q, Writer& out) { codec<std::string>::encode(q.name(), out); }
-  static Queue<T> decode(Reader& in) { return Queue<T>::open(codec<std::string>::decode(in)); }
+namespace detail {
+// Every queue handle type travels between processes by name (as a Pool task's argument, say):
+// decoding opens the queue as Handle::open does, so it must still exist. A get drops a message
+// naming a queue that does not (DecodeError, see Queue).
+template <class Handle>
+struct queue_handle_codec {
+  static std::size_t size(const Handle& q) { return codec<std::string>::size(q.name()); }
+  static void encode(const Handle& q, Writer& out) { codec<std::string>::encode(q.name(), out); }
+  static Handle decode(Reader& in) { return Handle::open(codec<std::string>::decode(in)); }
 };
+}  // namespace detail
+
+template <class T>
+struct codec<Queue<T>> : detail::queue_handle_codec<Queue<T>> {};
 
 }  // namespace shmq

@@ -15,9 +15,14 @@ class SimpleQueue {
   SimpleQueue() = default;
   explicit SimpleQueue(const QueueOptions& options) : queue_(options) {}
 
+  // Blocks while the queue is full, however long that takes; throws as Queue<T>::put.
   void put(const T& value) { queue_.put(value); }
+  // Blocks while the queue is empty, however long that takes; throws as Queue<T>::get (a message
+  // that cannot be decoded is dropped with DecodeError).
   T get() { return queue_.get(); }
+  // A snapshot; never waits.
   bool empty() const noexcept { return queue_.empty(); }
+  // This handle then refuses put and get (Closed). Never waits.
   void close() noexcept { queue_.close(); }
 
  private:

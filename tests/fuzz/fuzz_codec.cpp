@@ -1,5 +1,7 @@
 // libFuzzer target: every built-in codec, and the Pool's task and result messages, decoding
-// arbitrary bytes. DecodeError is the only acceptable failure; ASan and UBSan watch the reads.
+// arbitrary bytes; and a queue handle's message got from a real queue, where whatever decoding
+// throws (NotFound, InvalidArgument, Incompatible for the name the bytes hold) must come out as
+// DecodeError. DecodeError is the only acceptable failure; ASan and UBSan watch the reads.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +30,21 @@ void try_decode(const std::byte* data, std::size_t size) {
   }
 }
 
+// The bytes as a message of a Queue<Queue<int>>, got back: a handle, or DecodeError (and the
+// message dropped, so the queue is empty again); anything else escapes and fails the run.
+void try_get_handle(const std::byte* data, std::size_t size) {
+  static shmq::Queue<shmq::Queue<int>> handles;  // unnamed: its name goes at exit
+  if (size > handles.max_message_bytes()) return;
+  handles.put_with(size, [&](std::byte* at, std::size_t) {
+    if (size != 0) std::memcpy(at, data, size);
+  });
+  try {
+    handles.get_nowait();
+  } catch (const shmq::DecodeError&) {
+  }
+  if (!handles.empty()) __builtin_trap();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t size) {
@@ -35,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t siz
   // The first byte picks the type, the rest is the message.
   const auto* data = reinterpret_cast<const std::byte*>(bytes + 1);
   const std::size_t n = size - 1;
-  switch (bytes[0] % 8) {
+  switch (bytes[0] % 9) {
     case 0: try_decode<std::string>(data, n); break;
     case 1: try_decode<std::vector<std::string>>(data, n); break;
     case 2: try_decode<std::map<int, std::vector<std::optional<std::string>>>, false>(data, n); break;
@@ -44,6 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* bytes, std::size_t siz
     case 5: try_decode<std::optional<std::vector<std::vector<std::int32_t>>>>(data, n); break;
     case 6: try_decode<shmq::detail::TaskMessage>(data, n); break;
     case 7: try_decode<shmq::detail::ResultMessage>(data, n); break;
+    case 8: try_get_handle(data, n); break;
   }
   return 0;
 }

@@ -128,10 +128,12 @@ struct SharedHeader {
   std::atomic<std::uint64_t> empty_waits;      // relaxed; times a consumer went to sleep
   std::atomic<std::uint64_t> lock_recoveries;  // relaxed; locks taken over from a dead holder
 
-  // ---- JoinableQueue's count of items put and not yet marked task_done(); plain Queue handles
-  //      ignore it. Incremented before a put and decremented by task_done(), with seq_cst RMWs.
+  // ---- JoinableQueue's count of items put and not yet marked task_done(); puts through handles
+  //      opened as a plain Queue do not count. Incremented under put_lock just before the tail
+  //      store that publishes the items (Ring::commit_put), decremented by task_done(); seq_cst RMWs.
   std::atomic<std::int64_t> unfinished_tasks;
-  EventCount all_tasks_done;  // bumped when unfinished_tasks reaches 0; JoinableQueue::join sleeps here
+  // Bumped when unfinished_tasks reaches 0 and at shutdown; JoinableQueue::join sleeps here.
+  EventCount all_tasks_done;
 };
 
 static_assert(sizeof(SharedHeader) <= kHeaderBytes, "the header must fit its page");

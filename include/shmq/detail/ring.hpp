@@ -16,6 +16,14 @@
 // its side's word either before or after its single commit store; the next locker is told
 // (EOWNERDEAD) and goes on, with nothing to repair. A put in flight is lost (its producer
 // never returned); a get in flight leaves the message in the queue for the next consumer.
+//
+// Task counting (JoinableQueue): a put that counts its messages as unfinished tasks adds them to
+// unfinished_tasks just before the tail store that publishes them, in the same lock hold. So the
+// count covers exactly the messages that went in, whichever call put them and however it ended,
+// and a consumer never sees a message before its increment (SYNC POINT: the seq_cst increment is
+// sequenced before the release store of tail, which the consumer loads with acquire before it
+// reads the frame, and so before its task_done). A producer killed between the two leaves the
+// count too high by the messages of that one lock hold, which are lost.
 #pragma once
 
 #include <errno.h>
@@ -127,7 +135,10 @@ class RobustLock {
  public:
   // A deadline that has passed (the _nowait and try_ calls) still waits up to this long for a
   // lock held by a process in the middle of its put or get, so that they fail for want of room
-  // or messages, not for a lock held a microsecond; but not forever for a stopped process.
+  // or messages, not for a lock held a microsecond; but not forever for a stopped process. When
+  // it runs out the call ends as if the queue were full (put side) or empty (get side): the try_
+  // forms return false / nullopt / 0, the _nowait forms throw Full / Empty. The public calls'
+  // comments (queue.hpp) quote this figure.
   static constexpr std::chrono::milliseconds kNowaitLockPatience{50};
 
   RobustLock(RobustMutex& mutex, const Deadline& deadline, const std::string& queue,
@@ -201,9 +212,11 @@ class Ring {
   // written. Every frame that fits is written under one lock hold and published with one store;
   // then it waits for room for the rest, until the deadline. Returns how it ended and how many
   // frames were published. If fill throws, the frames before the failing one are published and the
-  // exception propagates.
+  // exception propagates. With count_as_tasks, every frame published is also added to
+  // unfinished_tasks before it is published (see "Task counting" above).
   template <class SizeOf, class Fill>
-  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline) {
+  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline,
+                    bool count_as_tasks) {
     if (count == 0) return {Outcome::done, 0};
     std::size_t done = 0;
     std::uint32_t next_payload = size_of(0);  // of frame `done`, still to be written
@@ -234,10 +247,10 @@ class Ring {
             if (++done < count) next_payload = size_of(done);
           }
         } catch (...) {
-          commit_put(tail, end, end.count - head.count, lock);
+          commit_put(tail, end, end.count - head.count, count_as_tasks, lock);
           throw;
         }
-        commit_put(tail, end, end.count - head.count, lock);
+        commit_put(tail, end, end.count - head.count, count_as_tasks, lock);
         if (done == count) return {Outcome::done, done};
         if (deadline.expired()) return {count_timeout(h_->put_timeouts), done};
       }
@@ -310,16 +323,17 @@ class Ring {
     }
   }
 
-  // Marks the queue shut down (it never reopens) and wakes every sleeper in every process.
+  // Marks the queue shut down (it never reopens) and wakes every sleeper in every process,
+  // join_tasks() included.
   void shutdown(bool immediate) noexcept {
     const auto state = immediate ? ShutdownState::immediate : ShutdownState::draining;
     h_->shutdown.fetch_or(static_cast<std::uint32_t>(state), std::memory_order_release);
     notify(h_->not_empty);
     notify(h_->not_full);
+    notify(h_->all_tasks_done);
   }
-  // JoinableQueue's unfinished-task count: see SharedHeader::unfinished_tasks.
-  void add_unfinished_tasks(std::int64_t n) noexcept { h_->unfinished_tasks.fetch_add(n); }
-  // Returns false, changing nothing, if no task is unfinished.
+  // Marks one of JoinableQueue's unfinished tasks (SharedHeader::unfinished_tasks, which put_many
+  // adds to) done. Returns false, changing nothing, if no task is unfinished.
   bool task_done() noexcept {
     std::int64_t now = h_->unfinished_tasks.load();
     do {
@@ -328,13 +342,19 @@ class Ring {
     if (now == 1) notify(h_->all_tasks_done);
     return true;
   }
-  // Blocks until every task put through a JoinableQueue handle has been marked done.
-  void join_tasks() {
+  // Blocks until every task put through a JoinableQueue handle has been marked done (true), or
+  // until the queue is shut down immediately with tasks unfinished (false): the messages still
+  // queued will never be got, so waiting for them would be forever. A draining shutdown wakes it
+  // too, and it goes on waiting: consumers still get every queued message.
+  bool join_tasks() {
+    const auto abandoned = [&] { return shutdown_state() == ShutdownState::immediate; };
     while (h_->unfinished_tasks.load() > 0) {
+      if (abandoned()) return false;
       await(
-          h_->all_tasks_done, nullptr, spin_, [&] { return h_->unfinished_tasks.load() <= 0; },
-          Deadline::never());
+          h_->all_tasks_done, nullptr, spin_,
+          [&] { return h_->unfinished_tasks.load() <= 0 || abandoned(); }, Deadline::never());
     }
+    return true;
   }
   std::int64_t unfinished_tasks() const noexcept {
     return h_->unfinished_tasks.load(std::memory_order_relaxed);
@@ -426,10 +446,15 @@ class Ring {
     return tail;
   }
 
-  // Publishes the frames written in [tail, end) (if any) and wakes the consumers asleep, if any.
-  // `depth` is the queue depth with them, as producers last saw the head (an upper bound).
-  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
+  // Publishes the frames written in [tail, end) (if any), first counting them as unfinished
+  // tasks if asked, and wakes the consumers asleep, if any. `depth` is the queue depth with them,
+  // as producers last saw the head (an upper bound).
+  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, bool count_as_tasks,
+                  RobustLock& lock) noexcept {
     if (end.count == tail.count) return;
+    // SYNC POINT: before the release store of tail, so that no consumer can get these frames and
+    // mark them done before they are counted (see "Task counting" at the top).
+    if (count_as_tasks) h_->unfinished_tasks.fetch_add(std::uint32_t{end.count - tail.count});
     h_->tail.store(end.pack(), std::memory_order_release);
     if (end.count < tail.count) bump(h_->put_wraps);  // fewer than 2^32 frames a batch
     if (depth > h_->peak_depth.load(std::memory_order_relaxed)) {
