@@ -158,6 +158,42 @@ TEST_CASE("shmq rm --stale removes a queue left by a killed process, and only su
   CHECK(segment_exists(held.name()));
 }
 
+TEST_CASE("shmq rm --stale keeps a stale queue that holds messages unless told to remove it", "[cli]") {
+  const std::string prefix = unique_name("pending");
+  NameGuard pending(prefix + "-work");
+  NameGuard drained(prefix + "-done");
+  Queue<int> ready;
+  shmq::test::Child producer([&] {
+    auto work = Queue<int>::create(pending.name());
+    for (int i = 0; i < 5; ++i) work.put(i);
+    Queue<int>::create(drained.name());
+    ready.put(1);
+  });
+  ready.get();
+  REQUIRE(producer.succeeded());  // named queues outlive their producer: that is what they are for
+
+  const auto kept = shmq_cli("rm --stale " + prefix);
+  CHECK(kept.status == 0);
+  CHECK(kept.out.find("removed " + drained.name()) != std::string::npos);
+  CHECK(kept.out.find("skipped " + pending.name() + ": it holds 5 messages") != std::string::npos);
+  CHECK(kept.out.find("--with-messages") != std::string::npos);
+  CHECK(segment_exists(pending.name()));
+  CHECK_FALSE(segment_exists(drained.name()));
+
+  const auto removed = shmq_cli("rm --stale --with-messages " + prefix);
+  CHECK(removed.status == 0);
+  CHECK(removed.out.find("removed " + pending.name() + " with its 5 messages") != std::string::npos);
+  CHECK_FALSE(segment_exists(pending.name()));
+}
+
+TEST_CASE("shmq rm --stale says so when there is nothing to remove", "[cli]") {
+  const auto r = shmq_cli("rm --stale " + unique_name("nothing"));
+  CHECK(r.status == 0);
+  CHECK(r.out.find("no stale queues") != std::string::npos);
+  const auto help = shmq_cli("rm --help");
+  CHECK(help.out.find("--with-messages") != std::string::npos);
+}
+
 TEST_CASE("shmq watch prints one line per interval when piped", "[cli]") {
   NameGuard jobs(unique_name("watch"));
   auto q = Queue<int>::create(jobs.name());
