@@ -26,19 +26,10 @@ std::vector<std::string> directory(const char* path) {
   return names;
 }
 
-// When a process started, in seconds since the epoch, from /proc; nullopt if it does not exist.
+// When a process started, in seconds since the epoch; nullopt if it does not exist.
 std::optional<double> start_time(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return std::nullopt;
-  // Field 22 is starttime, in clock ticks after boot; the command name (field 2) may hold spaces,
-  // so count from the last ')'.
-  const auto close = line.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  unsigned long long ticks = 0;
-  const char* p = line.c_str() + close + 1;
-  for (int field = 3; field < 22 && p != nullptr; ++field) p = std::strchr(p + 1, ' ');
-  if (p == nullptr || std::sscanf(p, " %llu", &ticks) != 1) return std::nullopt;
+  const auto ticks = detail::process_start_ticks(pid);
+  if (!ticks) return std::nullopt;
   std::ifstream proc_stat("/proc/stat");
   std::string key;
   double boot = 0;
@@ -48,7 +39,7 @@ std::optional<double> start_time(pid_t pid) {
       break;
     }
   }
-  return boot + double(ticks) / double(sysconf(_SC_CLK_TCK));
+  return boot + double(*ticks) / double(sysconf(_SC_CLK_TCK));
 }
 
 }  // namespace
