@@ -438,6 +438,11 @@ std::string validate_name(std::string_view name) {
 }
 static_assert(kMaxNameBytes == 250, "validate_name's message states the limit");
 
+std::string mapped_file(std::string_view name) {
+  if (name.rfind(kUnnamedPrefix, 0) == 0) return "/memfd:" + memfd_name(parse_unnamed(name));
+  return "/dev/shm" + shm_path(validate_name(name));
+}
+
 std::optional<std::uint64_t> process_start_ticks(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string line;

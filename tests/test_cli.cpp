@@ -8,8 +8,10 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <map>
 #include <string>
 
+#include "shmq/inspect.hpp"
 #include "shmq/shmq.hpp"
 #include "support.hpp"
 
@@ -69,6 +71,47 @@ TEST_CASE("shmq ls lists each queue with its figures, and marks segments it cann
   CHECK(r.out.find("not a shmq queue") != std::string::npos);
 }
 
+TEST_CASE("shmq ls shows a short type name; stat and --json the full one", "[cli]") {
+  NameGuard jobs(unique_name("types"));
+  auto q = Queue<std::map<std::string, int>>::create(jobs.name());
+  const std::string full = q.stats().type_name;
+  REQUIRE(full.rfind("std::map<std::__cxx11::basic_string<char", 0) == 0);
+
+  const auto ls = shmq_cli("ls");
+  const auto line_start = ls.out.find(jobs.name());
+  REQUIRE(line_start != std::string::npos);
+  const std::string line = ls.out.substr(line_start, ls.out.find('\n', line_start) - line_start);
+  CHECK(line.size() < 160);
+  CHECK(line.substr(line.size() - std::string("  std::map<std::string, int>").size()) ==
+        "  std::map<std::string, int>");
+  CHECK(shmq_cli("stat " + jobs.name()).out.find("type:                " + full + "\n") != std::string::npos);
+  CHECK(shmq_cli("ls --json").out.find("\"type\": \"" + full + "\"") != std::string::npos);
+}
+
+TEST_CASE("short type names drop what the standard library adds, and mark a cut name", "[cli]") {
+  using shmq::short_type_name;
+  const std::string string = "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >";
+  CHECK(short_type_name("int") == "int");
+  CHECK(short_type_name(string) == "std::string");
+  CHECK(short_type_name("std::vector<int, std::allocator<int> >") == "std::vector<int>");
+  CHECK(short_type_name("std::vector<" + string + ", std::allocator<" + string + " > >") ==
+        "std::vector<std::string>");
+  CHECK(short_type_name("std::unordered_map<int, std::vector<double, std::allocator<double> >, std::hash<int>, "
+                        "std::equal_to<int>, std::allocator<std::pair<int const, std::vector<double, "
+                        "std::allocator<double> > > > >") == "std::unordered_map<int, std::vector<double>>");
+  CHECK(short_type_name("std::array<int, 3ul>") == "std::array<int, 3>");
+  CHECK(short_type_name("std::pair<int, std::__cxx11::list<int, std::allocator<int> > >") ==
+        "std::pair<int, std::list<int>>");
+  // Cut inside a default argument: nothing of meaning was lost.
+  const std::string map = "std::map<" + string + ", int, std::less<" + string + " >, std::allocator<std::pair<" +
+                          string + " const, int> > >";
+  CHECK(short_type_name(map.substr(0, 255)) == "std::map<std::string, int>");
+  // Cut inside a type the reader needs: say so.
+  CHECK(short_type_name("Outer<std::vector<int, std::allocator<int> >, Inner<lo") == "Outer<std::vector<int>, Inner<lo...");
+  // Not ours to drop: a comparator or allocator that is not the last argument stays.
+  CHECK(short_type_name("Table<std::less<int>, int>") == "Table<std::less<int>, int>");
+}
+
 TEST_CASE("shmq ls --json and stat --json give every figure", "[cli]") {
   NameGuard jobs(unique_name("json"));
   auto q = Queue<long>::create(jobs.name());
@@ -98,6 +141,18 @@ TEST_CASE("shmq stat shows the counters since creation", "[cli]") {
   CHECK(r.out.find("get timeouts:        1") != std::string::npos);
   CHECK(r.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") != std::string::npos);
   CHECK(r.out.find("locks now:           put free, get free") != std::string::npos);
+}
+
+TEST_CASE("shmq stat opens an unnamed queue by its handle's name; ls does not list it", "[cli]") {
+  Queue<int> q;
+  q.put(1);
+  q.put(2);
+  const auto stat = shmq_cli("stat " + q.name());
+  CHECK(stat.status == 0);
+  CHECK(stat.out.find("messages:            2") != std::string::npos);
+  CHECK(stat.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") != std::string::npos);
+  CHECK(shmq_cli("ls").out.find(q.name()) == std::string::npos);
+  CHECK(shmq_cli("ls --help").out.find("Unnamed queues") != std::string::npos);
 }
 
 TEST_CASE("shmq exits 1 with a clear message for a missing queue or a foreign segment", "[cli]") {

@@ -1,6 +1,6 @@
 // shmq: see, watch and clean up shmq queues.
 //
-//   shmq ls [--json]                           every shmq queue on this machine
+//   shmq ls [--json]                           every named shmq queue on this machine
 //   shmq stat NAME [--json]                    one queue's state and its counters since creation
 //   shmq watch NAME [--interval SECONDS] [--count N]   live depth and rates
 //   shmq rm NAME...                            remove queues by name
@@ -35,7 +35,7 @@ const char* const kUsageText =
     "usage: shmq <command> [options]\n"
     "\n"
     "commands:\n"
-    "  ls [--json]                      list every shmq queue on this machine\n"
+    "  ls [--json]                      list every named shmq queue on this machine\n"
     "  stat NAME [--json]               one queue's state and counters since creation\n"
     "  watch NAME [--interval SECONDS] [--count N]\n"
     "                                   live depth and rates; in place on a terminal,\n"
@@ -124,9 +124,12 @@ int ls(const std::vector<std::string>& args) {
   bool json = false;
   for (const auto& a : args) {
     if (a == "--help") {
-      std::printf("usage: shmq ls [--json]\n\nLists every shmq queue (/dev/shm/shmq.*): messages, bytes used of the\n"
-                  "capacity, maxsize, mode, creator pid and whether it runs, processes mapping it, type.\n"
-                  "Segments it cannot read are listed with the reason.\n");
+      std::printf("usage: shmq ls [--json]\n\nLists every named shmq queue (/dev/shm/shmq.*): messages, bytes used of the\n"
+                  "capacity, maxsize, mode, creator pid and whether it runs, processes mapping it, and\n"
+                  "the message type, shortened (std::string, std::vector<int>): `stat` and --json give\n"
+                  "its full name. Segments it cannot read are listed with the reason. Unnamed queues\n"
+                  "have no file in /dev/shm and are not listed; `shmq stat` opens one by the name()\n"
+                  "of a handle to it, while its creator holds it.\n");
       return kOk;
     }
     if (a != "--json") return usage_error("ls: unknown option " + a);
@@ -149,7 +152,7 @@ int ls(const std::vector<std::string>& args) {
         std::printf("%-32s %9llu %23s %8llu %5s %-16s %7zu  %s\n", name.c_str(),
                     static_cast<unsigned long long>(s.messages), used.c_str(),
                     static_cast<unsigned long long>(s.maxsize), octal(s.mode).c_str(), creator.c_str(),
-                    u.mapped_by.size(), s.type_name.c_str());
+                    u.mapped_by.size(), shmq::short_type_name(s.type_name).c_str());
       }
     } catch (const std::exception& e) {
       if (json) {

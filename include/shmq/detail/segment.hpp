@@ -39,6 +39,10 @@ inline constexpr std::string_view kUnnamedPrefix = "unnamed/";
 // for an empty name, one over kMaxNameBytes, ".", "..", or one holding '/' or NUL.
 std::string validate_name(std::string_view name);
 
+// How /proc/PID/maps names the file of the queue `name` (named or unnamed), less the " (deleted)"
+// it may carry: /dev/shm/shmq.jobs, /memfd:shmq.unnamed.1234.3. Throws InvalidArgument as open does.
+std::string mapped_file(std::string_view name);
+
 // When process `pid` started, in clock ticks after boot (/proc/PID/stat), or nullopt if there is
 // no such process. With the pid, it names one process for good: pids are recycled, this is not.
 std::optional<std::uint64_t> process_start_ticks(pid_t pid);
