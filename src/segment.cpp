@@ -347,6 +347,17 @@ std::string unnamed_name(const UnnamedId& id) {
          std::to_string(id.counter) + "/" + std::to_string(id.start_ticks);
 }
 
+// A memfd for an unnamed queue. Close-on-exec: a program this process execs must neither keep the
+// queue alive nor use it. Never executable (MFD_NOEXEC_SEAL, Linux 6.3 on: a system set to
+// vm.memfd_noexec = 2 refuses memfds without it); older kernels reject the flag, and get none.
+int make_memfd(const UnnamedId& id) {
+  constexpr unsigned kNoExecSeal = 0x0008U;  // MFD_NOEXEC_SEAL, missing from older headers
+  const unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+  const int fd = memfd_create(memfd_name(id).c_str(), flags | kNoExecSeal);
+  if (fd >= 0 || errno != EINVAL) return fd;
+  return memfd_create(memfd_name(id).c_str(), flags);
+}
+
 // Takes one field of an unnamed queue's name off the front of `rest`: decimal digits up to the
 // next '/' (or the end, for the last), no sign, no leading zero, at most `max`.
 bool take_field(std::string_view& rest, bool last, std::uint64_t max, std::uint64_t& value) {
@@ -500,8 +511,7 @@ std::shared_ptr<Segment> Segment::create_anonymous(const QueueOptions& options, 
                process_start_ticks(getpid()).value_or(0), -1};
   const std::string what = unnamed_label(id);
   const CheckedOptions sizes = check_options(options, what);
-  // Close-on-exec: a program this process execs must not keep the queue alive, nor use it.
-  UniqueFd memfd(memfd_create(memfd_name(id).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  UniqueFd memfd(make_memfd(id));
   if (memfd.get() < 0) throw_descriptor_error(errno, "create", what);
   reserve(memfd.get(), kHeaderBytes + sizes.capacity, what);
   // Sealed at its size: no process can shrink it under another's mapping (which would SIGBUS it),

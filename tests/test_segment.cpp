@@ -159,7 +159,10 @@ TEST_CASE("an unnamed queue lives in no file: a SIGKILLed creator leaves nothing
   CHECK(report.get() == 1);
   CHECK(report.get() == 2);
   CHECK(report.get() == 3);
-  CHECK(shmq::test::eventually([&] { return shmq::test::process_state(heir) == 0; }));
+  CHECK(shmq::test::eventually([&] {  // gone, or a zombie of a pid 1 that does not reap
+    const char state = shmq::test::process_state(heir);
+    return state == 0 || state == 'Z';
+  }));
   CHECK(dev_shm_naming(heir).empty());
 }
 
