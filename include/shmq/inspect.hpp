@@ -12,12 +12,14 @@
 
 namespace shmq {
 
-// The names of every shmq segment on the machine (/dev/shm/shmq.*), sorted. Names only: a segment
+// The names of every shmq segment on the machine (/dev/shm/shmq.*), sorted: the named queues.
+// Unnamed queues are memfds with no name in /dev/shm, and are not listed. Names only: a segment
 // listed here may still fail to open (another user's, not a queue, corrupt).
 std::vector<std::string> list_queues();
 
-// The state and counters of a queue, whatever its message type. Opens it for reading only in the
-// sense that nothing is changed. Throws NotFound, Incompatible (not a queue of this layout), or
+// The state and counters of a queue, whatever its message type: a named queue by its name, an
+// unnamed one by the name() of a handle to it (while its creator holds it). Opens it for reading
+// only in the sense that nothing is changed. Throws NotFound, Incompatible (not a queue of this layout), or
 // Error (no permission, ...).
 QueueStats inspect(std::string_view name);
 
