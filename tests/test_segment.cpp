@@ -281,3 +281,26 @@ TEST_CASE("an unnamed queue's memfd cannot be resized under its users", "[segmen
   close(fd);
   CHECK(q.get() == 7);
 }
+
+TEST_CASE("another user cannot open an unnamed queue by its name", "[segment][fault]") {
+  if (geteuid() != 0) {
+    WARN("skipped: needs root to act as another user");
+    return;
+  }
+  Queue<int> q;
+  Queue<std::string> outcome;
+  Child nobody([&] {
+    constexpr uid_t kNobody = 65534;
+    if (setgid(kNobody) != 0 || setuid(kNobody) != 0) throw std::runtime_error("cannot become nobody");
+    try {
+      Queue<int>::open(q.name());
+      outcome.put("opened");
+    } catch (const shmq::Error& e) {
+      outcome.put(e.what());
+    }
+  });
+  CHECK(nobody.succeeded());
+  const std::string what = outcome.get();
+  CHECK(what.find("is closed to this process") != std::string::npos);
+  CHECK(what.find("unnamed queue (pid " + std::to_string(getpid())) != std::string::npos);
+}
