@@ -545,9 +545,12 @@ UniqueFd open_unnamed(const UnnamedId& id, const std::string& what) {
   const auto gone = [&](const std::string& why) {
     return NotFound("shmq: " + what + " cannot be opened: " + why);
   };
-  if (process_start_ticks(id.pid) != id.start_ticks) {
-    throw gone("its creator has exited (an unnamed queue opens by name only while its creator holds it)");
-  }
+  const auto check_creator_runs = [&] {
+    if (process_start_ticks(id.pid) != id.start_ticks) {
+      throw gone("its creator has exited (an unnamed queue opens by name only while its creator holds it)");
+    }
+  };
+  check_creator_runs();
   const std::string link = "/proc/" + std::to_string(id.pid) + "/fd/" + std::to_string(id.fd);
   const std::string expected = memfd_link_target(id);
   const auto target = link_target(link);
@@ -569,6 +572,9 @@ UniqueFd open_unnamed(const UnnamedId& id, const std::string& what) {
       link_target("/proc/self/fd/" + std::to_string(fd.get())) != expected) {
     throw gone("its creator no longer holds it (descriptor " + std::to_string(id.fd) + " changed while it was opened)");
   }
+  // The creator ran before the look and still runs after the open, so the pid was never recycled
+  // in between: what was opened is the creator's memfd, not a namesake of a later process.
+  check_creator_runs();
   constexpr int kSealedSize = F_SEAL_SHRINK | F_SEAL_GROW;
   const int seals = fcntl(fd.get(), F_GET_SEALS);
   if (seals < 0 || (seals & kSealedSize) != kSealedSize) {
