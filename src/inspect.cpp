@@ -67,9 +67,10 @@ std::size_t matching_close(const std::string& s, std::size_t open) {
 // right before its list's '>'); false when there is none left.
 bool drop_a_default_argument(std::string& s) {
   for (const std::string_view defaulted :
-       {", std::allocator<", ", std::less<", ", std::hash<", ", std::equal_to<", ", std::char_traits<",
-        ", std::default_delete<"}) {
-    for (std::size_t at = s.find(defaulted); at != std::string::npos; at = s.find(defaulted, at + 1)) {
+       {", std::allocator<", ", std::less<", ", std::hash<", ", std::equal_to<",
+        ", std::char_traits<", ", std::default_delete<"}) {
+    for (std::size_t at = s.find(defaulted); at != std::string::npos;
+         at = s.find(defaulted, at + 1)) {
       const std::size_t close = matching_close(s, at + defaulted.size() - 1);
       if (close == std::string::npos) continue;
       std::size_t next = close + 1;
@@ -111,11 +112,15 @@ std::string short_type_name(std::string_view type_name) {
   if (open > 0) s += kCut + std::string(static_cast<std::size_t>(open), '>');
   replace_all(s, "std::__cxx11::", "std::");
   replace_all(s, "std::__1::", "std::");  // libc++
-  for (const auto& [chars, alias] : {std::pair{"char", "string"}, {"wchar_t", "wstring"},
-                                     {"char8_t", "u8string"}, {"char16_t", "u16string"},
+  for (const auto& [chars, alias] : {std::pair{"char", "string"},
+                                     {"wchar_t", "wstring"},
+                                     {"char8_t", "u8string"},
+                                     {"char16_t", "u16string"},
                                      {"char32_t", "u32string"}}) {
     const std::string traits = std::string("std::char_traits<") + chars + ">";
-    replace_all(s, std::string("std::basic_string<") + chars + ", " + traits + ", std::allocator<" + chars + "> >",
+    replace_all(s,
+                std::string("std::basic_string<") + chars + ", " + traits + ", std::allocator<" +
+                    chars + "> >",
                 std::string("std::") + alias);
     replace_all(s, std::string("std::basic_string_view<") + chars + ", " + traits + " >",
                 std::string("std::") + alias + "_view");

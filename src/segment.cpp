@@ -34,7 +34,9 @@ constexpr std::chrono::seconds kInitPatience{2};
 constexpr unsigned kMaxSpinPolls = 1u << 20;
 
 std::string quoted(const std::string& name) { return "'" + name + "'"; }
-std::string described(const std::string& name) { return "queue " + quoted(name); }
+std::string described(const std::string& name) {
+  return "queue " + quoted(name);
+}
 
 std::string shm_path(const std::string& name) { return "/" + std::string(kSegmentPrefix) + name; }
 
@@ -194,7 +196,8 @@ std::optional<rlim_t> file_size_limit() {
   return limit.rlim_cur;
 }
 
-[[noreturn]] void throw_over_file_size_limit(std::size_t bytes, rlim_t limit, const std::string& what) {
+[[noreturn]] void throw_over_file_size_limit(std::size_t bytes, rlim_t limit,
+                                             const std::string& what) {
   throw Error("shmq: cannot create " + what + ": it needs a file of " + std::to_string(bytes) +
               " bytes, over this process's RLIMIT_FSIZE of " + std::to_string(limit) + " bytes");
 }
@@ -216,8 +219,9 @@ void reserve(int fd, std::size_t bytes, const std::string& what) {
 }
 
 // Maps a reserved segment and publishes its header.
-std::unique_ptr<Mapping> initialise(int fd, const CheckedOptions& sizes, const QueueOptions& options,
-                                    const TypeTag& type, const std::string& what) {
+std::unique_ptr<Mapping> initialise(int fd, const CheckedOptions& sizes,
+                                    const QueueOptions& options, const TypeTag& type,
+                                    const std::string& what) {
   auto mapping = std::make_unique<Mapping>(fd, sizes.capacity, what);
   init_header(mapping->header(), sizes, options, type);
   return mapping;
@@ -255,8 +259,9 @@ enum class Publication { may_be_pending, done };
 // Maps the segment behind fd once its creator has published the header. The size comes from
 // fstat, never from the header, so the mapping always matches the file.
 std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publication publication) {
-  const auto give_up = std::chrono::steady_clock::now() +
-                       (publication == Publication::may_be_pending ? kInitPatience : std::chrono::seconds(0));
+  const auto give_up =
+      std::chrono::steady_clock::now() +
+      (publication == Publication::may_be_pending ? kInitPatience : std::chrono::seconds(0));
   for (auto pause = std::chrono::microseconds(50);; pause = std::min(pause * 2, decltype(pause)(5000))) {
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -304,7 +309,8 @@ void check_ownership(int fd, const QueueOptions& options, const std::string& wha
 }
 
 // A failed call that takes a descriptor (memfd_create, open), explained.
-[[noreturn]] void throw_descriptor_error(int err, const std::string& doing, const std::string& what) {
+[[noreturn]] void throw_descriptor_error(int err, const std::string& doing,
+                                         const std::string& what) {
   std::string why = errno_text(err);
   if (err == EMFILE) {
     rlimit limit{};
@@ -336,7 +342,9 @@ std::string memfd_name(const UnnamedId& id) {
 }
 
 // How /proc shows the memfd as a descriptor's target.
-std::string memfd_link_target(const UnnamedId& id) { return "/memfd:" + memfd_name(id) + " (deleted)"; }
+std::string memfd_link_target(const UnnamedId& id) {
+  return "/memfd:" + memfd_name(id) + " (deleted)";
+}
 
 std::string unnamed_label(const UnnamedId& id) {
   return "unnamed queue (pid " + std::to_string(id.pid) + ", #" + std::to_string(id.counter) + ")";
@@ -374,9 +382,9 @@ bool take_field(std::string_view& rest, bool last, std::uint64_t max, std::uint6
 UnnamedId parse_unnamed(std::string_view name) {
   std::string_view rest = name.substr(kUnnamedPrefix.size());
   std::uint64_t pid = 0, fd = 0, counter = 0, start_ticks = 0;
-  if (!take_field(rest, false, kMaxPid, pid) || pid == 0 || !take_field(rest, false, INT32_MAX, fd) ||
-      !take_field(rest, false, UINT64_MAX, counter) || counter == 0 ||
-      !take_field(rest, true, UINT64_MAX, start_ticks)) {
+  if (!take_field(rest, false, kMaxPid, pid) || pid == 0 ||
+      !take_field(rest, false, INT32_MAX, fd) || !take_field(rest, false, UINT64_MAX, counter) ||
+      counter == 0 || !take_field(rest, true, UINT64_MAX, start_ticks)) {
     throw InvalidArgument("shmq: " + quoted(std::string(name.substr(0, 100))) +
                           " is not an unnamed queue's name (unnamed/PID/FD/COUNTER/START)");
   }
@@ -438,7 +446,8 @@ std::string validate_name(std::string_view name) {
   } else if (name == "." || name == "..") {
     problem = "is '.' or '..'";
   } else if (shown.rfind(kUnnamedPrefix, 0) == 0) {
-    problem = "is an unnamed queue's: only open() takes it, and an unnamed queue has nothing to remove";
+    problem =
+        "is an unnamed queue's: only open() takes it, and an unnamed queue has nothing to remove";
   } else if (name.find('/') != std::string_view::npos) {
     problem = "holds a '/' after the first character";
   } else if (name.find('\0') != std::string_view::npos) {
@@ -523,7 +532,8 @@ std::shared_ptr<Segment> Segment::create_anonymous(const QueueOptions& options, 
   id.fd = memfd.get();
   auto kept = std::make_unique<Descriptor>(memfd.get());
   memfd.release();
-  return std::shared_ptr<Segment>(new Segment(unnamed_name(id), what, std::move(mapping), std::move(kept)));
+  return std::shared_ptr<Segment>(
+      new Segment(unnamed_name(id), what, std::move(mapping), std::move(kept)));
 }
 
 namespace {
@@ -547,7 +557,9 @@ UniqueFd open_unnamed(const UnnamedId& id, const std::string& what) {
   };
   const auto check_creator_runs = [&] {
     if (process_start_ticks(id.pid) != id.start_ticks) {
-      throw gone("its creator has exited (an unnamed queue opens by name only while its creator holds it)");
+      throw gone(
+          "its creator has exited (an unnamed queue opens by name only while its creator holds "
+          "it)");
     }
   };
   check_creator_runs();
@@ -561,7 +573,9 @@ UniqueFd open_unnamed(const UnnamedId& id, const std::string& what) {
     }
     throw gone("its creator no longer holds it");
   }
-  if (*target != expected) throw gone("its creator no longer holds it (descriptor " + std::to_string(id.fd) + " is another file)");
+  if (*target != expected)
+    throw gone("its creator no longer holds it (descriptor " + std::to_string(id.fd) +
+               " is another file)");
   UniqueFd fd(open(link.c_str(), O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (fd.get() < 0) {
     if (errno == ENOENT) throw gone("its creator no longer holds it");
@@ -570,7 +584,8 @@ UniqueFd open_unnamed(const UnnamedId& id, const std::string& what) {
   struct stat st;
   if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
       link_target("/proc/self/fd/" + std::to_string(fd.get())) != expected) {
-    throw gone("its creator no longer holds it (descriptor " + std::to_string(id.fd) + " changed while it was opened)");
+    throw gone("its creator no longer holds it (descriptor " + std::to_string(id.fd) +
+               " changed while it was opened)");
   }
   // The creator ran before the look and still runs after the open, so the pid was never recycled
   // in between: what was opened is the creator's memfd, not a namesake of a later process.
@@ -578,7 +593,8 @@ UniqueFd open_unnamed(const UnnamedId& id, const std::string& what) {
   constexpr int kSealedSize = F_SEAL_SHRINK | F_SEAL_GROW;
   const int seals = fcntl(fd.get(), F_GET_SEALS);
   if (seals < 0 || (seals & kSealedSize) != kSealedSize) {
-    throw Incompatible("shmq: " + what + " is not a shmq queue: its memfd is not sealed at its size");
+    throw Incompatible("shmq: " + what +
+                       " is not a shmq queue: its memfd is not sealed at its size");
   }
   return fd;
 }
@@ -592,7 +608,8 @@ std::shared_ptr<Segment> Segment::open(std::string_view raw_name, const TypeTag*
     const UniqueFd fd = open_unnamed(id, what);
     auto mapping = map_published(fd.get(), what, Publication::done);
     validate_header(mapping->header(), mapping->capacity(), type, what);
-    return std::shared_ptr<Segment>(new Segment(std::string(raw_name), what, std::move(mapping), nullptr));
+    return std::shared_ptr<Segment>(
+        new Segment(std::string(raw_name), what, std::move(mapping), nullptr));
   }
   const std::string name = validate_name(raw_name);
   const std::string what = described(name);
@@ -702,9 +719,9 @@ void Segment::throw_put_failure(Outcome outcome, const Deadline& deadline, const
   const Occupancy now = ring_.occupancy();
   const std::string limit =
       ring_.maxsize() != 0 ? " (maxsize " + std::to_string(ring_.maxsize()) + ")" : "";
-  throw Full("shmq: " + description_ + " is full: " + std::to_string(now.messages) +
-             " messages" + limit + ", " + std::to_string(now.bytes) + " of " +
-             std::to_string(ring_.capacity()) + " bytes used" + how_long(deadline, call));
+  throw Full("shmq: " + description_ + " is full: " + std::to_string(now.messages) + " messages" +
+             limit + ", " + std::to_string(now.bytes) + " of " + std::to_string(ring_.capacity()) +
+             " bytes used" + how_long(deadline, call));
 }
 
 void Segment::throw_get_failure(Outcome outcome, const Deadline& deadline, const char* call) const {

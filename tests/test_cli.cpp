@@ -84,30 +84,34 @@ TEST_CASE("shmq ls shows a short type name; stat and --json the full one", "[cli
   CHECK(line.size() < 160);
   CHECK(line.substr(line.size() - std::string("  std::map<std::string, int>").size()) ==
         "  std::map<std::string, int>");
-  CHECK(shmq_cli("stat " + jobs.name()).out.find("type:                " + full + "\n") != std::string::npos);
+  CHECK(shmq_cli("stat " + jobs.name()).out.find("type:                " + full + "\n") !=
+        std::string::npos);
   CHECK(shmq_cli("ls --json").out.find("\"type\": \"" + full + "\"") != std::string::npos);
 }
 
 TEST_CASE("short type names drop what the standard library adds, and mark a cut name", "[cli]") {
   using shmq::short_type_name;
-  const std::string string = "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >";
+  const std::string string =
+      "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >";
   CHECK(short_type_name("int") == "int");
   CHECK(short_type_name(string) == "std::string");
   CHECK(short_type_name("std::vector<int, std::allocator<int> >") == "std::vector<int>");
   CHECK(short_type_name("std::vector<" + string + ", std::allocator<" + string + " > >") ==
         "std::vector<std::string>");
-  CHECK(short_type_name("std::unordered_map<int, std::vector<double, std::allocator<double> >, std::hash<int>, "
-                        "std::equal_to<int>, std::allocator<std::pair<int const, std::vector<double, "
-                        "std::allocator<double> > > > >") == "std::unordered_map<int, std::vector<double>>");
+  CHECK(short_type_name(
+            "std::unordered_map<int, std::vector<double, std::allocator<double> >, std::hash<int>, "
+            "std::equal_to<int>, std::allocator<std::pair<int const, std::vector<double, "
+            "std::allocator<double> > > > >") == "std::unordered_map<int, std::vector<double>>");
   CHECK(short_type_name("std::array<int, 3ul>") == "std::array<int, 3>");
   CHECK(short_type_name("std::pair<int, std::__cxx11::list<int, std::allocator<int> > >") ==
         "std::pair<int, std::list<int>>");
   // Cut inside a default argument: nothing of meaning was lost.
-  const std::string map = "std::map<" + string + ", int, std::less<" + string + " >, std::allocator<std::pair<" +
-                          string + " const, int> > >";
+  const std::string map = "std::map<" + string + ", int, std::less<" + string +
+                          " >, std::allocator<std::pair<" + string + " const, int> > >";
   CHECK(short_type_name(map.substr(0, 255)) == "std::map<std::string, int>");
   // Cut inside a type the reader needs: say so.
-  CHECK(short_type_name("Outer<std::vector<int, std::allocator<int> >, Inner<lo") == "Outer<std::vector<int>, Inner<lo...");
+  CHECK(short_type_name("Outer<std::vector<int, std::allocator<int> >, Inner<lo") ==
+        "Outer<std::vector<int>, Inner<lo...");
   // Not ours to drop: a comparator or allocator that is not the last argument stays.
   CHECK(short_type_name("Table<std::less<int>, int>") == "Table<std::less<int>, int>");
 }
@@ -150,7 +154,8 @@ TEST_CASE("shmq stat opens an unnamed queue by its handle's name; ls does not li
   const auto stat = shmq_cli("stat " + q.name());
   CHECK(stat.status == 0);
   CHECK(stat.out.find("messages:            2") != std::string::npos);
-  CHECK(stat.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") != std::string::npos);
+  CHECK(stat.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") !=
+        std::string::npos);
   CHECK(shmq_cli("ls").out.find(q.name()) == std::string::npos);
   CHECK(shmq_cli("ls --help").out.find("Unnamed queues") != std::string::npos);
 }
@@ -213,7 +218,8 @@ TEST_CASE("shmq rm --stale removes a queue left by a killed process, and only su
   CHECK(segment_exists(held.name()));
 }
 
-TEST_CASE("shmq rm --stale keeps a stale queue that holds messages unless told to remove it", "[cli]") {
+TEST_CASE("shmq rm --stale keeps a stale queue that holds messages unless told to remove it",
+          "[cli]") {
   const std::string prefix = unique_name("pending");
   NameGuard pending(prefix + "-work");
   NameGuard drained(prefix + "-done");
@@ -237,7 +243,8 @@ TEST_CASE("shmq rm --stale keeps a stale queue that holds messages unless told t
 
   const auto removed = shmq_cli("rm --stale --with-messages " + prefix);
   CHECK(removed.status == 0);
-  CHECK(removed.out.find("removed " + pending.name() + " with its 5 messages") != std::string::npos);
+  CHECK(removed.out.find("removed " + pending.name() + " with its 5 messages") !=
+        std::string::npos);
   CHECK_FALSE(segment_exists(pending.name()));
 }
 

@@ -54,8 +54,9 @@ void expect_error_naming(Make&& make, const std::vector<std::string>& parts) {
 
 }  // namespace
 
-TEST_CASE("a queue larger than RLIMIT_FSIZE is an Error naming the limit, and leaves nothing behind",
-          "[segment][fault]") {
+TEST_CASE(
+    "a queue larger than RLIMIT_FSIZE is an Error naming the limit, and leaves nothing behind",
+    "[segment][fault]") {
   NameGuard named(unique_name("fsize"));
   NameGuard either(unique_name("fsize-either"));
   for (const bool sigxfsz_ignored : {false, true}) {
@@ -71,7 +72,8 @@ TEST_CASE("a queue larger than RLIMIT_FSIZE is an Error naming the limit, and le
         parts.push_back(std::move(what));
         return parts;
       };
-      expect_error_naming([&] { Queue<int>::create(named.name()); }, with("'" + named.name() + "'"));
+      expect_error_naming([&] { Queue<int>::create(named.name()); },
+                          with("'" + named.name() + "'"));
       expect_error_naming([&] { Queue<int>::open_or_create(either.name()); },
                           with("'" + either.name() + "'"));
       expect_error_naming([&] { Queue<int> unnamed; }, with("unnamed queue"));
@@ -113,7 +115,8 @@ std::vector<std::string> shared_mappings(pid_t pid) {
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
   for (std::string line; std::getline(maps, line);) {
     for (const char* kind : {"/dev/shm/", "/memfd:shmq."}) {
-      if (const auto at = line.find(kind); at != std::string::npos) found.push_back(line.substr(at));
+      const auto at = line.find(kind);
+      if (at != std::string::npos) found.push_back(line.substr(at));
     }
   }
   return found;
@@ -166,8 +169,9 @@ TEST_CASE("an unnamed queue lives in no file: a SIGKILLed creator leaves nothing
   CHECK(dev_shm_naming(heir).empty());
 }
 
-TEST_CASE("an unnamed queue's handle sent through a queue opens in a process that did not inherit it",
-          "[segment][codec]") {
+TEST_CASE(
+    "an unnamed queue's handle sent through a queue opens in a process that did not inherit it",
+    "[segment][codec]") {
   Queue<Queue<int>> mailbox;
   Queue<int> done;
   Child stranger([&] {  // forked before the queue below exists: it can only open it by name
@@ -183,7 +187,7 @@ TEST_CASE("an unnamed queue's handle sent through a queue opens in a process tha
   CHECK(stranger.succeeded());
 }
 
-TEST_CASE("an unnamed queue's creator closes its descriptor with its last handle, and errors name it readably",
+TEST_CASE("an unnamed queue's creator closes its memfd with its last handle; errors name it",
           "[segment]") {
   std::string link;
   std::string name;
@@ -193,11 +197,14 @@ TEST_CASE("an unnamed queue's creator closes its descriptor with its last handle
     link = "/proc/self/fd/" + fields_of(name).fd;
     char target[256] = {};
     REQUIRE(readlink(link.c_str(), target, sizeof target - 1) > 0);
-    CHECK(std::string(target).rfind("/memfd:shmq.unnamed." + std::to_string(getpid()) + ".", 0) == 0);
+    CHECK(std::string(target).rfind("/memfd:shmq.unnamed." + std::to_string(getpid()) + ".", 0) ==
+          0);
     q.put(1);
-    const std::string label = "unnamed queue (pid " + std::to_string(getpid()) + ", #" + fields_of(name).counter + ")";
+    const std::string label =
+        "unnamed queue (pid " + std::to_string(getpid()) + ", #" + fields_of(name).counter + ")";
     CHECK_THROWS_WITH(q.put_nowait(2), Catch::StartsWith("shmq: " + label + " is full"));
-    Child child([q] { Queue<int> copy = q; });  // a forked child's copies close only its own descriptor
+    // A forked child's copies close only the child's copy of the descriptor.
+    Child child([q] { Queue<int> copy = q; });
     CHECK(child.succeeded());
     CHECK(Queue<int>::open(name).get() == 1);
   }
@@ -221,17 +228,19 @@ TEST_CASE("hostile unnamed names give clean errors at once, never opening a FIFO
   const UnnamedFields real = fields_of(q.name());
   const auto started = std::chrono::steady_clock::now();
 
-  for (const char* junk : {"unnamed/", "unnamed/x", "unnamed/1/2/3", "unnamed/1/2/3/4/5", "unnamed/0/3/1/5",
-                           "unnamed/01/3/1/5", "unnamed/-1/3/1/5", "unnamed/+1/3/1/5", "unnamed/1/3/0/5",
-                           "unnamed/99999999/3/1/5", "unnamed/1/99999999999/1/5", "unnamed/1/3/1/5 ",
-                           "unnamed/1//1/5", "unnamed/1/3/1/999999999999999999999"}) {
+  for (const char* junk :
+       {"unnamed/", "unnamed/x", "unnamed/1/2/3", "unnamed/1/2/3/4/5", "unnamed/0/3/1/5",
+        "unnamed/01/3/1/5", "unnamed/-1/3/1/5", "unnamed/+1/3/1/5", "unnamed/1/3/0/5",
+        "unnamed/99999999/3/1/5", "unnamed/1/99999999999/1/5", "unnamed/1/3/1/5 ", "unnamed/1//1/5",
+        "unnamed/1/3/1/999999999999999999999"}) {
     INFO(junk);
     CHECK_THROWS_AS(Queue<int>::open(junk), shmq::InvalidArgument);
   }
 
   UnnamedFields other = real;
   other.start = std::to_string(std::stoull(real.start) + 1);  // our pid, recycled by someone else
-  CHECK_THROWS_WITH(Queue<int>::open(unnamed_name(other)), Catch::Contains("its creator has exited"));
+  CHECK_THROWS_WITH(Queue<int>::open(unnamed_name(other)),
+                    Catch::Contains("its creator has exited"));
   other = real;
   other.pid = std::to_string(getppid());  // a live process that holds no such queue
   CHECK_THROWS_AS(Queue<int>::open(unnamed_name(other)), shmq::NotFound);
@@ -262,7 +271,8 @@ TEST_CASE("hostile unnamed names give clean errors at once, never opening a FIFO
   other.fd = std::to_string(fake);
   CHECK_THROWS_WITH(Queue<int>::open(unnamed_name(other)), Catch::Contains("not sealed"));
   REQUIRE(fcntl(fake, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
-  CHECK_THROWS_AS(Queue<int>::open(unnamed_name(other)), shmq::Incompatible);  // all zeros: no queue
+  // Sealed, but all zeros: no queue.
+  CHECK_THROWS_AS(Queue<int>::open(unnamed_name(other)), shmq::Incompatible);
   close(fake);
 
   CHECK_THROWS_WITH(Queue<long>::open(q.name()), Catch::Contains("not long"));
@@ -291,7 +301,8 @@ TEST_CASE("another user cannot open an unnamed queue by its name", "[segment][fa
   Queue<std::string> outcome;
   Child nobody([&] {
     constexpr uid_t kNobody = 65534;
-    if (setgid(kNobody) != 0 || setuid(kNobody) != 0) throw std::runtime_error("cannot become nobody");
+    if (setgid(kNobody) != 0 || setuid(kNobody) != 0)
+      throw std::runtime_error("cannot become nobody");
     try {
       Queue<int>::open(q.name());
       outcome.put("opened");

@@ -5,8 +5,8 @@
 //   shmq watch NAME [--interval SECONDS] [--count N]   live depth and rates
 //   shmq rm NAME...                            remove queues by name
 //   shmq rm --stale [--with-messages] [PREFIX] remove queues whose creator is dead and that no live
-//                                              process maps (only names starting with PREFIX); those
-//                                              holding messages only with --with-messages
+//                                              process maps (only names starting with PREFIX);
+//                                              those holding messages only with --with-messages
 //
 // Exit status: 0 success; 1 failure (a queue not found, not a shmq queue, not permitted); 2 usage.
 #include <signal.h>
@@ -124,12 +124,14 @@ int ls(const std::vector<std::string>& args) {
   bool json = false;
   for (const auto& a : args) {
     if (a == "--help") {
-      std::printf("usage: shmq ls [--json]\n\nLists every named shmq queue (/dev/shm/shmq.*): messages, bytes used of the\n"
-                  "capacity, maxsize, mode, creator pid and whether it runs, processes mapping it, and\n"
-                  "the message type, shortened (std::string, std::vector<int>): `stat` and --json give\n"
-                  "its full name. Segments it cannot read are listed with the reason. Unnamed queues\n"
-                  "have no file in /dev/shm and are not listed; `shmq stat` opens one by the name()\n"
-                  "of a handle to it, while its creator holds it.\n");
+      std::printf(
+          "usage: shmq ls [--json]\n\n"
+          "Lists every named shmq queue (/dev/shm/shmq.*): messages, bytes used of the\n"
+          "capacity, maxsize, mode, creator pid and whether it runs, processes mapping it, and\n"
+          "the message type, shortened (std::string, std::vector<int>): `stat` and --json give\n"
+          "its full name. Segments it cannot read are listed with the reason. Unnamed queues\n"
+          "have no file in /dev/shm and are not listed; `shmq stat` opens one by the name()\n"
+          "of a handle to it, while its creator holds it.\n");
       return kOk;
     }
     if (a != "--json") return usage_error("ls: unknown option " + a);
@@ -151,8 +153,9 @@ int ls(const std::vector<std::string>& args) {
         const std::string creator = std::to_string(s.creator_pid) + (u.creator_alive ? " alive" : " dead");
         std::printf("%-32s %9llu %23s %8llu %5s %-16s %7zu  %s\n", name.c_str(),
                     static_cast<unsigned long long>(s.messages), used.c_str(),
-                    static_cast<unsigned long long>(s.maxsize), octal(s.mode).c_str(), creator.c_str(),
-                    u.mapped_by.size(), shmq::short_type_name(s.type_name).c_str());
+                    static_cast<unsigned long long>(s.maxsize), octal(s.mode).c_str(),
+                    creator.c_str(), u.mapped_by.size(),
+                    shmq::short_type_name(s.type_name).c_str());
       }
     } catch (const std::exception& e) {
       if (json) {
@@ -311,14 +314,16 @@ int rm_stale(const std::vector<std::string>& args) {
       const auto s = shmq::inspect(name);
       const auto u = shmq::queue_users(s);
       if (u.creator_alive || !u.mapped_by.empty()) continue;
-      const std::string why = "creator pid " + std::to_string(s.creator_pid) + " is dead; no process maps it";
+      const std::string why =
+          "creator pid " + std::to_string(s.creator_pid) + " is dead; no process maps it";
       if (s.messages != 0 && !with_messages) {
-        std::printf("skipped %s: it holds %llu messages (%s); --with-messages removes it too\n", name.c_str(),
-                    static_cast<unsigned long long>(s.messages), why.c_str());
+        std::printf("skipped %s: it holds %llu messages (%s); --with-messages removes it too\n",
+                    name.c_str(), static_cast<unsigned long long>(s.messages), why.c_str());
         ++skipped;
       } else if (shmq::Queue<char>::remove(name)) {
-        const std::string lost =
-            s.messages != 0 ? " with its " + std::to_string(s.messages) + " messages" : std::string();
+        const std::string lost = s.messages != 0
+                                     ? " with its " + std::to_string(s.messages) + " messages"
+                                     : std::string();
         std::printf("removed %s%s (%s)\n", name.c_str(), lost.c_str(), why.c_str());
         ++removed;
       }
@@ -337,13 +342,14 @@ int rm_stale(const std::vector<std::string>& args) {
 int rm(const std::vector<std::string>& args) {
   if (args.empty()) return usage_error("rm: which queues? (names, or --stale)");
   if (args.size() == 1 && args[0] == "--help") {
-    std::printf("usage: shmq rm NAME...\n       shmq rm --stale [--with-messages] [PREFIX]\n\n"
-                "Removes queues by name (processes that have them open keep using them), or,\n"
-                "with --stale, every queue whose creator is dead and that no live process maps\n"
-                "(only those whose names start with PREFIX, if given), listing what it removed.\n"
-                "A stale queue that still holds messages is kept, and listed as skipped with its\n"
-                "message count: named queues exist to outlive their producers. --with-messages\n"
-                "removes those too, messages and all.\n");
+    std::printf(
+        "usage: shmq rm NAME...\n       shmq rm --stale [--with-messages] [PREFIX]\n\n"
+        "Removes queues by name (processes that have them open keep using them), or,\n"
+        "with --stale, every queue whose creator is dead and that no live process maps\n"
+        "(only those whose names start with PREFIX, if given), listing what it removed.\n"
+        "A stale queue that still holds messages is kept, and listed as skipped with its\n"
+        "message count: named queues exist to outlive their producers. --with-messages\n"
+        "removes those too, messages and all.\n");
     return kOk;
   }
   if (args[0] == "--stale") return rm_stale({args.begin() + 1, args.end()});

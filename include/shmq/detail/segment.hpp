@@ -1,12 +1,12 @@
 // One mapped queue segment: creating, opening, validating and removing it. Internal.
 #pragma once
 
+#include <sys/types.h>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/layout.hpp"
@@ -40,7 +40,8 @@ inline constexpr std::string_view kUnnamedPrefix = "unnamed/";
 std::string validate_name(std::string_view name);
 
 // How /proc/PID/maps names the file of the queue `name` (named or unnamed), less the " (deleted)"
-// it may carry: /dev/shm/shmq.jobs, /memfd:shmq.unnamed.1234.3. Throws InvalidArgument as open does.
+// it may carry: /dev/shm/shmq.jobs, /memfd:shmq.unnamed.1234.3. Throws InvalidArgument as open
+// does.
 std::string mapped_file(std::string_view name);
 
 // When process `pid` started, in clock ticks after boot (/proc/PID/stat), or nullopt if there is
