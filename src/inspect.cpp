@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,19 +27,10 @@ std::vector<std::string> directory(const char* path) {
   return names;
 }
 
-// When a process started, in seconds since the epoch, from /proc; nullopt if it does not exist.
+// When a process started, in seconds since the epoch; nullopt if it does not exist.
 std::optional<double> start_time(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return std::nullopt;
-  // Field 22 is starttime, in clock ticks after boot; the command name (field 2) may hold spaces,
-  // so count from the last ')'.
-  const auto close = line.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  unsigned long long ticks = 0;
-  const char* p = line.c_str() + close + 1;
-  for (int field = 3; field < 22 && p != nullptr; ++field) p = std::strchr(p + 1, ' ');
-  if (p == nullptr || std::sscanf(p, " %llu", &ticks) != 1) return std::nullopt;
+  const auto ticks = detail::process_start_ticks(pid);
+  if (!ticks) return std::nullopt;
   std::ifstream proc_stat("/proc/stat");
   std::string key;
   double boot = 0;
@@ -48,10 +40,102 @@ std::optional<double> start_time(pid_t pid) {
       break;
     }
   }
-  return boot + double(ticks) / double(sysconf(_SC_CLK_TCK));
+  return boot + double(*ticks) / double(sysconf(_SC_CLK_TCK));
 }
 
 }  // namespace
+
+namespace {
+
+void replace_all(std::string& s, std::string_view from, std::string_view to) {
+  for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+}
+
+// Where the template argument list opened at s[open] ('<') closes, or npos.
+std::size_t matching_close(const std::string& s, std::size_t open) {
+  int depth = 0;
+  for (std::size_t i = open; i < s.size(); ++i) {
+    if (s[i] == '<') ++depth;
+    if (s[i] == '>' && --depth == 0) return i;
+  }
+  return std::string::npos;
+}
+
+// Removes one trailing template argument that only restates a default (", std::allocator<...>"
+// right before its list's '>'); false when there is none left.
+bool drop_a_default_argument(std::string& s) {
+  for (const std::string_view defaulted :
+       {", std::allocator<", ", std::less<", ", std::hash<", ", std::equal_to<",
+        ", std::char_traits<", ", std::default_delete<"}) {
+    for (std::size_t at = s.find(defaulted); at != std::string::npos;
+         at = s.find(defaulted, at + 1)) {
+      const std::size_t close = matching_close(s, at + defaulted.size() - 1);
+      if (close == std::string::npos) continue;
+      std::size_t next = close + 1;
+      while (next < s.size() && s[next] == ' ') ++next;
+      if (next < s.size() && s[next] == '>') {
+        s.erase(at, next - at);
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// "3ul" -> "3": integer literals as template arguments (std::array<int, 3ul>).
+void drop_integer_suffixes(std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    out += s[i];
+    const bool starts_number = std::isdigit(static_cast<unsigned char>(s[i])) &&
+                               (i == 0 || s[i - 1] == ' ' || s[i - 1] == '<' || s[i - 1] == '-');
+    if (!starts_number) continue;
+    while (i + 1 < s.size() && std::isdigit(static_cast<unsigned char>(s[i + 1]))) out += s[++i];
+    std::size_t end = i + 1;
+    while (end < s.size() && (s[end] == 'u' || s[end] == 'l')) ++end;
+    if (end == s.size() || s[end] == ',' || s[end] == '>') i = end - 1;
+  }
+  s = std::move(out);
+}
+
+}  // namespace
+
+std::string short_type_name(std::string_view type_name) {
+  std::string s(type_name);
+  // A name cut short where it was stored: close its open lists after a marker, so that what was
+  // cut can be recognised as a default argument and dropped, or else shown as "...".
+  constexpr char kCut = '\x01';
+  long open = 0;
+  for (const char c : s) open += c == '<' ? 1 : c == '>' ? -1 : 0;
+  if (open > 0) s += kCut + std::string(static_cast<std::size_t>(open), '>');
+  replace_all(s, "std::__cxx11::", "std::");
+  replace_all(s, "std::__1::", "std::");  // libc++
+  for (const auto& [chars, alias] : {std::pair{"char", "string"},
+                                     {"wchar_t", "wstring"},
+                                     {"char8_t", "u8string"},
+                                     {"char16_t", "u16string"},
+                                     {"char32_t", "u32string"}}) {
+    const std::string traits = std::string("std::char_traits<") + chars + ">";
+    replace_all(s,
+                std::string("std::basic_string<") + chars + ", " + traits + ", std::allocator<" +
+                    chars + "> >",
+                std::string("std::") + alias);
+    replace_all(s, std::string("std::basic_string_view<") + chars + ", " + traits + " >",
+                std::string("std::") + alias + "_view");
+  }
+  while (drop_a_default_argument(s)) {
+  }
+  drop_integer_suffixes(s);
+  replace_all(s, "> >", ">>");
+  if (const std::size_t cut = s.find(kCut); cut != std::string::npos) {
+    s.erase(s.find_last_not_of(' ', cut - 1) + 1);  // nothing after the cut is known
+    s.erase(s.find_last_not_of(',') + 1);
+    s += "...";
+  }
+  return s;
+}
 
 std::vector<std::string> list_queues() {
   std::vector<std::string> names;
@@ -69,7 +153,7 @@ QueueStats inspect(std::string_view name) { return detail::Segment::open(name, n
 
 QueueUsers queue_users(const QueueStats& stats) {
   QueueUsers users;
-  const std::string path = "/dev/shm/" + std::string(detail::kSegmentPrefix) + stats.name;
+  const std::string path = detail::mapped_file(stats.name);
   const std::string deleted = path + " (deleted)";
   auto ends_with = [](const std::string& s, const std::string& tail) {
     return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,12 +14,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <new>
-#include <random>
 #include <thread>
 
 namespace bip = boost::interprocess;
@@ -32,6 +34,9 @@ constexpr std::chrono::seconds kInitPatience{2};
 constexpr unsigned kMaxSpinPolls = 1u << 20;
 
 std::string quoted(const std::string& name) { return "'" + name + "'"; }
+std::string described(const std::string& name) {
+  return "queue " + quoted(name);
+}
 
 std::string shm_path(const std::string& name) { return "/" + std::string(kSegmentPrefix) + name; }
 
@@ -68,10 +73,10 @@ int native_error(const bip::interprocess_exception& e) {
 // boost::interprocess::shared_memory_object.)
 class Mapping {
  public:
-  Mapping(int fd, std::size_t capacity, const std::string& name)
+  Mapping(int fd, std::size_t capacity, const std::string& what)
       : bytes_(kHeaderBytes + 2 * capacity), capacity_(capacity) {
     void* reserved = mmap(nullptr, bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (reserved == MAP_FAILED) fail(errno, name);
+    if (reserved == MAP_FAILED) fail(errno, what);
     base_ = static_cast<std::byte*>(reserved);
     const int prot = PROT_READ | PROT_WRITE;
     if (mmap(base_, kHeaderBytes + capacity, prot, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
@@ -79,7 +84,7 @@ class Mapping {
              static_cast<off_t>(kHeaderBytes)) == MAP_FAILED) {
       const int err = errno;
       munmap(base_, bytes_);
-      fail(err, name);
+      fail(err, what);
     }
   }
   Mapping(const Mapping&) = delete;
@@ -91,8 +96,8 @@ class Mapping {
   std::size_t capacity() const noexcept { return capacity_; }
 
  private:
-  [[noreturn]] static void fail(int err, const std::string& name) {
-    throw Error("shmq: cannot map queue " + quoted(name) + ": " + errno_text(err));
+  [[noreturn]] static void fail(int err, const std::string& what) {
+    throw Error("shmq: cannot map " + what + ": " + errno_text(err));
   }
 
   std::byte* base_ = nullptr;
@@ -101,6 +106,23 @@ class Mapping {
 };
 
 namespace {
+
+// A descriptor, closed at the end of its scope unless released.
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd) noexcept : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const noexcept { return fd_; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
 
 // Removes a half-made segment if creation fails part-way.
 class RemoveUnlessReleased {
@@ -120,24 +142,25 @@ struct CheckedOptions {
   std::uint32_t maxsize;
 };
 
-CheckedOptions check_options(const QueueOptions& o, const std::string& name) {
-  const std::string what = "shmq: queue " + quoted(name) + ": ";
+// `what` names the queue in messages: "queue 'jobs'", "unnamed queue (pid 1234, #3)".
+CheckedOptions check_options(const QueueOptions& o, const std::string& what) {
+  const std::string where = "shmq: " + what + ": ";
   if (o.capacity_bytes == 0 || o.capacity_bytes > kMaxCapacity) {
-    throw InvalidArgument(what + "capacity_bytes of " + std::to_string(o.capacity_bytes) +
+    throw InvalidArgument(where + "capacity_bytes of " + std::to_string(o.capacity_bytes) +
                           " is outside 1 byte to " + std::to_string(kMaxCapacity) + " (1 GiB)");
   }
   if (o.maxsize > INT32_MAX) {
-    throw InvalidArgument(what + "maxsize of " + std::to_string(o.maxsize) + " exceeds " +
+    throw InvalidArgument(where + "maxsize of " + std::to_string(o.maxsize) + " exceeds " +
                           std::to_string(INT32_MAX));
   }
   if ((o.mode & ~mode_t{0777}) != 0 || (o.mode & 0600) != 0600) {
     char buf[16];
     std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(o.mode));
-    throw InvalidArgument(what + "mode " + buf +
+    throw InvalidArgument(where + "mode " + buf +
                           " must be permission bits only (at most 0777) that include 0600");
   }
   if (o.spin_polls > kMaxSpinPolls) {
-    throw InvalidArgument(what + "spin_polls of " + std::to_string(o.spin_polls) + " exceeds " +
+    throw InvalidArgument(where + "spin_polls of " + std::to_string(o.spin_polls) + " exceeds " +
                           std::to_string(kMaxSpinPolls));
   }
   if (kHeaderBytes % page_size() != 0) {
@@ -166,78 +189,114 @@ void init_header(SharedHeader& h, const CheckedOptions& sizes, const QueueOption
   h.magic.store(kMagic, std::memory_order_release);  // last: publishes everything above
 }
 
+// This process's RLIMIT_FSIZE, or nullopt if it has none.
+std::optional<rlim_t> file_size_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_FSIZE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return std::nullopt;
+  return limit.rlim_cur;
+}
+
+[[noreturn]] void throw_over_file_size_limit(std::size_t bytes, rlim_t limit,
+                                             const std::string& what) {
+  throw Error("shmq: cannot create " + what + ": it needs a file of " + std::to_string(bytes) +
+              " bytes, over this process's RLIMIT_FSIZE of " + std::to_string(limit) + " bytes");
+}
+
+// Gives a new segment its whole size at once, every page reserved: no room (a full /dev/shm, no
+// memory) is an error here, never a SIGBUS in a later put. RLIMIT_FSIZE is checked first: going
+// over it would raise SIGXFSZ, which kills by default (with SIGXFSZ ignored the call fails with
+// EFBIG, reported the same way).
+void reserve(int fd, std::size_t bytes, const std::string& what) {
+  if (const auto limit = file_size_limit(); limit && bytes > *limit) {
+    throw_over_file_size_limit(bytes, *limit, what);
+  }
+  if (const int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
+    const auto limit = file_size_limit();  // lowered by another thread since the check?
+    if (err == EFBIG && limit) throw_over_file_size_limit(bytes, *limit, what);
+    throw Error("shmq: cannot reserve " + std::to_string(bytes) + " bytes for " + what + ": " +
+                errno_text(err));
+  }
+}
+
+// Maps a reserved segment and publishes its header.
+std::unique_ptr<Mapping> initialise(int fd, const CheckedOptions& sizes,
+                                    const QueueOptions& options, const TypeTag& type,
+                                    const std::string& what) {
+  auto mapping = std::make_unique<Mapping>(fd, sizes.capacity, what);
+  init_header(mapping->header(), sizes, options, type);
+  return mapping;
+}
+
 // Everything an opener checks before trusting the header; `capacity` comes from fstat.
 void validate_header(const SharedHeader& h, std::size_t capacity, const TypeTag* type,
-                     const std::string& name) {
-  const std::string what = "shmq: queue " + quoted(name) + " is incompatible: ";
+                     const std::string& what) {
+  const std::string where = "shmq: " + what + " is incompatible: ";
   if (h.layout_version != kLayoutVersion) {
-    throw Incompatible(what + "layout version " + std::to_string(h.layout_version) +
+    throw Incompatible(where + "layout version " + std::to_string(h.layout_version) +
                        ", this library reads version " + std::to_string(kLayoutVersion));
   }
   if (h.header_bytes != kHeaderBytes || h.capacity_bytes != capacity) {
-    throw Incompatible(what + "its header claims " + std::to_string(h.header_bytes) + " + " +
+    throw Incompatible(where + "its header claims " + std::to_string(h.header_bytes) + " + " +
                        std::to_string(h.capacity_bytes) + " bytes, its file holds " +
                        std::to_string(kHeaderBytes) + " + " + std::to_string(capacity));
   }
   if (h.maxsize > INT32_MAX || h.spin_polls > kMaxSpinPolls) {
-    throw Incompatible(what + "maxsize " + std::to_string(h.maxsize) + " or spin_polls " +
+    throw Incompatible(where + "maxsize " + std::to_string(h.maxsize) + " or spin_polls " +
                        std::to_string(h.spin_polls) + " is out of range");
   }
   if (type != nullptr && h.type_fingerprint != type->fingerprint) {
     const std::string theirs(h.type_name, strnlen(h.type_name, sizeof h.type_name));
-    throw Incompatible(what + "it carries messages of type " + theirs + " (" +
+    throw Incompatible(where + "it carries messages of type " + theirs + " (" +
                        hex(h.type_fingerprint) + "), not " + type->name + " (" +
                        hex(type->fingerprint) + ")");
   }
 }
 
+// Whether an opener may find a segment whose creator has not yet published its header: a named
+// one, made before it is initialised; never an unnamed one, reachable only once initialised.
+enum class Publication { may_be_pending, done };
+
 // Maps the segment behind fd once its creator has published the header. The size comes from
 // fstat, never from the header, so the mapping always matches the file.
-std::unique_ptr<Mapping> map_published(int fd, const std::string& name) {
-  const auto give_up = std::chrono::steady_clock::now() + kInitPatience;
+std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publication publication) {
+  const auto give_up =
+      std::chrono::steady_clock::now() +
+      (publication == Publication::may_be_pending ? kInitPatience : std::chrono::seconds(0));
   for (auto pause = std::chrono::microseconds(50);; pause = std::min(pause * 2, decltype(pause)(5000))) {
     struct stat st;
     if (fstat(fd, &st) != 0) {
-      throw Error("shmq: cannot stat queue " + quoted(name) + ": " + errno_text(errno));
+      throw Error("shmq: cannot stat " + what + ": " + errno_text(errno));
     }
     const auto size = static_cast<std::size_t>(st.st_size);
     if (size != 0) {  // the creator sets the whole size in one posix_fallocate
       const std::size_t capacity = size > kHeaderBytes ? size - kHeaderBytes : 0;
       if (capacity < kMinCapacity || capacity > kMaxCapacity || capacity % page_size() != 0) {
-        throw Incompatible("shmq: " + quoted(name) + " is not a shmq queue: a segment of " +
+        throw Incompatible("shmq: " + what + " is not a shmq queue: a segment of " +
                            std::to_string(size) + " bytes");
       }
-      auto mapping = std::make_unique<Mapping>(fd, capacity, name);
+      auto mapping = std::make_unique<Mapping>(fd, capacity, what);
       const std::uint64_t magic = mapping->header().magic.load(std::memory_order_acquire);
       if (magic == kMagic) return mapping;
       if (magic != 0) {
-        throw Incompatible("shmq: " + quoted(name) + " is not a shmq queue (magic " + hex(magic) + ")");
+        throw Incompatible("shmq: " + what + " is not a shmq queue (magic " + hex(magic) + ")");
       }
     }
     if (std::chrono::steady_clock::now() >= give_up) {
-      throw Incompatible("shmq: queue " + quoted(name) +
-                         " was never initialised (did its creator die while creating it?); "
-                         "remove it");
+      throw Incompatible("shmq: " + what + " was never initialised" +
+                         (publication == Publication::may_be_pending
+                              ? " (did its creator die while creating it?); remove it"
+                              : ""));
     }
     std::this_thread::sleep_for(pause);
   }
 }
 
-std::string anonymous_name() {
-  static std::atomic<std::uint64_t> counter{0};
-  static const std::uint32_t salt = std::random_device{}();
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "anon-%d-%llu-%08x", static_cast<int>(getpid()),
-                static_cast<unsigned long long>(counter.fetch_add(1)), salt);
-  return buf;
-}
-
 // Refuses to share a segment that open_or_create did not make and would not have made.
-void check_ownership(int fd, const QueueOptions& options, const std::string& name) {
+void check_ownership(int fd, const QueueOptions& options, const std::string& what) {
   struct stat st;
-  if (fstat(fd, &st) != 0) throw Error("shmq: cannot stat queue " + quoted(name) + ": " + errno_text(errno));
+  if (fstat(fd, &st) != 0) throw Error("shmq: cannot stat " + what + ": " + errno_text(errno));
   if (st.st_uid != geteuid()) {
-    throw Error("shmq: queue " + quoted(name) + " belongs to uid " + std::to_string(st.st_uid) +
+    throw Error("shmq: " + what + " belongs to uid " + std::to_string(st.st_uid) +
                 ", not to this user (uid " + std::to_string(geteuid()) + "): refusing to use it");
   }
   const auto mode = static_cast<unsigned>(st.st_mode & 0777);
@@ -245,11 +304,128 @@ void check_ownership(int fd, const QueueOptions& options, const std::string& nam
     char buf[64];
     std::snprintf(buf, sizeof buf, "mode %04o, wider than the %04o asked for", mode,
                   static_cast<unsigned>(options.mode));
-    throw Error("shmq: queue " + quoted(name) + " has " + buf + ": refusing to use it");
+    throw Error("shmq: " + what + " has " + buf + ": refusing to use it");
   }
 }
 
+// A failed call that takes a descriptor (memfd_create, open), explained.
+[[noreturn]] void throw_descriptor_error(int err, const std::string& doing,
+                                         const std::string& what) {
+  std::string why = errno_text(err);
+  if (err == EMFILE) {
+    rlimit limit{};
+    getrlimit(RLIMIT_NOFILE, &limit);
+    why += " (this process has all of its RLIMIT_NOFILE of " + std::to_string(limit.rlim_cur) +
+           " descriptors open; the creator of an unnamed queue keeps one per queue it holds)";
+  } else if (err == ENFILE) {
+    why += " (the system's table of open files is full)";
+  }
+  throw Error("shmq: cannot " + doing + " " + what + ": " + why);
+}
+
+// ---- Unnamed queues.
+//
+// What identifies one: its creator (pid and start time: pids are recycled), a counter of the
+// creator's unnamed queues, and the creator's descriptor for its memfd. The memfd is named after
+// the first three, so an opener can check, through /proc, that the descriptor is still that memfd.
+struct UnnamedId {
+  pid_t pid;
+  std::uint64_t counter;
+  std::uint64_t start_ticks;
+  int fd;
+};
+
+constexpr std::uint64_t kMaxPid = 4194304;  // PID_MAX_LIMIT on 64-bit Linux
+
+std::string memfd_name(const UnnamedId& id) {
+  return "shmq.unnamed." + std::to_string(id.pid) + "." + std::to_string(id.counter);
+}
+
+// How /proc shows the memfd as a descriptor's target.
+std::string memfd_link_target(const UnnamedId& id) {
+  return "/memfd:" + memfd_name(id) + " (deleted)";
+}
+
+std::string unnamed_label(const UnnamedId& id) {
+  return "unnamed queue (pid " + std::to_string(id.pid) + ", #" + std::to_string(id.counter) + ")";
+}
+
+std::string unnamed_name(const UnnamedId& id) {
+  return std::string(kUnnamedPrefix) + std::to_string(id.pid) + "/" + std::to_string(id.fd) + "/" +
+         std::to_string(id.counter) + "/" + std::to_string(id.start_ticks);
+}
+
+// A memfd for an unnamed queue. Close-on-exec: a program this process execs must neither keep the
+// queue alive nor use it. Never executable (MFD_NOEXEC_SEAL, Linux 6.3 on: a system set to
+// vm.memfd_noexec = 2 refuses memfds without it); older kernels reject the flag, and get none.
+int make_memfd(const UnnamedId& id) {
+  constexpr unsigned kNoExecSeal = 0x0008U;  // MFD_NOEXEC_SEAL, missing from older headers
+  const unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+  const int fd = memfd_create(memfd_name(id).c_str(), flags | kNoExecSeal);
+  if (fd >= 0 || errno != EINVAL) return fd;
+  return memfd_create(memfd_name(id).c_str(), flags);
+}
+
+// Takes one field of an unnamed queue's name off the front of `rest`: decimal digits up to the
+// next '/' (or the end, for the last), no sign, no leading zero, at most `max`.
+bool take_field(std::string_view& rest, bool last, std::uint64_t max, std::uint64_t& value) {
+  const std::size_t end = last ? rest.size() : rest.find('/');
+  if (end == std::string_view::npos || end == 0 || (end > 1 && rest[0] == '0')) return false;
+  const char* const stop = rest.data() + end;
+  const auto [ptr, ec] = std::from_chars(rest.data(), stop, value);
+  if (ec != std::errc() || ptr != stop || value > max) return false;
+  rest.remove_prefix(last ? end : end + 1);
+  return true;
+}
+
+// Parses the name() of an unnamed queue's handle; throws InvalidArgument for anything else.
+UnnamedId parse_unnamed(std::string_view name) {
+  std::string_view rest = name.substr(kUnnamedPrefix.size());
+  std::uint64_t pid = 0, fd = 0, counter = 0, start_ticks = 0;
+  if (!take_field(rest, false, kMaxPid, pid) || pid == 0 ||
+      !take_field(rest, false, INT32_MAX, fd) || !take_field(rest, false, UINT64_MAX, counter) ||
+      counter == 0 || !take_field(rest, true, UINT64_MAX, start_ticks)) {
+    throw InvalidArgument("shmq: " + quoted(std::string(name.substr(0, 100))) +
+                          " is not an unnamed queue's name (unnamed/PID/FD/COUNTER/START)");
+  }
+  return {static_cast<pid_t>(pid), counter, start_ticks, static_cast<int>(fd)};
+}
+
+// A symbolic link's target (for /proc's magic links: what the descriptor is); sets errno and
+// returns nullopt if it cannot be read.
+std::optional<std::string> link_target(const std::string& path) {
+  char buf[512];
+  const ssize_t n = readlink(path.c_str(), buf, sizeof buf);
+  if (n < 0) return std::nullopt;
+  if (static_cast<std::size_t>(n) == sizeof buf) return std::string();  // too long to be ours
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
 }  // namespace
+
+// The creator's descriptor for an unnamed queue's memfd: what lets another process open it.
+class Segment::Descriptor {
+ public:
+  explicit Descriptor(int fd) : fd_(fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) throw Error("shmq: cannot stat a new memfd: " + errno_text(errno));
+    device_ = st.st_dev;
+    inode_ = st.st_ino;
+  }
+  Descriptor(const Descriptor&) = delete;
+  Descriptor& operator=(const Descriptor&) = delete;
+  // A forked child inherits the descriptor with the Segment and closes its copy too, unless the
+  // number now stands for another file (the child closed ours itself).
+  ~Descriptor() {
+    struct stat st;
+    if (fstat(fd_, &st) == 0 && st.st_dev == device_ && st.st_ino == inode_) close(fd_);
+  }
+
+ private:
+  int fd_;
+  dev_t device_;
+  ino_t inode_;
+};
 
 TypeTag make_type_tag(const char* mangled_name) {
   std::uint64_t hash = 0xcbf29ce484222325ULL;  // FNV-1a, 64 bits
@@ -269,6 +445,9 @@ std::string validate_name(std::string_view name) {
     problem = "is longer than 250 bytes";
   } else if (name == "." || name == "..") {
     problem = "is '.' or '..'";
+  } else if (shown.rfind(kUnnamedPrefix, 0) == 0) {
+    problem =
+        "is an unnamed queue's: only open() takes it, and an unnamed queue has nothing to remove";
   } else if (name.find('/') != std::string_view::npos) {
     problem = "holds a '/' after the first character";
   } else if (name.find('\0') != std::string_view::npos) {
@@ -279,50 +458,82 @@ std::string validate_name(std::string_view name) {
 }
 static_assert(kMaxNameBytes == 250, "validate_name's message states the limit");
 
-Segment::Segment(std::string name, std::unique_ptr<Mapping> mapping, bool remove_on_close)
+std::string mapped_file(std::string_view name) {
+  if (name.rfind(kUnnamedPrefix, 0) == 0) return "/memfd:" + memfd_name(parse_unnamed(name));
+  return "/dev/shm" + shm_path(validate_name(name));
+}
+
+std::optional<std::uint64_t> process_start_ticks(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return std::nullopt;
+  // Field 22 is starttime; the command name (field 2) may hold spaces and ')', so count from the
+  // last ')'.
+  const auto close = line.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  const char* p = line.c_str() + close + 1;
+  for (int field = 3; field < 22 && p != nullptr; ++field) p = std::strchr(p + 1, ' ');
+  unsigned long long ticks = 0;
+  if (p == nullptr || std::sscanf(p, " %llu", &ticks) != 1) return std::nullopt;
+  return ticks;
+}
+
+Segment::Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,
+                 std::unique_ptr<Descriptor> kept)
     : name_(std::move(name)),
+      label_(std::move(label)),
+      description_(name_.rfind(kUnnamedPrefix, 0) == 0 ? label_ : described(label_)),
       mapping_(std::move(mapping)),
       header_(&mapping_->header()),
       type_name_(header_->type_name, strnlen(header_->type_name, sizeof header_->type_name)),
       ring_(*header_, mapping_->ring(), static_cast<std::uint32_t>(mapping_->capacity()),
-            static_cast<std::uint32_t>(header_->maxsize), header_->spin_polls, name_),
-      remover_pid_(remove_on_close ? getpid() : 0) {}
+            static_cast<std::uint32_t>(header_->maxsize), header_->spin_polls, label_),
+      kept_(std::move(kept)) {}
 
-Segment::~Segment() {
-  if (remover_pid_ == getpid()) shm_unlink(shm_path(name_).c_str());
-}
-
+Segment::~Segment() = default;
 
 std::shared_ptr<Segment> Segment::create(std::string_view raw_name, const QueueOptions& options,
                                          const TypeTag& type) {
   const std::string name = validate_name(raw_name);
-  const CheckedOptions sizes = check_options(options, name);
+  const std::string what = described(name);
+  const CheckedOptions sizes = check_options(options, what);
   bip::shared_memory_object shm;
   try {
     shm = bip::shared_memory_object(bip::create_only, shm_path(name).c_str(), bip::read_write,
                                     bip::permissions(static_cast<int>(options.mode)));
   } catch (const bip::interprocess_exception& e) {
-    if (native_error(e) == EEXIST) throw AlreadyExists("shmq: queue " + quoted(name) + " already exists");
-    throw Error("shmq: cannot create queue " + quoted(name) + ": " + errno_text(native_error(e)));
+    if (native_error(e) == EEXIST) throw AlreadyExists("shmq: " + what + " already exists");
+    throw Error("shmq: cannot create " + what + ": " + errno_text(native_error(e)));
   }
-  RemoveUnlessReleased undo(name);
+  RemoveUnlessReleased undo(name);  // whatever fails below leaves nothing at the name
   const int fd = shm.get_mapping_handle().handle;
-  const std::size_t file_bytes = kHeaderBytes + sizes.capacity;
-  // Reserve every page now: a full /dev/shm is an error here, never a SIGBUS in a later put.
-  if (const int err = posix_fallocate(fd, 0, static_cast<off_t>(file_bytes)); err != 0) {
-    throw Error("shmq: cannot reserve " + std::to_string(file_bytes) + " bytes for queue " +
-                quoted(name) + " in /dev/shm: " + errno_text(err));
-  }
-  auto mapping = std::make_unique<Mapping>(fd, sizes.capacity, name);
-  init_header(mapping->header(), sizes, options, type);
+  reserve(fd, kHeaderBytes + sizes.capacity, what + " in /dev/shm");
+  auto mapping = initialise(fd, sizes, options, type, what);
+  auto segment = std::shared_ptr<Segment>(new Segment(name, name, std::move(mapping), nullptr));
   undo.release();
-  return std::shared_ptr<Segment>(new Segment(name, std::move(mapping), false));
+  return segment;
 }
 
 std::shared_ptr<Segment> Segment::create_anonymous(const QueueOptions& options, const TypeTag& type) {
-  auto segment = create(anonymous_name(), options, type);
-  segment->remover_pid_ = getpid();
-  return segment;
+  static std::atomic<std::uint64_t> made{0};
+  UnnamedId id{getpid(), made.fetch_add(1, std::memory_order_relaxed) + 1,
+               process_start_ticks(getpid()).value_or(0), -1};
+  const std::string what = unnamed_label(id);
+  const CheckedOptions sizes = check_options(options, what);
+  UniqueFd memfd(make_memfd(id));
+  if (memfd.get() < 0) throw_descriptor_error(errno, "create", what);
+  reserve(memfd.get(), kHeaderBytes + sizes.capacity, what);
+  // Sealed at its size: no process can shrink it under another's mapping (which would SIGBUS it),
+  // grow it, or change the seals.
+  if (fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    throw Error("shmq: cannot seal " + what + ": " + errno_text(errno));
+  }
+  auto mapping = initialise(memfd.get(), sizes, options, type, what);
+  id.fd = memfd.get();
+  auto kept = std::make_unique<Descriptor>(memfd.get());
+  memfd.release();
+  return std::shared_ptr<Segment>(
+      new Segment(unnamed_name(id), what, std::move(mapping), std::move(kept)));
 }
 
 namespace {
@@ -333,23 +544,85 @@ bip::shared_memory_object open_file(const std::string& name) {
     return bip::shared_memory_object(bip::open_only, shm_path(name).c_str(), bip::read_write);
   } catch (const bip::interprocess_exception& e) {
     if (native_error(e) == ENOENT) throw NotFound("shmq: no queue named " + quoted(name));
-    throw Error("shmq: cannot open queue " + quoted(name) + ": " + errno_text(native_error(e)));
+    throw Error("shmq: cannot open " + described(name) + ": " + errno_text(native_error(e)));
   }
+}
+
+// Opens an unnamed queue's memfd through its creator's descriptor, checking before the open that
+// the descriptor is that memfd (never opening a FIFO, a device or another file that took its
+// number), and after it that what was opened is still that memfd, sealed at its size.
+UniqueFd open_unnamed(const UnnamedId& id, const std::string& what) {
+  const auto gone = [&](const std::string& why) {
+    return NotFound("shmq: " + what + " cannot be opened: " + why);
+  };
+  const auto check_creator_runs = [&] {
+    if (process_start_ticks(id.pid) != id.start_ticks) {
+      throw gone(
+          "its creator has exited (an unnamed queue opens by name only while its creator holds "
+          "it)");
+    }
+  };
+  check_creator_runs();
+  const std::string link = "/proc/" + std::to_string(id.pid) + "/fd/" + std::to_string(id.fd);
+  const std::string expected = memfd_link_target(id);
+  const auto target = link_target(link);
+  if (!target) {
+    if (errno == EACCES || errno == EPERM) {
+      throw Error("shmq: cannot open " + what + ": " + link + " is closed to this process (" +
+                  errno_text(errno) + "): its creator runs as another user, or is not dumpable");
+    }
+    throw gone("its creator no longer holds it");
+  }
+  if (*target != expected)
+    throw gone("its creator no longer holds it (descriptor " + std::to_string(id.fd) +
+               " is another file)");
+  UniqueFd fd(open(link.c_str(), O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) throw gone("its creator no longer holds it");
+    throw_descriptor_error(errno, "open", what);
+  }
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      link_target("/proc/self/fd/" + std::to_string(fd.get())) != expected) {
+    throw gone("its creator no longer holds it (descriptor " + std::to_string(id.fd) +
+               " changed while it was opened)");
+  }
+  // The creator ran before the look and still runs after the open, so the pid was never recycled
+  // in between: what was opened is the creator's memfd, not a namesake of a later process.
+  check_creator_runs();
+  constexpr int kSealedSize = F_SEAL_SHRINK | F_SEAL_GROW;
+  const int seals = fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & kSealedSize) != kSealedSize) {
+    throw Incompatible("shmq: " + what +
+                       " is not a shmq queue: its memfd is not sealed at its size");
+  }
+  return fd;
 }
 
 }  // namespace
 
 std::shared_ptr<Segment> Segment::open(std::string_view raw_name, const TypeTag* type) {
+  if (raw_name.rfind(kUnnamedPrefix, 0) == 0) {
+    const UnnamedId id = parse_unnamed(raw_name);
+    const std::string what = unnamed_label(id);
+    const UniqueFd fd = open_unnamed(id, what);
+    auto mapping = map_published(fd.get(), what, Publication::done);
+    validate_header(mapping->header(), mapping->capacity(), type, what);
+    return std::shared_ptr<Segment>(
+        new Segment(std::string(raw_name), what, std::move(mapping), nullptr));
+  }
   const std::string name = validate_name(raw_name);
+  const std::string what = described(name);
   const bip::shared_memory_object shm = open_file(name);
-  auto mapping = map_published(shm.get_mapping_handle().handle, name);
-  validate_header(mapping->header(), mapping->capacity(), type, name);
-  return std::shared_ptr<Segment>(new Segment(name, std::move(mapping), false));
+  auto mapping = map_published(shm.get_mapping_handle().handle, what, Publication::may_be_pending);
+  validate_header(mapping->header(), mapping->capacity(), type, what);
+  return std::shared_ptr<Segment>(new Segment(name, name, std::move(mapping), nullptr));
 }
 
 std::shared_ptr<Segment> Segment::open_or_create(std::string_view raw_name,
                                                  const QueueOptions& options, const TypeTag& type) {
   const std::string name = validate_name(raw_name);
+  const std::string what = described(name);
   for (;;) {
     try {
       return create(name, options, type);
@@ -358,10 +631,10 @@ std::shared_ptr<Segment> Segment::open_or_create(std::string_view raw_name,
     try {
       const bip::shared_memory_object shm = open_file(name);
       const int fd = shm.get_mapping_handle().handle;
-      check_ownership(fd, options, name);
-      auto mapping = map_published(fd, name);
-      validate_header(mapping->header(), mapping->capacity(), &type, name);
-      return std::shared_ptr<Segment>(new Segment(name, std::move(mapping), false));
+      check_ownership(fd, options, what);
+      auto mapping = map_published(fd, what, Publication::may_be_pending);
+      validate_header(mapping->header(), mapping->capacity(), &type, what);
+      return std::shared_ptr<Segment>(new Segment(name, name, std::move(mapping), nullptr));
     } catch (const NotFound&) {
       // Removed between our create and our open: race again.
     }
@@ -372,7 +645,7 @@ bool Segment::remove(std::string_view raw_name) {
   const std::string name = validate_name(raw_name);
   if (shm_unlink(shm_path(name).c_str()) == 0) return true;
   if (errno == ENOENT) return false;
-  throw Error("shmq: cannot remove queue " + quoted(name) + ": " + errno_text(errno));
+  throw Error("shmq: cannot remove " + described(name) + ": " + errno_text(errno));
 }
 
 QueueStats Segment::stats() const {
@@ -421,8 +694,8 @@ std::size_t remove_segments_with_prefix(std::string_view prefix) {
 }
 
 void Segment::throw_too_large(std::size_t bytes) const {
-  throw MessageTooLarge("shmq: a message of " + std::to_string(bytes) + " bytes can never fit queue " +
-                        quoted(name_) + ": its ring of " + std::to_string(ring_.capacity()) +
+  throw MessageTooLarge("shmq: a message of " + std::to_string(bytes) + " bytes can never fit " +
+                        description_ + ": its ring of " + std::to_string(ring_.capacity()) +
                         " bytes holds messages of at most " + std::to_string(ring_.max_payload()) +
                         " bytes");
 }
@@ -441,21 +714,21 @@ std::string how_long(const Deadline& deadline, const char* call) {
 
 void Segment::throw_put_failure(Outcome outcome, const Deadline& deadline, const char* call) const {
   if (outcome == Outcome::shut_down) {
-    throw ShutDown("shmq: queue " + quoted(name_) + " is shut down: " + call + " refused");
+    throw ShutDown("shmq: " + description_ + " is shut down: " + call + " refused");
   }
   const Occupancy now = ring_.occupancy();
   const std::string limit =
       ring_.maxsize() != 0 ? " (maxsize " + std::to_string(ring_.maxsize()) + ")" : "";
-  throw Full("shmq: queue " + quoted(name_) + " is full: " + std::to_string(now.messages) +
-             " messages" + limit + ", " + std::to_string(now.bytes) + " of " +
-             std::to_string(ring_.capacity()) + " bytes used" + how_long(deadline, call));
+  throw Full("shmq: " + description_ + " is full: " + std::to_string(now.messages) + " messages" +
+             limit + ", " + std::to_string(now.bytes) + " of " + std::to_string(ring_.capacity()) +
+             " bytes used" + how_long(deadline, call));
 }
 
 void Segment::throw_get_failure(Outcome outcome, const Deadline& deadline, const char* call) const {
   if (outcome == Outcome::shut_down) {
-    throw ShutDown("shmq: queue " + quoted(name_) + " is shut down and drained: " + call + " refused");
+    throw ShutDown("shmq: " + description_ + " is shut down and drained: " + call + " refused");
   }
-  throw Empty("shmq: queue " + quoted(name_) + " is empty" + how_long(deadline, call));
+  throw Empty("shmq: " + description_ + " is empty" + how_long(deadline, call));
 }
 
 }  // namespace shmq::detail

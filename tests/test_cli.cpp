@@ -8,8 +8,10 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <map>
 #include <string>
 
+#include "shmq/inspect.hpp"
 #include "shmq/shmq.hpp"
 #include "support.hpp"
 
@@ -69,6 +71,51 @@ TEST_CASE("shmq ls lists each queue with its figures, and marks segments it cann
   CHECK(r.out.find("not a shmq queue") != std::string::npos);
 }
 
+TEST_CASE("shmq ls shows a short type name; stat and --json the full one", "[cli]") {
+  NameGuard jobs(unique_name("types"));
+  auto q = Queue<std::map<std::string, int>>::create(jobs.name());
+  const std::string full = q.stats().type_name;
+  REQUIRE(full.rfind("std::map<std::__cxx11::basic_string<char", 0) == 0);
+
+  const auto ls = shmq_cli("ls");
+  const auto line_start = ls.out.find(jobs.name());
+  REQUIRE(line_start != std::string::npos);
+  const std::string line = ls.out.substr(line_start, ls.out.find('\n', line_start) - line_start);
+  CHECK(line.size() < 160);
+  CHECK(line.substr(line.size() - std::string("  std::map<std::string, int>").size()) ==
+        "  std::map<std::string, int>");
+  CHECK(shmq_cli("stat " + jobs.name()).out.find("type:                " + full + "\n") !=
+        std::string::npos);
+  CHECK(shmq_cli("ls --json").out.find("\"type\": \"" + full + "\"") != std::string::npos);
+}
+
+TEST_CASE("short type names drop what the standard library adds, and mark a cut name", "[cli]") {
+  using shmq::short_type_name;
+  const std::string string =
+      "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >";
+  CHECK(short_type_name("int") == "int");
+  CHECK(short_type_name(string) == "std::string");
+  CHECK(short_type_name("std::vector<int, std::allocator<int> >") == "std::vector<int>");
+  CHECK(short_type_name("std::vector<" + string + ", std::allocator<" + string + " > >") ==
+        "std::vector<std::string>");
+  CHECK(short_type_name(
+            "std::unordered_map<int, std::vector<double, std::allocator<double> >, std::hash<int>, "
+            "std::equal_to<int>, std::allocator<std::pair<int const, std::vector<double, "
+            "std::allocator<double> > > > >") == "std::unordered_map<int, std::vector<double>>");
+  CHECK(short_type_name("std::array<int, 3ul>") == "std::array<int, 3>");
+  CHECK(short_type_name("std::pair<int, std::__cxx11::list<int, std::allocator<int> > >") ==
+        "std::pair<int, std::list<int>>");
+  // Cut inside a default argument: nothing of meaning was lost.
+  const std::string map = "std::map<" + string + ", int, std::less<" + string +
+                          " >, std::allocator<std::pair<" + string + " const, int> > >";
+  CHECK(short_type_name(map.substr(0, 255)) == "std::map<std::string, int>");
+  // Cut inside a type the reader needs: say so.
+  CHECK(short_type_name("Outer<std::vector<int, std::allocator<int> >, Inner<lo") ==
+        "Outer<std::vector<int>, Inner<lo...");
+  // Not ours to drop: a comparator or allocator that is not the last argument stays.
+  CHECK(short_type_name("Table<std::less<int>, int>") == "Table<std::less<int>, int>");
+}
+
 TEST_CASE("shmq ls --json and stat --json give every figure", "[cli]") {
   NameGuard jobs(unique_name("json"));
   auto q = Queue<long>::create(jobs.name());
@@ -98,6 +145,19 @@ TEST_CASE("shmq stat shows the counters since creation", "[cli]") {
   CHECK(r.out.find("get timeouts:        1") != std::string::npos);
   CHECK(r.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") != std::string::npos);
   CHECK(r.out.find("locks now:           put free, get free") != std::string::npos);
+}
+
+TEST_CASE("shmq stat opens an unnamed queue by its handle's name; ls does not list it", "[cli]") {
+  Queue<int> q;
+  q.put(1);
+  q.put(2);
+  const auto stat = shmq_cli("stat " + q.name());
+  CHECK(stat.status == 0);
+  CHECK(stat.out.find("messages:            2") != std::string::npos);
+  CHECK(stat.out.find("mapped by:           1 process(es) (" + std::to_string(getpid()) + ")") !=
+        std::string::npos);
+  CHECK(shmq_cli("ls").out.find(q.name()) == std::string::npos);
+  CHECK(shmq_cli("ls --help").out.find("Unnamed queues") != std::string::npos);
 }
 
 TEST_CASE("shmq exits 1 with a clear message for a missing queue or a foreign segment", "[cli]") {
@@ -156,6 +216,44 @@ TEST_CASE("shmq rm --stale removes a queue left by a killed process, and only su
   CHECK_FALSE(segment_exists(stale.name()));
   CHECK(segment_exists(live.name()));
   CHECK(segment_exists(held.name()));
+}
+
+TEST_CASE("shmq rm --stale keeps a stale queue that holds messages unless told to remove it",
+          "[cli]") {
+  const std::string prefix = unique_name("pending");
+  NameGuard pending(prefix + "-work");
+  NameGuard drained(prefix + "-done");
+  Queue<int> ready;
+  shmq::test::Child producer([&] {
+    auto work = Queue<int>::create(pending.name());
+    for (int i = 0; i < 5; ++i) work.put(i);
+    Queue<int>::create(drained.name());
+    ready.put(1);
+  });
+  ready.get();
+  REQUIRE(producer.succeeded());  // named queues outlive their producer: that is what they are for
+
+  const auto kept = shmq_cli("rm --stale " + prefix);
+  CHECK(kept.status == 0);
+  CHECK(kept.out.find("removed " + drained.name()) != std::string::npos);
+  CHECK(kept.out.find("skipped " + pending.name() + ": it holds 5 messages") != std::string::npos);
+  CHECK(kept.out.find("--with-messages") != std::string::npos);
+  CHECK(segment_exists(pending.name()));
+  CHECK_FALSE(segment_exists(drained.name()));
+
+  const auto removed = shmq_cli("rm --stale --with-messages " + prefix);
+  CHECK(removed.status == 0);
+  CHECK(removed.out.find("removed " + pending.name() + " with its 5 messages") !=
+        std::string::npos);
+  CHECK_FALSE(segment_exists(pending.name()));
+}
+
+TEST_CASE("shmq rm --stale says so when there is nothing to remove", "[cli]") {
+  const auto r = shmq_cli("rm --stale " + unique_name("nothing"));
+  CHECK(r.status == 0);
+  CHECK(r.out.find("no stale queues") != std::string::npos);
+  const auto help = shmq_cli("rm --help");
+  CHECK(help.out.find("--with-messages") != std::string::npos);
 }
 
 TEST_CASE("shmq watch prints one line per interval when piped", "[cli]") {

@@ -1,11 +1,12 @@
 // shmq: see, watch and clean up shmq queues.
 //
-//   shmq ls [--json]                           every shmq queue on this machine
+//   shmq ls [--json]                           every named shmq queue on this machine
 //   shmq stat NAME [--json]                    one queue's state and its counters since creation
 //   shmq watch NAME [--interval SECONDS] [--count N]   live depth and rates
 //   shmq rm NAME...                            remove queues by name
-//   shmq rm --stale [PREFIX]                   remove queues whose creator is dead and that no live
-//                                              process maps (only names starting with PREFIX)
+//   shmq rm --stale [--with-messages] [PREFIX] remove queues whose creator is dead and that no live
+//                                              process maps (only names starting with PREFIX);
+//                                              those holding messages only with --with-messages
 //
 // Exit status: 0 success; 1 failure (a queue not found, not a shmq queue, not permitted); 2 usage.
 #include <signal.h>
@@ -34,15 +35,17 @@ const char* const kUsageText =
     "usage: shmq <command> [options]\n"
     "\n"
     "commands:\n"
-    "  ls [--json]                      list every shmq queue on this machine\n"
+    "  ls [--json]                      list every named shmq queue on this machine\n"
     "  stat NAME [--json]               one queue's state and counters since creation\n"
     "  watch NAME [--interval SECONDS] [--count N]\n"
     "                                   live depth and rates; in place on a terminal,\n"
     "                                   one line per interval when piped\n"
     "  rm NAME...                       remove queues by name\n"
-    "  rm --stale [PREFIX]              remove queues whose creator is dead and that no\n"
+    "  rm --stale [--with-messages] [PREFIX]\n"
+    "                                   remove queues whose creator is dead and that no\n"
     "                                   live process maps (with PREFIX, only names that\n"
-    "                                   start with it); lists what it removed\n"
+    "                                   start with it); lists what it removed; keeps (and\n"
+    "                                   lists) those holding messages unless --with-messages\n"
     "\n"
     "`shmq COMMAND --help` describes one command. Exit status: 0 success, 1 failure, 2 usage.\n";
 
@@ -121,9 +124,14 @@ int ls(const std::vector<std::string>& args) {
   bool json = false;
   for (const auto& a : args) {
     if (a == "--help") {
-      std::printf("usage: shmq ls [--json]\n\nLists every shmq queue (/dev/shm/shmq.*): messages, bytes used of the\n"
-                  "capacity, maxsize, mode, creator pid and whether it runs, processes mapping it, type.\n"
-                  "Segments it cannot read are listed with the reason.\n");
+      std::printf(
+          "usage: shmq ls [--json]\n\n"
+          "Lists every named shmq queue (/dev/shm/shmq.*): messages, bytes used of the\n"
+          "capacity, maxsize, mode, creator pid and whether it runs, processes mapping it, and\n"
+          "the message type, shortened (std::string, std::vector<int>): `stat` and --json give\n"
+          "its full name. Segments it cannot read are listed with the reason. Unnamed queues\n"
+          "have no file in /dev/shm and are not listed; `shmq stat` opens one by the name()\n"
+          "of a handle to it, while its creator holds it.\n");
       return kOk;
     }
     if (a != "--json") return usage_error("ls: unknown option " + a);
@@ -145,8 +153,9 @@ int ls(const std::vector<std::string>& args) {
         const std::string creator = std::to_string(s.creator_pid) + (u.creator_alive ? " alive" : " dead");
         std::printf("%-32s %9llu %23s %8llu %5s %-16s %7zu  %s\n", name.c_str(),
                     static_cast<unsigned long long>(s.messages), used.c_str(),
-                    static_cast<unsigned long long>(s.maxsize), octal(s.mode).c_str(), creator.c_str(),
-                    u.mapped_by.size(), s.type_name.c_str());
+                    static_cast<unsigned long long>(s.maxsize), octal(s.mode).c_str(),
+                    creator.c_str(), u.mapped_by.size(),
+                    shmq::short_type_name(s.type_name).c_str());
       }
     } catch (const std::exception& e) {
       if (json) {
@@ -279,33 +288,71 @@ int watch(const std::vector<std::string>& args) {
 
 // ---- rm
 
+// `rm --stale [--with-messages] [PREFIX]`: removes the queues nobody can be using any more. A named
+// queue exists to outlive its producers, so one that still holds messages is pending work, not
+// litter: it is kept (and said so) unless --with-messages asks for it.
+int rm_stale(const std::vector<std::string>& args) {
+  bool with_messages = false;
+  std::string prefix;
+  bool have_prefix = false;
+  for (const auto& a : args) {
+    if (a == "--with-messages") {
+      with_messages = true;
+    } else if (!have_prefix && a.rfind("--", 0) != 0) {
+      prefix = a;
+      have_prefix = true;
+    } else {
+      return usage_error("rm --stale: unexpected argument " + a);
+    }
+  }
+  int status = kOk;
+  std::size_t removed = 0;
+  std::size_t skipped = 0;
+  for (const auto& name : shmq::list_queues()) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    try {
+      const auto s = shmq::inspect(name);
+      const auto u = shmq::queue_users(s);
+      if (u.creator_alive || !u.mapped_by.empty()) continue;
+      const std::string why =
+          "creator pid " + std::to_string(s.creator_pid) + " is dead; no process maps it";
+      if (s.messages != 0 && !with_messages) {
+        std::printf("skipped %s: it holds %llu messages (%s); --with-messages removes it too\n",
+                    name.c_str(), static_cast<unsigned long long>(s.messages), why.c_str());
+        ++skipped;
+      } else if (shmq::Queue<char>::remove(name)) {
+        const std::string lost = s.messages != 0
+                                     ? " with its " + std::to_string(s.messages) + " messages"
+                                     : std::string();
+        std::printf("removed %s%s (%s)\n", name.c_str(), lost.c_str(), why.c_str());
+        ++removed;
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shmq rm: %s: %s\n", name.c_str(), e.what());
+      status = kFailed;
+    }
+  }
+  if (removed == 0 && skipped == 0 && status == kOk) {
+    std::printf("no stale queues%s: nothing removed\n",
+                prefix.empty() ? "" : (" starting with " + prefix).c_str());
+  }
+  return status;
+}
+
 int rm(const std::vector<std::string>& args) {
   if (args.empty()) return usage_error("rm: which queues? (names, or --stale)");
   if (args.size() == 1 && args[0] == "--help") {
-    std::printf("usage: shmq rm NAME...\n       shmq rm --stale [PREFIX]\n\nRemoves queues by name (processes that have them open keep using them), or,\n"
-                "with --stale, every queue whose creator is dead and that no live process maps\n"
-                "(only those whose names start with PREFIX, if given), listing what it removed.\n");
+    std::printf(
+        "usage: shmq rm NAME...\n       shmq rm --stale [--with-messages] [PREFIX]\n\n"
+        "Removes queues by name (processes that have them open keep using them), or,\n"
+        "with --stale, every queue whose creator is dead and that no live process maps\n"
+        "(only those whose names start with PREFIX, if given), listing what it removed.\n"
+        "A stale queue that still holds messages is kept, and listed as skipped with its\n"
+        "message count: named queues exist to outlive their producers. --with-messages\n"
+        "removes those too, messages and all.\n");
     return kOk;
   }
-  if (args[0] == "--stale") {
-    if (args.size() > 2) return usage_error("rm --stale takes at most one PREFIX");
-    const std::string prefix = args.size() == 2 ? args[1] : "";
-    int status = kOk;
-    for (const auto& name : shmq::list_queues()) {
-      if (name.compare(0, prefix.size(), prefix) != 0) continue;
-      try {
-        const auto s = shmq::inspect(name);
-        const auto u = shmq::queue_users(s);
-        if (!u.creator_alive && u.mapped_by.empty() && shmq::Queue<char>::remove(name)) {
-          std::printf("removed %s (creator pid %d is dead; no process maps it)\n", name.c_str(), s.creator_pid);
-        }
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "shmq rm: %s: %s\n", name.c_str(), e.what());
-        status = kFailed;
-      }
-    }
-    return status;
-  }
+  if (args[0] == "--stale") return rm_stale({args.begin() + 1, args.end()});
   int status = kOk;
   for (const auto& name : args) {
     if (name.rfind("--", 0) == 0) return usage_error("rm: unexpected option " + name);

@@ -10,8 +10,9 @@ namespace shmq {
 
 // A snapshot: each field is exact when read, but the fields are not read at one instant.
 struct QueueStats {
-  std::string name;
-  std::string type_name;          // the message type, as the creator named it
+  std::string name;       // as opened: a named queue's name, or an unnamed one's handle name
+  std::string type_name;  // the message type, as the creator named it (its first 255
+                          // bytes); short_type_name() in inspect.hpp shortens it
   std::uint64_t messages = 0;     // queued now
   std::uint64_t bytes_used = 0;   // ring bytes queued now, frame headers included
   std::uint64_t capacity_bytes = 0;

@@ -1,11 +1,12 @@
 // One mapped queue segment: creating, opening, validating and removing it. Internal.
 #pragma once
 
+#include <sys/types.h>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/layout.hpp"
@@ -27,9 +28,25 @@ TypeTag make_type_tag(const char* mangled_name);
 inline constexpr std::string_view kSegmentPrefix = "shmq.";
 inline constexpr std::size_t kMaxNameBytes = 255 - kSegmentPrefix.size();
 
+// An unnamed queue has no file in /dev/shm: it is a memfd, gone when the last process holding it
+// (by descriptor or mapping) ends. Its handle's name(), which travels through queues, reads
+//   unnamed/<creator pid>/<descriptor in the creator>/<counter>/<creator start time in ticks>
+// (a '/' after the first character, which no queue name may hold, so the forms cannot be confused)
+// and is opened through /proc/<pid>/fd/<descriptor> while the creator holds the queue.
+inline constexpr std::string_view kUnnamedPrefix = "unnamed/";
+
 // Checks a queue name and returns it without its optional leading '/'; throws InvalidArgument
 // for an empty name, one over kMaxNameBytes, ".", "..", or one holding '/' or NUL.
 std::string validate_name(std::string_view name);
+
+// How /proc/PID/maps names the file of the queue `name` (named or unnamed), less the " (deleted)"
+// it may carry: /dev/shm/shmq.jobs, /memfd:shmq.unnamed.1234.3. Throws InvalidArgument as open
+// does.
+std::string mapped_file(std::string_view name);
+
+// When process `pid` started, in clock ticks after boot (/proc/PID/stat), or nullopt if there is
+// no such process. With the pid, it names one process for good: pids are recycled, this is not.
+std::optional<std::uint64_t> process_start_ticks(pid_t pid);
 
 // Removes every queue whose name starts with `prefix`; returns how many.
 std::size_t remove_segments_with_prefix(std::string_view prefix);
@@ -41,24 +58,31 @@ class Segment {
   // Makes a new queue at `name`; throws AlreadyExists if the name is taken.
   static std::shared_ptr<Segment> create(std::string_view name, const QueueOptions& options,
                                          const TypeTag& type);
-  // Makes a queue under a fresh unique name that this process removes when its last handle goes.
+  // Makes an unnamed queue: a sealed memfd that vanishes with the last process holding it. This
+  // process keeps its descriptor while it holds the Segment, so that others can open it by name().
+  // Throws Error (naming the limit) when this process has no descriptor left (RLIMIT_NOFILE).
   static std::shared_ptr<Segment> create_anonymous(const QueueOptions& options,
                                                    const TypeTag& type);
-  // Maps an existing queue; throws NotFound, or Incompatible naming what differs. A null `type`
+  // Maps an existing queue, named or unnamed (by the name() of a handle to it); throws NotFound,
+  // InvalidArgument for a malformed name, or Incompatible naming what differs. A null `type`
   // accepts any message type (for inspection, never for puts and gets).
   static std::shared_ptr<Segment> open(std::string_view name, const TypeTag* type);
   // Opens `name` if it exists (refusing one owned by another user, or with a wider mode than
   // options.mode), else creates it. Exactly one of many racing callers creates.
   static std::shared_ptr<Segment> open_or_create(std::string_view name,
                                                  const QueueOptions& options, const TypeTag& type);
-  // Removes the name; processes that have the queue mapped keep using it.
+  // Removes the name; processes that have the queue mapped keep using it. Throws InvalidArgument
+  // for an unnamed queue's name: it has nothing to remove.
   static bool remove(std::string_view name);
 
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
-  ~Segment();  // unmaps; the creator of an anonymous queue also removes its name
+  ~Segment();  // unmaps; the creator of an unnamed queue also closes its descriptor
 
+  // The name it was made or opened with; for an unnamed queue, the form that opens it elsewhere.
   const std::string& name() const noexcept { return name_; }
+  // The queue as error messages name it: `queue 'jobs'`, or `unnamed queue (pid 1234, #3)`.
+  const std::string& description() const noexcept { return description_; }
   const std::string& type_name() const noexcept { return type_name_; }
   Ring& ring() noexcept { return ring_; }
   const Ring& ring() const noexcept { return ring_; }
@@ -76,14 +100,20 @@ class Segment {
                                       const char* call) const;
 
  private:
-  Segment(std::string name, std::unique_ptr<Mapping> mapping, bool remove_on_close);
+  class Descriptor;  // the creator's memfd of an unnamed queue; see segment.cpp
+
+  Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,
+          std::unique_ptr<Descriptor> kept);
 
   std::string name_;
+  std::string label_;        // what the Ring's lock and corruption errors quote: the name, or
+                             // `unnamed queue (pid N, #k)`
+  std::string description_;  // see description()
   std::unique_ptr<Mapping> mapping_;
   SharedHeader* header_;
   std::string type_name_;
   Ring ring_;
-  pid_t remover_pid_;  // the process that removes the name on close, or 0
+  std::unique_ptr<Descriptor> kept_;  // the creator's memfd of an unnamed queue, else null
 };
 
 }  // namespace shmq::detail
