@@ -180,7 +180,7 @@ TEST_CASE("after shutdown(), a blocked join goes on waiting while consumers drai
 
 TEST_CASE("producers using every put form and consumers marking each item done: join returns after the last",
           "[queue][joinable][stress]") {
-  constexpr int kRounds = 200;
+  constexpr int kRounds = 1000;
   constexpr int kItemsPerRound = 6;  // 3 by put_many, then one each by put, try_put_many, put_with
   JoinableQueue<int> q(16);
   Queue<int> done;     // one message per item processed, put before its task_done
