@@ -24,7 +24,7 @@ TEST_CASE("the queue_basics demo prints what the seed's first example prints", "
   bool ok = false;
   const std::string text = run_demo("queue_basics", ok);
   CHECK(ok);
-  CHECK(text.rfind("true\nfalse\ntrue\n3\n消息1\n2\nput_nowait on a full queue: shmq: queue '", 0) == 0);
+  CHECK(text.rfind("true\nfalse\ntrue\n3\n消息1\n2\nput_nowait on a full queue: shmq: unnamed queue (pid ", 0) == 0);
   CHECK(text.find("is full: 3 messages (maxsize 3)") != std::string::npos);
 }
 

@@ -239,7 +239,8 @@ TEST_CASE("a full /dev/shm is a clear error at creation, never a SIGBUS later", 
       return;
     }
     try {
-      Queue<int> q(QueueOptions{.capacity_bytes = 1 << 20});
+      // A named queue: an unnamed one is a memfd, not in /dev/shm, bounded by memory instead.
+      Queue<int>::create(unique_name("full-dev-shm"), {.capacity_bytes = 1 << 20});
       outcome.put("created: no error");
     } catch (const shmq::Error& e) {
       outcome.put(e.what());
