@@ -76,7 +76,13 @@ void follow_parent_death(int sig, pid_t parent) {
   if (options.own_process_group) setpgid(0, 0);
   if (options.on_parent_death != 0) follow_parent_death(options.on_parent_death, parent);
   pthread_sigmask(SIG_SETMASK, options.mask ? &*options.mask : &callers_mask, nullptr);
-  const int code = body() & 0xff;
+  int code = 1;
+  try {
+    code = body() & 0xff;
+  } catch (...) {
+    // Never unwind out of here: the frames above are the parent's, and would run a second time.
+    std::fputs("shmq: a child's body threw; it exits with code 1\n", stderr);
+  }
   recorded->store(code);
   flush_output();
   _exit(code);  // not exit(): the parent's atexit handlers and static destructors are theirs
