@@ -29,15 +29,16 @@ int guard(const std::string& prefix, int owner) {
 }
 
 // The guardian outlives a Ctrl-C, Ctrl-\, Ctrl-Z or hangup that the program itself survives, and a
-// SIGTERM sent to the program's group (a supervisor stopping it): were it to die of one while the
-// program lives, a later crash of the program would leave the queues behind. In a group of its own
-// it is not sent the terminal's signals; ignoring them also covers one sent to it by pid.
+// SIGTERM (a shutdown that signals every process): were it to die of one while the program lives,
+// a later crash of the program would leave the queues behind. In a group of its own it is not sent
+// the terminal's signals; ignoring them also covers one sent to it by pid. It ends only with the
+// program, or by ~Manager's SIGKILL.
 detail::SpawnOptions guardian_options() {
   detail::SpawnOptions options;
   options.own_process_group = true;
-  for (const int sig : {SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP, SIGTERM, SIGPIPE}) {
+  for (const int sig : detail::kTerminalSignals)
     options.dispositions.push_back(detail::Disposition::ignore(sig));
-  }
+  options.dispositions.push_back(detail::Disposition::ignore(SIGTERM));
   return options;
 }
 
@@ -58,8 +59,12 @@ Manager::Manager() : prefix_(unique_prefix()) {
 
 // The queues go first, by this process: the guardian may have been killed (it is then reaped
 // here). Then the guardian, which has nothing left to do, is killed and reaped by guardian_.
-Manager::~Manager() { detail::remove_segments_with_prefix(prefix_); }
+Manager::~Manager() {
+  detail::remove_segments_with_prefix(prefix_);
+}
 
-std::string Manager::next_name() { return prefix_ + std::to_string(++made_); }
+std::string Manager::next_name() {
+  return prefix_ + std::to_string(++made_);
+}
 
 }  // namespace shmq

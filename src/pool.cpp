@@ -6,8 +6,8 @@
 //            manager ────┘ forks and reaps them; posts WorkerLost for the task a dead worker held
 //
 // The pool's processes do not depend on the program's signal dispositions: the manager resets
-// SIGCHLD (an ignored SIGCHLD, or a handler that reaps, would hide its workers' deaths), ignores the
-// signals a terminal sends to the whole group (it follows the owning process through a pidfd
+// SIGCHLD (an ignored SIGCHLD, or a handler that reaps, would hide its workers' deaths), ignores
+// the signals a terminal sends to the whole group (it follows the owning process through a pidfd
 // instead, and so keeps serving a program that survives Ctrl-C), and waits for events with ppoll on
 // pidfds, never blocking elsewhere: a WorkerLost notice that finds the result queue full stays
 // pending and is retried while the manager goes on serving (and obeying terminate()). Workers get
@@ -64,10 +64,6 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> task;  // the task this worker holds, or 0; written by the worker
 };
 
-// Signals whose disposition the manager changes, and a worker restores to the program's before it
-// runs the program's code (the initializer, tasks).
-constexpr int kManagerSignals[] = {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP};
-
 std::size_t usable_cpus() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) == 0) return static_cast<std::size_t>(CPU_COUNT(&set));
@@ -75,9 +71,9 @@ std::size_t usable_cpus() {
   return n > 0 ? static_cast<std::size_t>(n) : 1;
 }
 
+// A child's end, from Child::wait_status().
 std::string describe_end(const std::optional<int>& status) {
-  // The manager resets SIGCHLD, so only a worker that calls exit() in a task can end unrecorded.
-  if (!status) return "ended without a recorded status";
+  if (!status) return "ended by a signal or by exit(), and someone else collected its status";
   if (WIFSIGNALED(*status)) return "was killed by signal " + std::to_string(WTERMSIG(*status));
   return "exited with code " + std::to_string(WEXITSTATUS(*status));
 }
@@ -85,7 +81,9 @@ std::string describe_end(const std::optional<int>& status) {
 // Set by the manager's SIGTERM handler (terminate()); SIGTERM is blocked outside its ppoll.
 volatile sig_atomic_t g_terminating = 0;
 
-extern "C" void on_manager_sigterm(int) { g_terminating = 1; }
+extern "C" void on_manager_sigterm(int) {
+  g_terminating = 1;
+}
 
 }  // namespace
 
@@ -130,7 +128,10 @@ class PoolCore {
         tasks_(sized(options_.queue_bytes)),
         results_(sized(options_.queue_bytes)),
         slots_(map_slots(processes_)) {
-    for (const int sig : kManagerSignals) program_dispositions_.push_back(Disposition::current(sig));
+    // What the manager changes (in start_manager), for the workers to restore.
+    program_dispositions_.push_back(Disposition::current(SIGCHLD));
+    for (const int sig : kTerminalSignals)
+      program_dispositions_.push_back(Disposition::current(sig));
     pthread_sigmask(SIG_BLOCK, nullptr, &program_mask_);
     try {
       start_manager();
@@ -252,7 +253,9 @@ class PoolCore {
   }
 
   // How errors name this pool.
-  std::string name() const { return "shmq::Pool (manager pid " + std::to_string(manager_.pid()) + ")"; }
+  std::string name() const {
+    return "shmq::Pool (manager pid " + std::to_string(manager_.pid()) + ")";
+  }
 
   bool all_arrived(const std::vector<std::uint64_t>& ids) const {
     for (const auto id : ids) {
@@ -277,8 +280,9 @@ class PoolCore {
     }
     if (!first) {
       if (manager_.reap()) {
-        end(State::broken, "the pool's manager process (pid " + std::to_string(manager_.pid()) + ") " +
-            describe_end(manager_.wait_status()) + ": the pool is broken");
+        end(State::broken, "the pool's manager process (pid " + std::to_string(manager_.pid()) +
+                               ") " + describe_end(manager_.wait_status()) +
+                               ": the pool is broken");
         return true;
       }
       return !deadline.expired();
@@ -307,9 +311,7 @@ class PoolCore {
     const int owner = open_own_pidfd(what);
     SpawnOptions options;
     options.dispositions = {Disposition::reset(SIGCHLD)};
-    for (const int sig : {SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP}) {
-      options.dispositions.push_back(Disposition::ignore(sig));
-    }
+    for (const int sig : kTerminalSignals) options.dispositions.push_back(Disposition::ignore(sig));
     // SIGTERM (terminate()) gets the manager's handler at its start; until its ppoll, it waits.
     sigset_t blocked = program_mask_;
     sigaddset(&blocked, SIGTERM);
@@ -356,7 +358,8 @@ class PoolCore {
             undelivered.push_back(std::move(*notice));
           }
           const auto status = workers[i].wait_status();
-          const bool shut_down = status && WIFEXITED(*status) && WEXITSTATUS(*status) == kExitShutDown;
+          const bool shut_down =
+              status && WIFEXITED(*status) && WEXITSTATUS(*status) == kExitShutDown;
           workers[i] = Child();
           if (!shut_down && !g_terminating) {
             workers[i] = spawn_worker(i);
@@ -364,13 +367,15 @@ class PoolCore {
           }
         }
         if (!any_running) return 0;
-        while (!undelivered.empty() && results_.try_put(undelivered.front())) undelivered.pop_front();
+        while (!undelivered.empty() && results_.try_put(undelivered.front()))
+          undelivered.pop_front();
 
         std::vector<pollfd> events{{owner, POLLIN, 0}};
         for (const auto& worker : workers) {
           if (worker.pidfd() >= 0) events.push_back({worker.pidfd(), POLLIN, 0});
         }
-        ppoll(events.data(), events.size(), undelivered.empty() ? nullptr : &kNoticeRetry, &while_waiting);
+        ppoll(events.data(), events.size(), undelivered.empty() ? nullptr : &kNoticeRetry,
+              &while_waiting);
         if (events[0].revents != 0) {
           for (auto& worker : workers) worker.signal(SIGKILL);
           return 0;
@@ -389,9 +394,12 @@ class PoolCore {
   std::optional<ResultMessage> notice_of_loss(std::size_t index, const Child& worker) {
     const std::uint64_t task = slots_[index].task.exchange(0);
     if (task == 0) return std::nullopt;
-    return ResultMessage{task, TaskOutcome::lost, {},
-                         "worker pid " + std::to_string(worker.pid()) + " " + describe_end(worker.wait_status()) +
-                             " while running task " + std::to_string(task)};
+    return ResultMessage{task,
+                         TaskOutcome::lost,
+                         {},
+                         "worker pid " + std::to_string(worker.pid()) + " " +
+                             describe_end(worker.wait_status()) + " while running task " +
+                             std::to_string(task)};
   }
 
   Child spawn_worker(std::size_t index) {

@@ -93,25 +93,33 @@ void Process::start() {
 void Process::join() { join_until(detail::Deadline::never()); }
 
 bool Process::join_until(const detail::Deadline& deadline) {
-  if (child_.pid() == 0) throw Error("shmq: process " + quoted(name_) + " was never started: cannot join it");
+  if (child_.pid() == 0)
+    throw Error("shmq: process " + quoted(name_) + " was never started: cannot join it");
   return child_.wait_until(deadline);
 }
 
-bool Process::is_alive() { return child_.pid() != 0 && !child_.reap(); }
+bool Process::is_alive() {
+  return child_.pid() != 0 && !child_.reap();
+}
 
 std::optional<int> Process::exitcode() {
   if (child_.pid() == 0 || !child_.reap()) return std::nullopt;
   const std::optional<int> status = child_.wait_status();
   if (!status) {
-    throw ExitStatusLost("shmq: process " + quoted(name_) + " (pid " + std::to_string(child_.pid()) +
-                         ") did not return from its function (a signal ended it, or it called exit), "
-                         "and its exit status was collected by someone else (SIGCHLD set to SIG_IGN, "
-                         "or a SIGCHLD handler that reaps children): its exit code is unknown");
+    throw ExitStatusLost(
+        "shmq: process " + quoted(name_) + " (pid " + std::to_string(child_.pid()) +
+        ") did not return from its function (a signal ended it, or it called exit), "
+        "and its exit status was collected by someone else (SIGCHLD set to SIG_IGN, "
+        "or a SIGCHLD handler that reaps children): its exit code is unknown");
   }
   return WIFSIGNALED(*status) ? -WTERMSIG(*status) : WEXITSTATUS(*status);
 }
 
-void Process::terminate() { child_.signal(SIGTERM); }
-void Process::kill() { child_.signal(SIGKILL); }
+void Process::terminate() {
+  child_.signal(SIGTERM);
+}
+void Process::kill() {
+  child_.signal(SIGKILL);
+}
 
 }  // namespace shmq

@@ -37,7 +37,9 @@ constexpr std::int32_t kNothingRecorded = -1;
 
 // The signal the kernel sends on a parent thread's death; the last real-time signal, which glibc
 // keeps free for programs (documented in the README as taken in a child that asked for it).
-int relay_signal() { return SIGRTMAX; }
+int relay_signal() {
+  return SIGRTMAX;
+}
 
 // Set in the child before the relay handler can run; read only by it.
 pid_t g_parent = 0;
@@ -74,7 +76,13 @@ void follow_parent_death(int sig, pid_t parent) {
   if (options.own_process_group) setpgid(0, 0);
   if (options.on_parent_death != 0) follow_parent_death(options.on_parent_death, parent);
   pthread_sigmask(SIG_SETMASK, options.mask ? &*options.mask : &callers_mask, nullptr);
-  const int code = body() & 0xff;
+  int code = 1;
+  try {
+    code = body() & 0xff;
+  } catch (...) {
+    // Never unwind out of here: the frames above are the parent's, and would run a second time.
+    std::fputs("shmq: a child's body threw; it exits with code 1\n", stderr);
+  }
   recorded->store(code);
   flush_output();
   _exit(code);  // not exit(): the parent's atexit handlers and static destructors are theirs
@@ -93,12 +101,18 @@ bool is_own_child(int pidfd) {
   return waitid(kByPidfd, static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG | WNOWAIT) == 0;
 }
 
-int pidfd_open(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+int pidfd_open(pid_t pid) {
+  return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+}
 
 }  // namespace
 
-Disposition Disposition::reset(int signal) { return with_handler(signal, SIG_DFL); }
-Disposition Disposition::ignore(int signal) { return with_handler(signal, SIG_IGN); }
+Disposition Disposition::reset(int signal) {
+  return with_handler(signal, SIG_DFL);
+}
+Disposition Disposition::ignore(int signal) {
+  return with_handler(signal, SIG_IGN);
+}
 Disposition Disposition::current(int signal) {
   Disposition d{signal, {}};
   sigaction(signal, nullptr, &d.action);
@@ -177,7 +191,8 @@ bool Child::reap() {
   } while (r < 0 && errno == EINTR);
   if (r == 0 && info.si_pid == 0) return false;  // still running
   if (r == 0) {
-    finish(info.si_code == CLD_EXITED ? W_EXITCODE(info.si_status, 0) : W_EXITCODE(0, info.si_status));
+    finish(info.si_code == CLD_EXITED ? W_EXITCODE(info.si_status, 0)
+                                      : W_EXITCODE(0, info.si_status));
   } else {
     // ECHILD: it has ended and someone else collected its status.
     finish(std::nullopt);
@@ -193,9 +208,11 @@ bool Child::wait_until(const Deadline& deadline) {
     if (deadline.is_never()) {
       ppoll(&ready, 1, nullptr, nullptr);
     } else {
-      const auto left = std::max(deadline.at() - Deadline::clock::now(), Deadline::clock::duration::zero());
+      const auto left =
+          std::max(deadline.at() - Deadline::clock::now(), Deadline::clock::duration::zero());
       const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-      const timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      const timespec ts{static_cast<time_t>(ns / 1'000'000'000),
+                        static_cast<long>(ns % 1'000'000'000)};
       ppoll(&ready, 1, &ts, nullptr);
     }
     // Woken by the child's end, a signal (EINTR) or the deadline: look again.
@@ -214,12 +231,14 @@ void Child::finish(std::optional<int> status) noexcept {
   status_ = status;
   ended_ = true;
   if (pidfd_ >= 0) close(std::exchange(pidfd_, -1));
-  if (recorded_ != nullptr) munmap(std::exchange(recorded_, nullptr), sizeof(std::atomic<std::int32_t>));
+  if (recorded_ != nullptr)
+    munmap(std::exchange(recorded_, nullptr), sizeof(std::atomic<std::int32_t>));
 }
 
 int open_own_pidfd(const std::string& what) {
   const int fd = pidfd_open(getpid());
-  if (fd < 0) throw Error("shmq: cannot start " + what + ": pidfd_open failed: " + std::strerror(errno));
+  if (fd < 0)
+    throw Error("shmq: cannot start " + what + ": pidfd_open failed: " + std::strerror(errno));
   return fd;
 }
 

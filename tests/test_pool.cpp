@@ -38,7 +38,6 @@ int block_until(Queue<int> started, Queue<int> go) {
   return go.get();
 }
 pid_t own_pid() { return getpid(); }
-pid_t manager_pid() { return getppid(); }  // a worker's parent is the pool's manager
 std::string text_of(int size) { return std::string(static_cast<std::size_t>(size), 'x'); }
 
 // The longest text_of result that fits a result queue of `capacity` ring bytes: a frame's 4-byte
@@ -261,8 +260,14 @@ TEST_CASE("SimpleQueue offers put, get, empty and close", "[queue]") {
 TEST_CASE("a submit waiting for room in a full task queue throws PoolBroken once the manager has died",
           "[pool][fault]") {
   Pool pool(PoolOptions{.processes = 1, .initializer = {}, .maxtasksperchild = 0, .queue_bytes = 4096});
-  const pid_t manager = pool.apply(manager_pid);
-  kill(manager, SIGKILL);  // its worker follows it: nobody will ever take a task again
+  const pid_t worker = pool.apply(own_pid);
+  const pid_t manager = parent_of(worker);
+  kill(manager, SIGKILL);
+  // Its worker follows it (once gone from /proc, or a zombie of init's): nobody will take a task.
+  REQUIRE(shmq::test::eventually([&] {
+    const char state = shmq::test::process_state(worker);
+    return state == 0 || state == 'Z';
+  }));
   const std::vector<int> items(10'000, 1);  // far more than 4096 bytes of tasks
   try {
     pool.map_async(square, items, 1);

@@ -24,8 +24,8 @@ class Manager {
   Manager();
   Manager(const Manager&) = delete;
   Manager& operator=(const Manager&) = delete;
-  // Removes every queue made by this Manager (itself, whether or not the guardian still lives), then
-  // ends the guardian; handles already open keep working.
+  // Removes every queue made by this Manager (itself, whether or not the guardian still lives),
+  // then ends the guardian; handles already open keep working.
   ~Manager();
 
   template <class T>

@@ -48,7 +48,9 @@ ProcessInfo current_process();
 // A child process that runs fn(args...) and nothing else of the parent.
 //
 // The child starts with SIGTERM at its default action, so terminate() ends it; other signal
-// dispositions are inherited, as fork() does.
+// dispositions are inherited, as fork() does. A daemon child also gets a handler for SIGRTMAX: the
+// kernel sends it when a thread of the parent ends, and it raises SIGTERM only if the whole parent
+// process has ended (fn should leave SIGRTMAX alone; a blocking call in fn may return EINTR then).
 //
 // The arguments are copied when the Process is made, and the child sees those copies (fork copies
 // memory): a shmq::Queue handle passed as an argument is the same queue in the child. The child

@@ -25,10 +25,14 @@ struct Disposition {
   int signal;
   struct sigaction action;
 
-  static Disposition reset(int signal);   // SIG_DFL
-  static Disposition ignore(int signal);  // SIG_IGN
+  static Disposition reset(int signal);    // SIG_DFL
+  static Disposition ignore(int signal);   // SIG_IGN
   static Disposition current(int signal);  // what this process has now, to hand on unchanged
 };
+
+// What a terminal sends to its foreground process group: Ctrl-C, Ctrl-\, Ctrl-Z, a background
+// read or write, a hangup.
+inline constexpr int kTerminalSignals[] = {SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGHUP};
 
 struct SpawnOptions {
   // Set in the child, in this order, while every signal is blocked.
@@ -58,8 +62,8 @@ class Child {
   // Forks a child that runs body() and ends with _exit(body's value & 0xff) — never the parent's
   // atexit handlers or static destructors. Before the fork, stdio is flushed (nothing buffered is
   // printed twice) and every signal is blocked in the calling thread, so no inherited handler can
-  // run in the child before `options` are applied. body must not throw. Throws Error (naming `what`)
-  // if fork or pidfd_open fails.
+  // run in the child before `options` are applied. A body that throws ends the child with code 1.
+  // Throws Error (naming `what`) if fork or pidfd_open fails.
   static Child spawn(const std::string& what, const SpawnOptions& options,
                      const std::function<int()>& body);
 
