@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "shmq/detail/layout.hpp"
 #include "shmq/shmq.hpp"
@@ -259,20 +260,20 @@ TEST_CASE("queue locks released out of order among glibc robust mutexes leave a 
   pthread_mutex_t& b = glibc.m[1];
   Queue<long> ready;
   Child holder([&] {
-    // List, first entry first, as each line leaves it.
+    // The robust list, first entry first, as each line leaves it.
     q.put_with(sizeof(long), [&](std::byte* at, std::size_t) {  // q
-      lock_or_throw(a);                                           // a q
-      inner.put(1);                                               // a q (inner came and went)
-      lock_or_throw(b);                                           // b a q
-      unlock_or_throw(a);                                         // b q
+      lock_or_throw(a);    // a q
+      inner.put(1);        // inner a q, then a q: inner let go in front of a (a's `prev` checked)
+      lock_or_throw(b);    // b a q
+      unlock_or_throw(a);  // b q
       const long value = 1;
       std::memcpy(at, &value, sizeof value);
-    });  // q let go behind b: unlink writes b's `next` after checking it    // b
+    });  // b: q let go behind b (found by walking through b, whose `next` is written)
     inner.get_with([&](const std::byte*, std::size_t) {  // inner b
-      lock_or_throw(a);                                  // a inner b
-      unlock_or_throw(b);                                // a inner
+      unlock_or_throw(b);  // inner
+      lock_or_throw(a);    // a inner
       return 0;
-    });  // inner let go behind a                                              // a
+    });  // a: inner let go behind a
     // Die holding a and q's put lock: the kernel must find both.
     q.put_with(sizeof(long), [&](std::byte*, std::size_t) {
       ready.put(0);
@@ -286,6 +287,48 @@ TEST_CASE("queue locks released out of order among glibc robust mutexes leave a 
   pthread_mutex_unlock(&b);
   CHECK(inner.empty());
   check_released_by_the_kernel(a, q, 1);
+}
+
+namespace {
+// Takes the put locks of qs[i], qs[i + 1], ... one inside the other, and runs `innermost` inside all.
+template <class Fn>
+void nest_put_locks(std::vector<Queue<long>>& qs, std::size_t i, Fn& innermost) {
+  if (i == qs.size()) {
+    innermost();
+    return;
+  }
+  qs[i].put_with(sizeof(long), [&](std::byte* at, std::size_t) {
+    nest_put_locks(qs, i + 1, innermost);
+    const long value = static_cast<long>(i);
+    std::memcpy(at, &value, sizeof value);
+  });
+}
+}  // namespace
+
+// A thread vouches for the first kVouchedLocks queue locks it holds; the others are checked.
+TEST_CASE("more nested queue locks than a thread vouches for are let go and released like the others",
+          "[fault]") {
+  std::vector<Queue<long>> qs(shmq::detail::kVouchedLocks + 2);
+  Queue<long> ready;
+  Child holder([&] {
+    auto nothing = [] {};
+    nest_put_locks(qs, 0, nothing);  // taken and let go: one message in each queue
+    auto die = [&] {
+      ready.put(0);
+      for (;;) pause();
+    };
+    nest_put_locks(qs, 0, die);
+  });
+  REQUIRE(ready.get(10s) == 0);
+  holder.kill(SIGKILL);
+  holder.wait_status();
+  for (std::size_t i = 0; i < qs.size(); ++i) {
+    INFO("queue " << i);
+    qs[i].put(-1, 10s);  // its put lock: released by the kernel
+    CHECK(qs[i].stats().lock_recoveries == 1);
+    CHECK(qs[i].get() == static_cast<long>(i));
+    CHECK(qs[i].get() == -1);
+  }
 }
 
 // Issue 11 item 10. _Fork() runs no atfork handler: before, the child kept its parent's cached
