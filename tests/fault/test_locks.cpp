@@ -221,10 +221,16 @@ TEST_CASE("a lock holder whose links another process rewrote unlocks without fol
       // Into the mapping: the old unlink stored `next` over `head` and `prev` over `tail`.
       {&h.head, reinterpret_cast<char*>(&h.tail) + sizeof(void*)}};
   const auto [prev, next] = rewritten[kind];
-  INFO("links rewritten to " << prev << ", " << next);
+  // Alone in its thread's list, the lock is unlinked through the private list head; with a glibc
+  // robust mutex taken before it, by the walk, which meets the rewritten `next`.
+  const bool glibc_mutex_too = GENERATE(false, true);
+  INFO("links rewritten to " << prev << ", " << next
+                             << (glibc_mutex_too ? ", a glibc mutex held too" : ", held alone"));
 
   Child holder([&] {
+    if (glibc_mutex_too) lock_or_throw(glibc.m[0]);
     hold_lock(q, Side::get, held.fds[1], release.fds[0]);  // unlocks after the rewrite
+    if (glibc_mutex_too) unlock_or_throw(glibc.m[0]);
     // The list still works: a queue lock and a glibc robust mutex, taken and let go...
     q.put(2);
     if (q.get() != 2) throw std::runtime_error("the queue lost a message");
