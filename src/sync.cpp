@@ -280,7 +280,9 @@ void identify_this_thread() {
                 std::strerror(errno));
   }
   if (head == nullptr)
-    throw Error("shmq: this thread has no robust futex list (the C library registers none)");
+    throw Error(
+        "shmq: this thread has no robust futex list (made by a raw clone or fork syscall, which "
+        "glibc did not see, or the C library registers none)");
   constexpr long kFutexOffset =
       static_cast<long>(offsetof(RobustMutex, word)) -
       static_cast<long>(offsetof(RobustMutex, links) + offsetof(RobustLinks, next));

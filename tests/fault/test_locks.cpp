@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "shmq/detail/layout.hpp"
 #include "shmq/shmq.hpp"
@@ -220,10 +221,16 @@ TEST_CASE("a lock holder whose links another process rewrote unlocks without fol
       // Into the mapping: the old unlink stored `next` over `head` and `prev` over `tail`.
       {&h.head, reinterpret_cast<char*>(&h.tail) + sizeof(void*)}};
   const auto [prev, next] = rewritten[kind];
-  INFO("links rewritten to " << prev << ", " << next);
+  // Alone in its thread's list, the lock is unlinked through the private list head; with a glibc
+  // robust mutex taken before it, by the walk, which meets the rewritten `next`.
+  const bool glibc_mutex_too = GENERATE(false, true);
+  INFO("links rewritten to " << prev << ", " << next
+                             << (glibc_mutex_too ? ", a glibc mutex held too" : ", held alone"));
 
   Child holder([&] {
+    if (glibc_mutex_too) lock_or_throw(glibc.m[0]);
     hold_lock(q, Side::get, held.fds[1], release.fds[0]);  // unlocks after the rewrite
+    if (glibc_mutex_too) unlock_or_throw(glibc.m[0]);
     // The list still works: a queue lock and a glibc robust mutex, taken and let go...
     q.put(2);
     if (q.get() != 2) throw std::runtime_error("the queue lost a message");
@@ -259,20 +266,20 @@ TEST_CASE("queue locks released out of order among glibc robust mutexes leave a 
   pthread_mutex_t& b = glibc.m[1];
   Queue<long> ready;
   Child holder([&] {
-    // List, first entry first, as each line leaves it.
+    // The robust list, first entry first, as each line leaves it.
     q.put_with(sizeof(long), [&](std::byte* at, std::size_t) {  // q
-      lock_or_throw(a);                                           // a q
-      inner.put(1);                                               // a q (inner came and went)
-      lock_or_throw(b);                                           // b a q
-      unlock_or_throw(a);                                         // b q
+      lock_or_throw(a);    // a q
+      inner.put(1);        // inner a q, then a q: inner let go in front of a (a's `prev` checked)
+      lock_or_throw(b);    // b a q
+      unlock_or_throw(a);  // b q
       const long value = 1;
       std::memcpy(at, &value, sizeof value);
-    });  // q let go behind b: unlink writes b's `next` after checking it    // b
+    });  // b: q let go behind b (found by walking through b, whose `next` is written)
     inner.get_with([&](const std::byte*, std::size_t) {  // inner b
-      lock_or_throw(a);                                  // a inner b
-      unlock_or_throw(b);                                // a inner
+      unlock_or_throw(b);  // inner
+      lock_or_throw(a);    // a inner
       return 0;
-    });  // inner let go behind a                                              // a
+    });  // a: inner let go behind a
     // Die holding a and q's put lock: the kernel must find both.
     q.put_with(sizeof(long), [&](std::byte*, std::size_t) {
       ready.put(0);
@@ -286,6 +293,48 @@ TEST_CASE("queue locks released out of order among glibc robust mutexes leave a 
   pthread_mutex_unlock(&b);
   CHECK(inner.empty());
   check_released_by_the_kernel(a, q, 1);
+}
+
+namespace {
+// Takes the put locks of qs[i], qs[i + 1], ... one inside the other, and runs `innermost` inside all.
+template <class Fn>
+void nest_put_locks(std::vector<Queue<long>>& qs, std::size_t i, Fn& innermost) {
+  if (i == qs.size()) {
+    innermost();
+    return;
+  }
+  qs[i].put_with(sizeof(long), [&](std::byte* at, std::size_t) {
+    nest_put_locks(qs, i + 1, innermost);
+    const long value = static_cast<long>(i);
+    std::memcpy(at, &value, sizeof value);
+  });
+}
+}  // namespace
+
+// A thread vouches for the first kVouchedLocks queue locks it holds; the others are checked.
+TEST_CASE("more nested queue locks than a thread vouches for are let go and released like the others",
+          "[fault]") {
+  std::vector<Queue<long>> qs(shmq::detail::kVouchedLocks + 2);
+  Queue<long> ready;
+  Child holder([&] {
+    auto nothing = [] {};
+    nest_put_locks(qs, 0, nothing);  // taken and let go: one message in each queue
+    auto die = [&] {
+      ready.put(0);
+      for (;;) pause();
+    };
+    nest_put_locks(qs, 0, die);
+  });
+  REQUIRE(ready.get(10s) == 0);
+  holder.kill(SIGKILL);
+  holder.wait_status();
+  for (std::size_t i = 0; i < qs.size(); ++i) {
+    INFO("queue " << i);
+    qs[i].put(-1, 10s);  // its put lock: released by the kernel
+    CHECK(qs[i].stats().lock_recoveries == 1);
+    CHECK(qs[i].get() == static_cast<long>(i));
+    CHECK(qs[i].get() == -1);
+  }
 }
 
 // Issue 11 item 10. _Fork() runs no atfork handler: before, the child kept its parent's cached
