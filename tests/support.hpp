@@ -23,6 +23,24 @@ inline std::string unique_name(const std::string& what) {
   static int counter = 0;
   return "test-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + what;
 }
+// How shmq's error messages name the queue called `name`: "queue 'jobs'" for a named queue,
+// "unnamed queue (pid N, #K)" for an unnamed one, whose name() is "unnamed/N/FD/K/START".
+inline std::string described(const std::string& name) {
+  if (name.rfind("unnamed/", 0) != 0) return "queue '" + name + "'";
+  const auto pid_end = name.find('/', 8);
+  const auto fd_end = name.find('/', pid_end + 1);
+  const auto counter_end = name.find('/', fd_end + 1);
+  return "unnamed queue (pid " + name.substr(8, pid_end - 8) + ", #" +
+         name.substr(fd_end + 1, counter_end - fd_end - 1) + ")";
+}
+// A file that opens the segment of queue `name`: its /dev/shm file, or, for an unnamed queue
+// ("unnamed/PID/FD/K/START"), its creator's descriptor under /proc.
+inline std::string segment_path(const std::string& name) {
+  if (name.rfind("unnamed/", 0) != 0) return "/dev/shm/shmq." + name;
+  const auto pid_end = name.find('/', 8);
+  const auto fd_end = name.find('/', pid_end + 1);
+  return "/proc/" + name.substr(8, pid_end - 8) + "/fd/" + name.substr(pid_end + 1, fd_end - pid_end - 1);
+}
 inline std::string own_prefix() { return "shmq.test-" + std::to_string(getpid()) + "-"; }
 
 // Removes a queue name before and after a test, whatever the test does in between.

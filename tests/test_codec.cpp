@@ -163,7 +163,7 @@ TEST_CASE("a message that fails to decode is dropped with a DecodeError naming t
   shmq::Queue<Checked> q;
   q.put(Checked{-1});
   q.put(Checked{2});
-  CHECK_THROWS_WITH(q.get(), Catch::Contains(q.name()) && Catch::Contains("negative"));
+  CHECK_THROWS_WITH(q.get(), Catch::Contains(shmq::test::described(q.name())) && Catch::Contains("negative"));
   CHECK(q.get().v == 2);
   CHECK(q.empty());
 }
@@ -275,7 +275,7 @@ TEST_CASE("a handle naming a removed queue, or an invalid name, is dropped with 
         poison.put(handles);
         handles.put(good);
         CHECK_THAT(exception_of([&] { form.get(handles); }),
-                   Catch::Contains("DecodeError: shmq: queue '" + handles.name()) &&
+                   Catch::Contains("DecodeError: shmq: " + shmq::test::described(handles.name())) &&
                        Catch::Contains("shmq::Queue<int>") && Catch::Contains(poison.cause) &&
                        Catch::Contains("dropped"));
         const std::optional<shmq::Queue<int>> next = form.get(handles);
@@ -301,7 +301,7 @@ TEST_CASE("a message whose codec throws anything is dropped with DecodeError nam
         q.put(Fussy{poison});
         q.put(Fussy{10});
         CHECK_THAT(exception_of([&] { form.get(q); }),
-                   Catch::Contains("DecodeError: shmq: queue '" + q.name()) &&
+                   Catch::Contains("DecodeError: shmq: " + shmq::test::described(q.name())) &&
                        Catch::Contains("Fussy") && Catch::Contains(cause));
         const std::optional<Fussy> next = form.get(q);
         REQUIRE(next.has_value());

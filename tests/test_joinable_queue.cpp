@@ -140,7 +140,7 @@ TEST_CASE("shutdown(true) wakes a join blocked in another process, which throws 
   REQUIRE(outcome.get(10s) == 1);  // else the Child destructor ends the joiner
   CHECK(joiner.succeeded());
   // Later joins refuse at once while the queued item stays unfinished.
-  CHECK_THROWS_WITH(q.join(), Catch::Contains(q.name()) && Catch::Contains("1 tasks unfinished"));
+  CHECK_THROWS_WITH(q.join(), Catch::Contains(shmq::test::described(q.name())) && Catch::Contains("1 tasks unfinished"));
   CHECK(q.unfinished_tasks() == 1);
 }
 

@@ -75,7 +75,7 @@ TEST_CASE("a Manager's queues are removed even if its process is killed", "[pool
   CHECK(shmq::test::eventually([&] { return !segment_exists(a) && !segment_exists(b); }));
 }
 
-TEST_CASE("~Manager removes its queues itself when its guardian is gone", "[manager][fault]") {
+TEST_CASE("the Manager's destructor removes its queues itself when its guardian is gone", "[manager][fault]") {
   std::optional<shmq::Manager> manager(std::in_place);
   const pid_t guardian = only_child();
   const std::string name = manager->Queue<int>().name();

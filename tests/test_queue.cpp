@@ -76,7 +76,7 @@ TEST_CASE("put_nowait on a full queue throws Full naming the queue and the limit
     FAIL("put_nowait did not throw");
   } catch (const shmq::Full& e) {
     const std::string what = e.what();
-    CHECK(what.find("unnamed queue (pid " + std::to_string(getpid()) + ", #") != std::string::npos);
+    CHECK(what.find(shmq::test::described(q.name())) != std::string::npos);
     CHECK(what.find("maxsize 2") != std::string::npos);
     CHECK(what.find("put_nowait") != std::string::npos);
   }
@@ -90,7 +90,7 @@ TEST_CASE("get_nowait on an empty queue throws Empty naming the queue", "[queue]
     q.get_nowait();
     FAIL("get_nowait did not throw");
   } catch (const shmq::Empty& e) {
-    CHECK(std::string(e.what()).find("unnamed queue (pid " + std::to_string(getpid()) + ", #") != std::string::npos);
+    CHECK(std::string(e.what()).find(shmq::test::described(q.name())) != std::string::npos);
   }
 }
 
@@ -233,7 +233,7 @@ TEST_CASE("the largest message that fits goes through, and one byte more throws 
     const std::string what = e.what();
     CHECK(what.find("4093 bytes") != std::string::npos);
     CHECK(what.find("at most 4092 bytes") != std::string::npos);
-    CHECK(what.find("unnamed queue (pid " + std::to_string(getpid()) + ", #") != std::string::npos);
+    CHECK(what.find(shmq::test::described(q.name())) != std::string::npos);
   }
   CHECK(q.empty());
   CHECK(q.stats().puts == 1);
@@ -511,7 +511,7 @@ TEST_CASE("put_with refuses a size the type cannot have, or that can never fit",
     FAIL("no throw");
   } catch (const shmq::InvalidArgument& e) {
     const std::string what = e.what();
-    CHECK(what.find(longs.name()) != std::string::npos);
+    CHECK(what.find(shmq::test::described(longs.name())) != std::string::npos);
     CHECK(what.find("4 bytes") != std::string::npos);
     CHECK(what.find("takes 8") != std::string::npos);
   }

@@ -49,7 +49,7 @@ class JoinableQueue : public Queue<T> {
   // were put (Python's ValueError). Never waits.
   void task_done() {
     if (!this->segment().ring().task_done()) {
-      throw Error("shmq: queue '" + this->name() + "': task_done() called more times than items were put");
+      throw Error("shmq: " + this->segment().description() + ": task_done() called more times than items were put");
     }
   }
   // Blocks, however long it takes, until every item put has been marked task_done(). shutdown()
@@ -59,7 +59,7 @@ class JoinableQueue : public Queue<T> {
   // consumers still get every queued item, as Python's join() does.
   void join() {
     if (!this->segment().ring().join_tasks()) {
-      throw ShutDown("shmq: queue '" + this->name() + "' was shut down immediately with " +
+      throw ShutDown("shmq: " + this->segment().description() + " was shut down immediately with " +
                      std::to_string(unfinished_tasks()) +
                      " tasks unfinished: join() refused (queued items will never be got)");
     }

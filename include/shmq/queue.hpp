@@ -170,7 +170,7 @@ class Queue {
   template <class Fn>
   void put_with(std::size_t bytes, Fn&& writer) {
     if (is_bitwise_v<T> && bytes != sizeof(T)) {
-      throw InvalidArgument("shmq: queue '" + name() + "': put_with of " + std::to_string(bytes) +
+      throw InvalidArgument("shmq: " + segment_->description() + ": put_with of " + std::to_string(bytes) +
                             " bytes, but " + segment_->type_name() + " always takes " +
                             std::to_string(sizeof(T)));
     }
@@ -255,7 +255,7 @@ class Queue {
 
   void check_open(const char* call) const {
     if (closed_) {
-      throw Closed("shmq: queue '" + name() + "' was closed on this handle: " + call + " refused");
+      throw Closed("shmq: " + segment_->description() + " was closed on this handle: " + call + " refused");
     }
   }
 
@@ -352,7 +352,7 @@ class Queue {
       progress = segment_->ring().get_many(
           max, [&](const std::byte* at, std::uint32_t bytes) { take(at, std::size_t{bytes}); }, deadline);
     } catch (const DecodeError& e) {
-      throw DecodeError("shmq: queue '" + name() + "': a message does not decode as " +
+      throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
                         segment_->type_name() + " and was dropped: " + e.what());
     }
     if (progress.outcome == detail::Outcome::done ||

@@ -43,7 +43,7 @@ namespace {
 class HeaderView {
  public:
   explicit HeaderView(const std::string& queue) {
-    const int fd = open(("/dev/shm/shmq." + queue).c_str(), O_RDWR | O_CLOEXEC);
+    const int fd = open(shmq::test::segment_path(queue).c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) throw std::runtime_error("cannot open the segment of " + queue);
     void* at = mmap(nullptr, shmq::detail::kHeaderBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
