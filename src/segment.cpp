@@ -487,7 +487,7 @@ Segment::Segment(std::string name, std::string label, std::unique_ptr<Mapping> m
       header_(&mapping_->header()),
       type_name_(header_->type_name, strnlen(header_->type_name, sizeof header_->type_name)),
       ring_(*header_, mapping_->ring(), static_cast<std::uint32_t>(mapping_->capacity()),
-            static_cast<std::uint32_t>(header_->maxsize), header_->spin_polls, label_),
+            static_cast<std::uint32_t>(header_->maxsize), header_->spin_polls, description_),
       kept_(std::move(kept)) {}
 
 Segment::~Segment() = default;

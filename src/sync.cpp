@@ -297,14 +297,14 @@ void identify_this_thread() {
 
 void throw_lock_error(int rc, const std::string& queue) {
   if (rc == EDEADLK) {
-    throw Error("shmq: queue '" + queue +
-                "': this thread already holds the queue's lock (a codec called back into the queue?)");
+    throw Error("shmq: " + queue +
+                ": this thread already holds the queue's lock (a codec called back into the queue?)");
   }
-  throw Error("shmq: queue '" + queue + "': cannot take its lock: " + std::strerror(rc));
+  throw Error("shmq: " + queue + ": cannot take its lock: " + std::strerror(rc));
 }
 
 void throw_corrupt(const std::string& queue, const std::string& what) {
-  throw Incompatible("shmq: queue '" + queue + "' is corrupt: " + what);
+  throw Incompatible("shmq: " + queue + " is corrupt: " + what);
 }
 
 }  // namespace shmq::detail

@@ -502,7 +502,7 @@ class Ring {
   std::uint32_t capacity_;
   std::uint32_t maxsize_;
   SpinBudget spin_;
-  const std::string* queue_;  // the queue's name, for error messages
+  const std::string* queue_;  // how errors name the queue ("queue 'jobs'")
 };
 
 }  // namespace shmq::detail
