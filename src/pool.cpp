@@ -409,6 +409,7 @@ class PoolCore {
     options.dispositions.push_back(Disposition::reset(SIGTERM));
     options.mask = program_mask_;
     options.on_parent_death = SIGKILL;  // a worker never outlives its manager
+    options.forker_is_only_thread = true;  // the manager starts no thread
     return Child::spawn("a worker of a shmq::Pool", options, [this, index] { return work(index); });
   }
 

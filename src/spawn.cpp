@@ -58,7 +58,11 @@ void flush_output() {
   std::fflush(nullptr);
 }
 
-void follow_parent_death(int sig, pid_t parent) {
+void follow_parent_death(int sig, bool forker_is_only_thread, pid_t parent) {
+  if (forker_is_only_thread) {
+    if (prctl(PR_SET_PDEATHSIG, sig) != 0 || getppid() != parent) kill(getpid(), sig);
+    return;
+  }
   g_parent = parent;
   g_on_parent_death = sig;
   struct sigaction relay {};
@@ -74,7 +78,9 @@ void follow_parent_death(int sig, pid_t parent) {
                             std::atomic<std::int32_t>* recorded, const std::function<int()>& body) {
   for (const auto& d : options.dispositions) sigaction(d.signal, &d.action, nullptr);
   if (options.own_process_group) setpgid(0, 0);
-  if (options.on_parent_death != 0) follow_parent_death(options.on_parent_death, parent);
+  if (options.on_parent_death != 0) {
+    follow_parent_death(options.on_parent_death, options.forker_is_only_thread, parent);
+  }
   pthread_sigmask(SIG_SETMASK, options.mask ? &*options.mask : &callers_mask, nullptr);
   int code = 1;
   try {

@@ -43,6 +43,11 @@ struct SpawnOptions {
   // the thread that forked it ends, which is when the kernel's PR_SET_PDEATHSIG fires. Also sent
   // at once if that process ended before the child could ask for it.
   int on_parent_death = 0;
+  // The forking process runs no thread but the forking one, for good (the pool's manager). The
+  // kernel's PR_SET_PDEATHSIG is then exactly the process's death and is asked for directly: a
+  // signal the kernel sends, which no handler, mask or sanitizer in the child can hold up, where
+  // the relay needs its handler to run.
+  bool forker_is_only_thread = false;
   // The child leaves the caller's process group for one of its own, out of reach of the signals a
   // terminal sends to its foreground group (Ctrl-C, Ctrl-\, Ctrl-Z, a hangup).
   bool own_process_group = false;
