@@ -49,8 +49,9 @@ struct RobustLinks {
 };
 
 // In shared memory; all zero is a free lock. `word` is taken by a CAS with acquire and let go by
-// an exchange with release (FUTEX_WAITERS is set with relaxed CASes: it only asks for a wake-up);
-// the kernel sets FUTEX_OWNER_DIED in it, and clears the TID, when the holder dies.
+// a CAS with release, or by the kernel (FUTEX_WAKE_OP) when FUTEX_WAITERS is set (it is set with
+// relaxed CASes: it only asks for a wake-up); the kernel sets FUTEX_OWNER_DIED in it, and clears
+// the TID, when the holder dies.
 struct RobustMutex {
   std::atomic<std::uint32_t> word;  // 0, or holder's TID | FUTEX_WAITERS | FUTEX_OWNER_DIED
   std::uint32_t reserved[5];        // zero: puts `links` where pthread_mutex_t has its __list
@@ -60,7 +61,6 @@ struct RobustMutex {
 static_assert(sizeof(RobustMutex) == sizeof(pthread_mutex_t));
 static_assert(offsetof(RobustMutex, links) == offsetof(pthread_mutex_t, __data.__list),
               "the kernel finds the word at the same offset from the links as glibc's");
-
 
 // Shmq locks a thread may hold at once and still unlock without a syscall: the ones beyond are
 // found in the list all the same, through the checked read that glibc's own entries take.
