@@ -141,22 +141,13 @@ class RobustLock {
   // comments (queue.hpp) quote this figure.
   static constexpr std::chrono::milliseconds kNowaitLockPatience{50};
 
-  RobustLock(RobustMutex& mutex, const Deadline& deadline, const std::string& queue,
-             std::atomic<std::uint64_t>& recoveries)
+  // Inlined, so that the uncontended path is the few instructions of try_lock; it reads no clock,
+  // not even for a _nowait or try_ call.
+  __attribute__((always_inline)) RobustLock(RobustMutex& mutex, const Deadline& deadline,
+                                            const std::string& queue,
+                                            std::atomic<std::uint64_t>& recoveries)
       : mutex_(&mutex), me_(&this_thread_identity()) {
-    // The uncontended path reads no clock, not even for a _nowait or try_ call.
-    const int rc =
-        try_lock(mutex, *me_)
-            ? 0
-            : lock_contended(mutex, *me_,
-                             deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
-    if (rc == EOWNERDEAD) {
-      recoveries.fetch_add(1, std::memory_order_relaxed);
-    } else if (rc == ETIMEDOUT) {
-      mutex_ = nullptr;
-    } else if (rc != 0) {
-      throw_lock_error(rc, queue);
-    }
+    if (!try_lock(mutex, *me_)) lock_contended(deadline, queue, recoveries);
   }
   RobustLock(const RobustLock&) = delete;
   RobustLock& operator=(const RobustLock&) = delete;
@@ -168,6 +159,20 @@ class RobustLock {
   }
 
  private:
+  // Out of line: waits, takes over from a dead holder, or gives up at the deadline.
+  __attribute__((noinline)) void lock_contended(const Deadline& deadline, const std::string& queue,
+                                                std::atomic<std::uint64_t>& recoveries) {
+    const int rc = detail::lock_contended(
+        *mutex_, *me_, deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
+    if (rc == EOWNERDEAD) {
+      recoveries.fetch_add(1, std::memory_order_relaxed);
+    } else if (rc == ETIMEDOUT) {
+      mutex_ = nullptr;
+    } else if (rc != 0) {
+      throw_lock_error(rc, queue);
+    }
+  }
+
   RobustMutex* mutex_;
   ThisThread* me_;
 };
