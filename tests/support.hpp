@@ -1,7 +1,9 @@
 // Helpers shared by the test suites: unique names, forked children, bounded waits.
 #pragma once
 
+#include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -116,19 +118,57 @@ inline bool segment_exists(const std::string& name) {
   return stat(("/dev/shm/shmq." + name).c_str(), &st) == 0;
 }
 
-// A process's state letter from /proc/PID/stat (R, S, T, Z, ...), or 0 if there is no such process.
-inline char process_state(pid_t pid) {
-  char state = 0;
+// What follows the command name in /proc/PID/stat ("S 1234 ..."), or "" if there is no such
+// process. The command name may hold spaces and ')', so the fields start after the last ')'.
+inline std::string stat_fields(pid_t pid) {
+  std::string fields;
   if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
-    // The command name may hold spaces, but not ") ": the state follows the last ')'.
     char line[512];
     const std::size_t n = std::fread(line, 1, sizeof line - 1, f);
     std::fclose(f);
     line[n] = '\0';
-    if (const char* close = std::strrchr(line, ')')) std::sscanf(close + 1, " %c", &state);
+    if (const char* close = std::strrchr(line, ')')) fields = close + 1;
   }
+  return fields;
+}
+
+// A process's state letter (R, S, T, Z, ...), or 0 if there is no such process.
+inline char process_state(pid_t pid) {
+  char state = 0;
+  std::sscanf(stat_fields(pid).c_str(), " %c", &state);
   return state;
 }
+
+// A process's parent's pid, or 0 if there is no such process.
+inline pid_t parent_of(pid_t pid) {
+  int parent = 0;
+  std::sscanf(stat_fields(pid).c_str(), " %*c %d", &parent);
+  return parent;
+}
+
+// Process-shared robust pthread mutexes in shared memory, for a process to interleave with queue
+// locks, hold and die with.
+struct GlibcRobustMutexes {
+  static constexpr int kCount = 2;
+  pthread_mutex_t* m;
+  GlibcRobustMutexes() {
+    void* at = mmap(nullptr, kCount * sizeof(pthread_mutex_t), PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (at == MAP_FAILED) throw std::runtime_error("mmap failed");
+    m = static_cast<pthread_mutex_t*>(at);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    for (int i = 0; i < kCount; ++i) {
+      if (pthread_mutex_init(&m[i], &attr) != 0) throw std::runtime_error("pthread_mutex_init failed");
+    }
+    pthread_mutexattr_destroy(&attr);
+  }
+  GlibcRobustMutexes(const GlibcRobustMutexes&) = delete;
+  GlibcRobustMutexes& operator=(const GlibcRobustMutexes&) = delete;
+  ~GlibcRobustMutexes() { munmap(m, kCount * sizeof(pthread_mutex_t)); }
+};
 
 // A pipe, closed at the end of its scope.
 struct Pipe {

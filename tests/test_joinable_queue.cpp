@@ -37,6 +37,19 @@ void finish_every_item(JoinableQueue<int>& q, std::size_t items) {
 // Whether the child is asleep: in these tests, in join() (it does nothing else that sleeps).
 bool asleep(const Child& child) { return process_state(child.pid()) == 'S'; }
 
+// A child that calls q.join() and reports how it ended on `outcome`: 0 if join returned, 1 if it
+// threw ShutDown.
+Child joining(JoinableQueue<int>& q, Queue<int>& outcome) {
+  return Child([&] {
+    try {
+      q.join();
+      outcome.put(0);
+    } catch (const shmq::ShutDown&) {
+      outcome.put(1);
+    }
+  });
+}
+
 }  // namespace
 
 TEST_CASE("every put form counts exactly the items it put as unfinished tasks", "[queue][joinable]") {
@@ -127,14 +140,7 @@ TEST_CASE("shutdown(true) wakes a join blocked in another process, which throws 
   JoinableQueue<int> q;
   Queue<int> outcome;
   q.put(1);
-  Child joiner([&] {
-    try {
-      q.join();
-      outcome.put(0);
-    } catch (const shmq::ShutDown&) {
-      outcome.put(1);
-    }
-  });
+  Child joiner = joining(q, outcome);
   REQUIRE(eventually([&] { return asleep(joiner); }));
   q.shutdown(true);
   REQUIRE(outcome.get(10s) == 1);  // else the Child destructor ends the joiner
@@ -159,14 +165,7 @@ TEST_CASE("after shutdown(), a blocked join goes on waiting while consumers drai
   JoinableQueue<int> q;
   Queue<int> outcome;
   q.put_many(std::vector<int>{1, 2});
-  Child joiner([&] {
-    try {
-      q.join();
-      outcome.put(0);
-    } catch (const shmq::ShutDown&) {
-      outcome.put(1);
-    }
-  });
+  Child joiner = joining(q, outcome);
   REQUIRE(eventually([&] { return asleep(joiner); }));
   q.shutdown();
   CHECK(q.get() == 1);

@@ -52,19 +52,6 @@ int longest_result(std::size_t capacity) {
   return size;
 }
 
-// The parent's pid of a process, from /proc; 0 if there is no such process.
-pid_t parent_of(pid_t pid) {
-  int parent = 0;
-  if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
-    char line[512];
-    const std::size_t n = std::fread(line, 1, sizeof line - 1, f);
-    std::fclose(f);
-    line[n] = '\0';
-    if (const char* close = std::strrchr(line, ')')) std::sscanf(close + 1, " %*c %d", &parent);
-  }
-  return parent;
-}
-
 int initialised = 0;  // set by the initializer in each worker
 
 
@@ -261,7 +248,7 @@ TEST_CASE("a submit waiting for room in a full task queue throws PoolBroken once
           "[pool][fault]") {
   Pool pool(PoolOptions{.processes = 1, .initializer = {}, .maxtasksperchild = 0, .queue_bytes = 4096});
   const pid_t worker = pool.apply(own_pid);
-  const pid_t manager = parent_of(worker);
+  const pid_t manager = shmq::test::parent_of(worker);
   kill(manager, SIGKILL);
   // Its worker follows it (once gone from /proc, or a zombie of init's): nobody will take a task.
   REQUIRE(shmq::test::eventually([&] {
@@ -286,7 +273,7 @@ TEST_CASE("a worker lost while the result queue is full: its WorkerLost waits fo
   Queue<int> go;
   auto doomed = pool.apply_async(block_until, started, go);
   const pid_t doomed_worker = started.get();
-  const pid_t manager = parent_of(doomed_worker);
+  const pid_t manager = shmq::test::parent_of(doomed_worker);
   // The other worker fills the result queue to its last bytes, then holds the next task: once it
   // has started that one, the result queue has no room for any WorkerLost notice.
   auto filler = pool.apply_async(text_of, longest_result(4096));

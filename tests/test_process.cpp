@@ -93,19 +93,6 @@ void run_on_ending_thread(Fn&& fn) {
   REQUIRE(shmq::test::eventually([&] { return access(entry.c_str(), F_OK) != 0; }));
 }
 
-// The parent's pid of a process, from /proc; 0 if there is no such process.
-pid_t parent_of(pid_t pid) {
-  int parent = 0;
-  if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
-    char line[512];
-    const std::size_t n = std::fread(line, 1, sizeof line - 1, f);
-    std::fclose(f);
-    line[n] = '\0';
-    if (const char* close = std::strrchr(line, ')')) std::sscanf(close + 1, " %*c %d", &parent);
-  }
-  return parent;
-}
-
 // The one child the calling thread has made, once it sleeps (has set itself up and waits).
 pid_t sleeping_only_child_of_this_thread() {
   const std::string path = "/proc/self/task/" + std::to_string(gettid()) + "/children";
@@ -414,8 +401,8 @@ TEST_CASE("a pool made on a thread that ends keeps working, and still ends with 
     });
     owner.start();
     const pid_t worker = pids.get(60s);
-    const pid_t manager = parent_of(worker);
-    CHECK(parent_of(manager) == owner.pid());
+    const pid_t manager = shmq::test::parent_of(worker);
+    CHECK(shmq::test::parent_of(manager) == owner.pid());
     owner.kill();
     owner.join();
     CHECK(shmq::test::eventually([&] { return ended(manager) && ended(worker); }));

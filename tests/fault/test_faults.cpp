@@ -29,6 +29,7 @@ using namespace std::chrono_literals;
 using shmq::Queue;
 using shmq::QueueOptions;
 using shmq::test::Child;
+using shmq::test::GlibcRobustMutexes;
 using shmq::test::Pipe;
 using shmq::test::NameGuard;
 using shmq::test::unique_name;
@@ -336,28 +337,6 @@ TEST_CASE("another user's segment, or another user, is kept out", "[fault]") {
     CHECK(Queue<int>::open(shared.name()).get() == 5);
   }
 }
-
-namespace {
-
-// Two process-shared robust pthread mutexes, in shared memory, for a child to hold and die with.
-struct GlibcRobustMutexes {
-  pthread_mutex_t* m;
-  GlibcRobustMutexes() {
-    void* at = mmap(nullptr, 2 * sizeof(pthread_mutex_t), PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(at != MAP_FAILED);
-    m = static_cast<pthread_mutex_t*>(at);
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    for (int i = 0; i < 2; ++i) REQUIRE(pthread_mutex_init(&m[i], &attr) == 0);
-    pthread_mutexattr_destroy(&attr);
-  }
-  ~GlibcRobustMutexes() { munmap(m, 2 * sizeof(pthread_mutex_t)); }
-};
-
-}  // namespace
 
 // shmq's locks share each thread's robust list with glibc's robust mutexes (robust_mutex.hpp):
 // entries of both kinds, linked and unlinked in any order, must leave a list from which the

@@ -32,6 +32,7 @@ using shmq::Queue;
 using shmq::detail::RobustMutex;
 using shmq::detail::SharedHeader;
 using shmq::test::Child;
+using shmq::test::GlibcRobustMutexes;
 using shmq::test::eventually;
 using shmq::test::Pipe;
 using shmq::test::process_state;
@@ -149,27 +150,6 @@ void check_sleeper_outlives_a_woken_waiter_that_leaves(Side side) {
   REQUIRE(done.get(10s) == (side == Side::get ? 2 : 3));  // throws Empty if the sleeper never woke
   CHECK(sleeper.succeeded());
 }
-
-// Two process-shared robust pthread mutexes, for a process to interleave with queue locks.
-struct GlibcRobustMutexes {
-  static constexpr int kCount = 2;
-  pthread_mutex_t* m;
-  GlibcRobustMutexes() {
-    void* at = mmap(nullptr, kCount * sizeof(pthread_mutex_t), PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(at != MAP_FAILED);
-    m = static_cast<pthread_mutex_t*>(at);
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    for (int i = 0; i < kCount; ++i) REQUIRE(pthread_mutex_init(&m[i], &attr) == 0);
-    pthread_mutexattr_destroy(&attr);
-  }
-  GlibcRobustMutexes(const GlibcRobustMutexes&) = delete;
-  GlibcRobustMutexes& operator=(const GlibcRobustMutexes&) = delete;
-  ~GlibcRobustMutexes() { munmap(m, kCount * sizeof(pthread_mutex_t)); }
-};
 
 void lock_or_throw(pthread_mutex_t& m) {
   if (pthread_mutex_lock(&m) != 0) throw std::runtime_error("pthread_mutex_lock failed");
