@@ -1,7 +1,8 @@
 // shmq error policy, stated once:
 //  - set-up failures (create, open, map) and the blocking API throw a type derived from shmq::Error,
 //    whose message names the queue and the figure involved (and the errno text where there is one);
-//  - the try_* calls never throw for "full", "empty" or "timed out": they return bool / std::optional.
+//  - the try_* calls never throw for "full", "empty" or "timed out": they return bool /
+//    std::optional / a count (they still throw DecodeError, Closed, ShutDown, MessageTooLarge).
 #pragma once
 
 #include <stdexcept>
@@ -88,6 +89,23 @@ class RemoteError : public Error {
 
 // The Pool worker running a task died before finishing it.
 class WorkerLost : public Error {
+ public:
+  using Error::Error;
+};
+
+// The pool's manager process has died (killed, or it could not fork a worker): no task will run
+// or finish any more. Thrown by calls that would otherwise wait for it forever (submitting into a
+// full task queue); the results of tasks pending then throw WorkerLost with the same reason. A
+// WorkerLost, since the pool's workers are lost with their manager.
+class PoolBroken : public WorkerLost {
+ public:
+  using WorkerLost::WorkerLost;
+};
+
+// Process::exitcode() of a child whose end was collected by someone else — the kernel, with
+// SIGCHLD set to SIG_IGN, or a SIGCHLD handler that reaps children — after it was ended other than
+// by returning from its function (a signal; exit() called in it): its exit code is unknown.
+class ExitStatusLost : public Error {
  public:
   using Error::Error;
 };

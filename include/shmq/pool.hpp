@@ -21,15 +21,6 @@
 
 namespace shmq {
 
-// The pool's manager process has died (killed, or it could not fork a worker): no task will run
-// or finish any more. Thrown by calls that would otherwise wait for it forever (submitting into a
-// full task queue); the results of tasks pending then throw WorkerLost with the same reason. A
-// WorkerLost, since the pool's workers are lost with their manager.
-class PoolBroken : public WorkerLost {
- public:
-  using WorkerLost::WorkerLost;
-};
-
 struct PoolOptions {
   // Worker processes; 0: as many as this process may run on CPUs.
   std::size_t processes = 0;

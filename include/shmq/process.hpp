@@ -28,14 +28,6 @@ struct ProcessOptions {
   bool daemon = false;
 };
 
-// Process::exitcode() of a child whose end was collected by someone else — the kernel, with
-// SIGCHLD set to SIG_IGN, or a SIGCHLD handler that reaps children — after it was ended other than
-// by returning from its function (a signal; exit() called in it): its exit code is unknown.
-class ExitStatusLost : public Error {
- public:
-  using Error::Error;
-};
-
 // What current_process() reports: the running process's Process name ("MainProcess" outside any
 // shmq child), its pid and its parent's pid.
 struct ProcessInfo {
