@@ -710,11 +710,31 @@ std::string how_long(const Deadline& deadline, const char* call) {
   return buf;
 }
 
+// The message of a call that gave up because `side`'s lock stayed held by another thread or
+// process all the time the call could wait for it.
+std::string lock_stayed_held(const std::string& description, const RobustMutex& lock,
+                             const char* side, const Deadline& deadline, const char* call) {
+  const std::uint32_t holder = lock.word.load(std::memory_order_relaxed) & FUTEX_TID_MASK;
+  char waited[64];
+  std::snprintf(waited, sizeof waited, "%.3f s",
+                deadline.is_now()
+                    ? std::chrono::duration<double>(RobustLock::kNowaitLockPatience).count()
+                    : std::chrono::duration<double>(deadline.timeout()).count());
+  return "shmq: " + description + ": the " + side + "' lock stayed held" +
+         (holder != 0 ? " by thread " + std::to_string(holder) : std::string()) +
+         " (a call in progress elsewhere, or a stopped process) for the " + waited + " " + call +
+         " could wait for it; the queue itself may have " +
+         (std::string(side) == "producers" ? "room" : "messages");
+}
+
 }  // namespace
 
 void Segment::throw_put_failure(Outcome outcome, const Deadline& deadline, const char* call) const {
   if (outcome == Outcome::shut_down) {
     throw ShutDown("shmq: " + description_ + " is shut down: " + call + " refused");
+  }
+  if (outcome == Outcome::lock_busy) {
+    throw Full(lock_stayed_held(description_, header_->put_lock, "producers", deadline, call));
   }
   const Occupancy now = ring_.occupancy();
   const std::string limit =
@@ -727,6 +747,9 @@ void Segment::throw_put_failure(Outcome outcome, const Deadline& deadline, const
 void Segment::throw_get_failure(Outcome outcome, const Deadline& deadline, const char* call) const {
   if (outcome == Outcome::shut_down) {
     throw ShutDown("shmq: " + description_ + " is shut down and drained: " + call + " refused");
+  }
+  if (outcome == Outcome::lock_busy) {
+    throw Empty(lock_stayed_held(description_, header_->get_lock, "consumers", deadline, call));
   }
   throw Empty("shmq: " + description_ + " is empty" + how_long(deadline, call));
 }

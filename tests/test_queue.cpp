@@ -584,6 +584,8 @@ class LockHolder {
     char byte;
     REQUIRE(read(locked_.fds[0], &byte, 1) == 1);
   }
+  // The child, whose only thread holds the lock.
+  pid_t pid() const { return child_.pid(); }
   // Lets the child finish its call; true if it did.
   bool release() {
     const char byte = 'R';
@@ -618,7 +620,16 @@ TEST_CASE("try_ and _nowait calls wait about 50 ms for a lock another process ho
     LockHolder holder(q, LockHolder::producers);
     CHECK(about_50ms(time_of([&] { CHECK_FALSE(q.try_put(1)); })));
     CHECK(about_50ms(time_of([&] { CHECK(q.try_put_many(std::vector<int>{1, 2}) == 0); })));
-    CHECK(about_50ms(time_of([&] { CHECK_THROWS_AS(q.put_nowait(1), shmq::Full); })));
+    CHECK(about_50ms(time_of([&] {
+      CHECK_THROWS_MATCHES(q.put_nowait(1), shmq::Full,
+                           Catch::Matchers::Message(
+                               "shmq: " + shmq::test::described(q.name()) +
+                               ": the producers' lock stayed held by thread " +
+                               std::to_string(holder.pid()) +
+                               " (a call in progress elsewhere, or a stopped process) for the 0.050 s "
+                               "put_nowait could wait for it; the queue itself may have room"));
+    })));
+    CHECK_THROWS_WITH(q.put(1, 20ms), Catch::Contains("lock stayed held") && Catch::Contains("for the 0.020 s put"));
     CHECK(q.try_get() == std::nullopt);  // the other side is not held up
     CHECK(holder.release());
     CHECK(q.try_put(1));
@@ -629,7 +640,11 @@ TEST_CASE("try_ and _nowait calls wait about 50 ms for a lock another process ho
     LockHolder holder(q, LockHolder::consumers);
     CHECK(about_50ms(time_of([&] { CHECK(q.try_get() == std::nullopt); })));
     CHECK(about_50ms(time_of([&] { CHECK(q.try_get_many(out, 3) == 0); })));
-    CHECK(about_50ms(time_of([&] { CHECK_THROWS_AS(q.get_nowait(), shmq::Empty); })));
+    CHECK(about_50ms(time_of([&] {
+      CHECK_THROWS_WITH(q.get_nowait(), Catch::Contains("the consumers' lock stayed held by thread " +
+                                                        std::to_string(holder.pid())) &&
+                                            Catch::Contains("may have messages"));
+    })));
     CHECK(q.try_put(4));  // the other side is not held up
     CHECK(holder.release());
     CHECK(q.try_get() == 2);

@@ -337,7 +337,7 @@ class Queue {
         },
         deadline, counts_tasks_);
     if (progress.outcome == detail::Outcome::done ||
-        (call == nullptr && progress.outcome == detail::Outcome::timed_out)) {
+        (call == nullptr && detail::gave_up(progress.outcome))) {
       return progress.count;
     }
     segment_->throw_put_failure(progress.outcome, deadline, call != nullptr ? call : "try_put");
@@ -356,7 +356,7 @@ class Queue {
                         segment_->type_name() + " and was dropped: " + e.what());
     }
     if (progress.outcome == detail::Outcome::done ||
-        (call == nullptr && progress.outcome == detail::Outcome::timed_out)) {
+        (call == nullptr && detail::gave_up(progress.outcome))) {
       return progress.count;
     }
     segment_->throw_get_failure(progress.outcome, deadline, call != nullptr ? call : "try_get");

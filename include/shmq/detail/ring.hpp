@@ -177,7 +177,13 @@ class RobustLock {
   ThisThread* me_;
 };
 
-enum class Outcome { done, timed_out, shut_down };
+// timed_out: no room or no message by the deadline; lock_busy: the side's lock stayed held by
+// another thread or process until the deadline (or the _nowait patience) passed.
+enum class Outcome { done, timed_out, lock_busy, shut_down };
+// Whether a call gave up waiting, for either reason: what the try_ forms report as "no".
+constexpr bool gave_up(Outcome outcome) noexcept {
+  return outcome == Outcome::timed_out || outcome == Outcome::lock_busy;
+}
 
 // How a batch call ended, and how many messages it moved before that.
 struct Progress {
@@ -228,7 +234,7 @@ class Ring {
     for (;;) {
       {
         RobustLock lock(h_->put_lock, deadline, *queue_, h_->lock_recoveries);
-        if (!lock) return {Outcome::timed_out, done};
+        if (!lock) return {Outcome::lock_busy, done};
         if (shutdown_state() != ShutdownState::running) return {Outcome::shut_down, done};
         const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
         Cursor end = tail;
@@ -279,7 +285,7 @@ class Ring {
     for (;;) {
       {
         RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries);
-        if (!lock) return {Outcome::timed_out, 0};
+        if (!lock) return {Outcome::lock_busy, 0};
         const ShutdownState state = shutdown_state();
         if (state == ShutdownState::immediate) return {Outcome::shut_down, 0};
         const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
