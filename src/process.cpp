@@ -85,6 +85,7 @@ void Process::start() {
   // runner's, an application's shutdown hook) would run in its place; fn may install its own.
   detail::SpawnOptions options;
   options.dispositions = {detail::Disposition::reset(SIGTERM)};
+  options.unblocked = {SIGTERM};  // nor a mask inherited from a program that blocks it
   if (daemon_) options.on_parent_death = SIGTERM;
   child_ = detail::Child::spawn("process " + quoted(name_), options,
                                 [this] { return run_target(name_, target_); });

@@ -81,7 +81,12 @@ void follow_parent_death(int sig, bool forker_is_only_thread, pid_t parent) {
   if (options.on_parent_death != 0) {
     follow_parent_death(options.on_parent_death, options.forker_is_only_thread, parent);
   }
-  pthread_sigmask(SIG_SETMASK, options.mask ? &*options.mask : &callers_mask, nullptr);
+  sigset_t mask = options.mask ? *options.mask : callers_mask;
+  for (const int signal : options.unblocked) sigdelset(&mask, signal);
+  if (options.on_parent_death != 0 && !options.forker_is_only_thread) {
+    sigdelset(&mask, relay_signal());
+  }
+  pthread_sigmask(SIG_SETMASK, &mask, nullptr);
   int code = 1;
   try {
     code = body() & 0xff;
@@ -89,8 +94,10 @@ void follow_parent_death(int sig, bool forker_is_only_thread, pid_t parent) {
     // Never unwind out of here: the frames above are the parent's, and would run a second time.
     std::fputs("shmq: a child's body threw; it exits with code 1\n", stderr);
   }
-  recorded->store(code);
+  // Flushed before the code is recorded: a flush can block (a full pipe), and a child ended there
+  // by a signal must not be reported as having returned.
   flush_output();
+  recorded->store(code);
   _exit(code);  // not exit(): the parent's atexit handlers and static destructors are theirs
 }
 

@@ -377,3 +377,91 @@ TEST_CASE(
   pthread_mutex_unlock(&b);
   pthread_mutex_unlock(&a);
 }
+
+namespace {
+
+// Every signal blocked in the calling thread for the scope of a test: the sigwait/signalfd idiom.
+class AllSignalsBlocked {
+ public:
+  AllSignalsBlocked() {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &saved_);
+  }
+  AllSignalsBlocked(const AllSignalsBlocked&) = delete;
+  AllSignalsBlocked& operator=(const AllSignalsBlocked&) = delete;
+  ~AllSignalsBlocked() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+
+ private:
+  sigset_t saved_;
+};
+
+bool gone(pid_t pid) {
+  const char state = shmq::test::process_state(pid);
+  return state == 0 || state == 'Z';
+}
+
+}  // namespace
+
+TEST_CASE("a program that blocks every signal can still terminate its children, and its daemon children and pool workers still end with it",
+          "[fault][process][pool]") {
+  SECTION("terminate() ends a child that inherited the mask") {
+    AllSignalsBlocked blocked;
+    shmq::Process child([] {
+      for (;;) pause();
+    });
+    child.start();
+    child.terminate();
+    REQUIRE(child.join(10s));  // before: SIGTERM stayed blocked in the child
+    CHECK(child.exitcode() == -SIGTERM);
+  }
+  SECTION("a daemon child and a pool worker end when that program dies") {
+    Queue<int> pids;
+    shmq::Process program([pids]() mutable {
+      AllSignalsBlocked blocked;
+      shmq::Process daemon_child(shmq::ProcessOptions{.name = "daemon", .daemon = true}, [] {
+        for (;;) pause();
+      });
+      daemon_child.start();
+      pids.put(daemon_child.pid());
+      shmq::Pool pool(1);
+      pids.put(pool.apply([] { return static_cast<int>(getpid()); }));
+      for (;;) pause();  // SIGKILLed below
+    });
+    program.start();
+    const pid_t daemon_child = pids.get(60s);
+    const pid_t worker = pids.get(60s);
+    program.kill();
+    program.join();
+    CHECK(shmq::test::eventually([&] { return gone(daemon_child); }));
+    CHECK(shmq::test::eventually([&] { return gone(worker); }));
+  }
+}
+
+TEST_CASE("a child killed while flushing its output after its function returned is not reported as having returned",
+          "[fault][process]") {
+  SigchldDisposition scope(SIG_IGN);  // the status goes to the kernel: only the child's record is left
+  shmq::test::Pipe output;  // never read: the child's final flush blocks on it
+  Queue<int> ready;
+  shmq::Process child([&output, ready]() mutable {
+    // Fill the pipe, then leave one byte in stdout's buffer (buffered: no newline, not a tty).
+    const int flags = fcntl(output.fds[1], F_GETFL);
+    fcntl(output.fds[1], F_SETFL, flags | O_NONBLOCK);
+    const char page[4096] = {};
+    while (write(output.fds[1], page, sizeof page) > 0) {
+    }
+    fcntl(output.fds[1], F_SETFL, flags);
+    std::fflush(stdout);
+    dup2(output.fds[1], STDOUT_FILENO);
+    std::fputs("x", stdout);
+    ready.put(1);
+    return 0;  // then shmq flushes stdout, and blocks
+  });
+  child.start();
+  REQUIRE(ready.get(60s) == 1);
+  REQUIRE(shmq::test::eventually([&] { return shmq::test::process_state(child.pid()) == 'S'; }));
+  child.terminate();
+  child.join();
+  // Before: 0, the code recorded before the flush that never finished.
+  CHECK_THROWS_AS(child.exitcode(), shmq::ExitStatusLost);
+}

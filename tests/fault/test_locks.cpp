@@ -349,3 +349,24 @@ TEST_CASE("a child made by _Fork() that dies holding a queue's lock leaves it to
   });
   CHECK(other.succeeded());
 }
+
+// A notifier killed inside wake(), after the CAS that clears the sleeper count and starts a new
+// epoch but before its futex_wake, leaves a sleeper that no later notifier counts: later puts see
+// nobody asleep. The test plays that notifier's part on the shared header, then puts.
+TEST_CASE("a consumer whose wake-up a dying notifier swallowed still gets later messages",
+          "[fault][lock]") {
+  Queue<long> q;
+  HeaderView header(q.name());
+  Queue<long> got;
+  Child consumer([&] { got.put(q.get()); });
+  const std::size_t seq_offset = offsetof(SharedHeader, not_empty) + offsetof(shmq::detail::EventCount, seq);
+  REQUIRE(eventually([&] { return asleep_on_futex_at(consumer.pid(), seq_offset); }));
+  auto& sleep = (*header).not_empty.sleep;
+  std::uint64_t now = sleep.load();
+  REQUIRE(shmq::detail::sleepers_of(now) == 1);
+  REQUIRE(sleep.compare_exchange_strong(now, std::uint64_t{shmq::detail::epoch_of(now) + 1u} << 32));
+  q.put(7);  // finds no sleeper: no futex_wake
+  // Before sleeps were bounded, the consumer slept on with the message queued.
+  CHECK(got.get(10s) == 7);
+  CHECK(consumer.succeeded());
+}

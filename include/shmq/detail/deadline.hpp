@@ -38,6 +38,13 @@ class Deadline {
   // The timeout this deadline was made from, for error messages (zero for never/now).
   std::chrono::nanoseconds timeout() const noexcept { return timeout_; }
 
+  // The earlier of this deadline and `most` from now: for a wait that must look again by then.
+  template <class Rep, class Period>
+  Deadline capped(const std::chrono::duration<Rep, Period>& most) const {
+    const Deadline cap = after(most);
+    return at_ <= cap.at_ ? *this : cap;
+  }
+
   // The deadline as an absolute CLOCK_MONOTONIC timespec, for futex and pthread calls.
   static timespec to_timespec(clock::time_point t) noexcept {
     const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();

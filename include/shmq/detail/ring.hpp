@@ -99,6 +99,13 @@ class SpinBudget {
   std::atomic<unsigned> polls_;  // relaxed: a hint shared by this process's threads
 };
 
+// No sleep on an EventCount outlasts this. A process killed between publishing a change and
+// notifying (a producer between its commit and its wake-up), or inside wake() between clearing
+// the sleeper count and the futex_wake, leaves sleepers that nobody is going to wake; bounded
+// sleeps make them look again, and count themselves again if they must go on waiting. An idle
+// waiter so wakes ten times a second, for a few microseconds each.
+inline constexpr std::chrono::milliseconds kLongestSleep{100};
+
 // Waits until ready() or the deadline, or a wake-up: callers loop and re-check under their lock.
 // ready() runs without any lock and must not throw; it may return true spuriously. `sleeps`
 // (optional) counts the times the caller actually went to sleep.
@@ -120,7 +127,7 @@ void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (!ready()) {
     if (sleeps != nullptr) sleeps->fetch_add(1, std::memory_order_relaxed);
-    futex_wait(ev.seq, seq, deadline);
+    futex_wait(ev.seq, seq, deadline.capped(kLongestSleep));
   }
   // Off the count, unless a notifier already cleared it by starting a new epoch.
   std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);

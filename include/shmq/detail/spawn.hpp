@@ -39,6 +39,9 @@ struct SpawnOptions {
   std::vector<Disposition> dispositions{};
   // The signal mask the child runs with; the caller's when empty.
   std::optional<sigset_t> mask{};
+  // Taken out of that mask: signals the child must receive even from a program that blocks
+  // everything and waits with sigwait or a signalfd (the relay of on_parent_death always is).
+  std::vector<int> unblocked{};
   // If nonzero, this signal is sent to the child when the PROCESS that forked it ends — not when
   // the thread that forked it ends, which is when the kernel's PR_SET_PDEATHSIG fires. Also sent
   // at once if that process ended before the child could ask for it.
