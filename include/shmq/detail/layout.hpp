@@ -141,7 +141,8 @@ struct SharedHeader {
   // task_done() calls: CAS (seq_cst) by task_done, which refuses to pass the count of puts;
   // loaded with acquire before tail by join() and unfinished_tasks().
   std::atomic<std::uint64_t> tasks_done;
-  // Bumped when task_done() brings the unfinished tasks to 0 and at shutdown; JoinableQueue::join sleeps here.
+  // Bumped when task_done() brings the unfinished tasks to 0, and at shutdown; JoinableQueue::join
+  // sleeps here. Puts never bump it: they only add tasks.
   EventCount all_tasks_done;
 };
 
