@@ -14,19 +14,19 @@ namespace shmq {
 // A Queue<T> that also counts items put and not yet marked task_done(), across every process that
 // uses it; join() waits for that count to reach zero. The count lives in the queue's header.
 //
-// What counts: every message put through a JoinableQueue handle, by every put form (put, the
-// timed and _nowait forms, try_put, put_many, try_put_many, put_with), exactly as many as went
-// in: a put_many that throws midway, or a try_put_many that puts some, counts the ones it put.
-// Copies of the handle count too, a Queue<T>& or Queue<T> copy of it included. A handle opened as
-// a plain Queue<T> (Queue<T>::open, or a Queue<T> received through a queue) does not count.
+// What counts: every message put into the queue once it is joinable, through any handle and by
+// every put form (put, the timed and _nowait forms, try_put, put_many, try_put_many, put_with),
+// exactly as many as went in: a put_many that throws midway, or a try_put_many that puts some,
+// counts the ones it put. A plain Queue<T> handle on the same queue counts too (a JoinableQueue
+// passed where a Queue<T> is taken, a Queue<T>::open of its name): as in Python, the queue is
+// joinable, not the handle. A queue made by a JoinableQueue is joinable from its creation; a
+// plain queue becomes joinable when first opened as a JoinableQueue, and counts the puts from
+// then on (the messages already queued are not tasks).
 //
-// Each message is counted under the producers' lock just before it is published, so a consumer
-// can never get it, and mark it done, before it is counted. A producer killed in the middle of a
-// put loses the message it was writing, uncounted: the count stays exact. Only a kill landing
-// between the increment and the publishing store, two adjacent instructions, leaves the count
-// too high by the messages of that lock hold (one for put; for put_many, the values that fitted
-// in it), and join() then waits for them forever, as Python's join() does for the items a killed
-// producer had buffered.
+// The count is not kept on the put path: it is the count of messages ever put, which the tail word
+// commits with the message in one store, minus the task_done() calls. So a producer killed at any
+// instruction of a put leaves the count exact: the message it was writing is lost, uncounted, or
+// was published, counted. The count is exact while fewer than 2^32 tasks are unfinished at once.
 template <class T>
 class JoinableQueue : public Queue<T> {
  public:
@@ -43,7 +43,7 @@ class JoinableQueue : public Queue<T> {
     return JoinableQueue(Queue<T>::open_or_create(name, options));
   }
 
-  // Every put form is Queue<T>'s, counting what it puts (see above); they wait as Queue<T>'s do.
+  // Every put form is Queue<T>'s, and counts what it puts (see above); they wait as Queue<T>'s do.
 
   // Marks one item got from the queue as processed. Throws Error if called more times than items
   // were put (Python's ValueError). Never waits.
@@ -65,13 +65,15 @@ class JoinableQueue : public Queue<T> {
     }
   }
   // Items put and not yet marked done (a snapshot; never waits).
-  std::int64_t unfinished_tasks() const noexcept { return this->segment().ring().unfinished_tasks(); }
+  std::int64_t unfinished_tasks() const noexcept {
+    return std::int64_t{this->segment().ring().unfinished_tasks()};
+  }
 
  private:
-  explicit JoinableQueue(Queue<T> q) : Queue<T>(std::move(q)) { this->count_puts_as_tasks(); }
+  explicit JoinableQueue(Queue<T> q) : Queue<T>(std::move(q)) { this->segment().ring().make_joinable(); }
 };
 
-// Travels by name, as Queue<T> does; the receiver's handle counts its puts.
+// Travels by name, as Queue<T> does (so does a Queue<T> copy of it; either way its puts count).
 template <class T>
 struct codec<JoinableQueue<T>> : detail::queue_handle_codec<JoinableQueue<T>> {};
 

@@ -60,8 +60,7 @@ class Queue {
   explicit Queue(const QueueOptions& options)
       : segment_(detail::Segment::create_anonymous(options, type_tag())) {}
 
-  // Copyable: a handle; copies share the queue (and copy the closed flag and, from a
-  // JoinableQueue, its counting of puts as tasks, even into a plain Queue<T>).
+  // Copyable: a handle; copies share the queue (and copy the closed flag).
   Queue(const Queue&) = default;
   Queue& operator=(const Queue&) = default;
   Queue(Queue&&) noexcept = default;
@@ -239,9 +238,6 @@ class Queue {
   explicit Queue(std::shared_ptr<detail::Segment> segment) : segment_(std::move(segment)) {}
   // For the queues built on this one (JoinableQueue).
   detail::Segment& segment() const noexcept { return *segment_; }
-  // From now on, every message put through this handle, or through a copy of it, is counted as an
-  // unfinished task (JoinableQueue): every put form goes through put_core, which passes this on.
-  void count_puts_as_tasks() noexcept { counts_tasks_ = true; }
 
  private:
 
@@ -335,7 +331,7 @@ class Queue {
         [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
           message.second(i, dst, std::size_t{bytes});
         },
-        deadline, counts_tasks_);
+        deadline);
     if (progress.outcome == detail::Outcome::done ||
         (call == nullptr && detail::gave_up(progress.outcome))) {
       return progress.count;
@@ -364,7 +360,6 @@ class Queue {
 
   std::shared_ptr<detail::Segment> segment_;
   bool closed_ = false;
-  bool counts_tasks_ = false;  // see count_puts_as_tasks()
 };
 
 namespace detail {

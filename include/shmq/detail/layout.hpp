@@ -29,7 +29,9 @@
 namespace shmq::detail {
 
 inline constexpr std::uint64_t kMagic = 0x5348'4d51'5155'4555ULL;  // "SHMQQUEU": marks our segments
-inline constexpr std::uint32_t kLayoutVersion = 2;  // 2: RobustMutex replaced pthread_mutex_t
+// 2: RobustMutex replaced pthread_mutex_t. 3: JoinableQueue's count derived from tail's count
+// (tasks_base, tasks_done) instead of the unfinished_tasks counter.
+inline constexpr std::uint32_t kLayoutVersion = 3;
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kFrameHeaderBytes = sizeof(std::uint32_t);
@@ -75,6 +77,9 @@ inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
 inline constexpr std::uint32_t epoch_of(std::uint64_t sleep) noexcept {
   return static_cast<std::uint32_t>(sleep >> 32);
 }
+
+// SharedHeader::tasks_base's flag bit: the queue is joinable.
+inline constexpr std::uint64_t kJoinable = std::uint64_t{1} << 32;
 
 enum class ShutdownState : std::uint32_t { running = 0, draining = 1, immediate = 2 };
 
@@ -128,11 +133,16 @@ struct SharedHeader {
   std::atomic<std::uint64_t> empty_waits;      // relaxed; times a consumer went to sleep
   std::atomic<std::uint64_t> lock_recoveries;  // relaxed; locks taken over from a dead holder
 
-  // ---- JoinableQueue's count of items put and not yet marked task_done(); puts through handles
-  //      opened as a plain Queue do not count. Incremented under put_lock just before the tail
-  //      store that publishes the items (Ring::commit_put), decremented by task_done(); seq_cst RMWs.
-  std::atomic<std::int64_t> unfinished_tasks;
-  // Bumped when unfinished_tasks reaches 0 and at shutdown; JoinableQueue::join sleeps here.
+  // ---- JoinableQueue's tasks: unfinished = (tail's count - uint32(tasks_base) - tasks_done),
+  //      modulo 2^32 (ring.hpp, "Task counting"): the put path writes nothing here.
+  // 0 while the queue is not joinable; then kJoinable | tail's count when it became so (the puts
+  // before are not tasks). Set once, by a CAS from 0 (Ring::make_joinable), then immutable.
+  std::atomic<std::uint64_t> tasks_base;
+  // task_done() calls: CAS (seq_cst) by task_done, which refuses to pass the count of puts;
+  // loaded with acquire before tail by join() and unfinished_tasks().
+  std::atomic<std::uint64_t> tasks_done;
+  // Bumped when task_done() brings the unfinished tasks to 0, and at shutdown; JoinableQueue::join
+  // sleeps here. Puts never bump it: they only add tasks.
   EventCount all_tasks_done;
 };
 

@@ -17,13 +17,16 @@
 // (EOWNERDEAD) and goes on, with nothing to repair. A put in flight is lost (its producer
 // never returned); a get in flight leaves the message in the queue for the next consumer.
 //
-// Task counting (JoinableQueue): a put that counts its messages as unfinished tasks adds them to
-// unfinished_tasks just before the tail store that publishes them, in the same lock hold. So the
-// count covers exactly the messages that went in, whichever call put them and however it ended,
-// and a consumer never sees a message before its increment (SYNC POINT: the seq_cst increment is
-// sequenced before the release store of tail, which the consumer loads with acquire before it
-// reads the frame, and so before its task_done). A producer killed between the two leaves the
-// count too high by the messages of that one lock hold, which are lost.
+// Task counting (JoinableQueue): nothing on the put path. Every put already commits a 32-bit count
+// of the messages ever put (tail's Cursor::count) with the one release store that publishes them,
+// so the puts a JoinableQueue counts are derived: tail.count - tasks_base, modulo 2^32, where
+// tasks_base is tail's count when the queue became joinable (SharedHeader). task_done() adds one
+// to tasks_done with a CAS that refuses to pass that put count, and unfinished = puts - tasks_done.
+// So every put counts, by any handle type, and a producer killed at any instruction leaves the
+// count exact: its messages and their count are published together or not at all. A consumer can
+// never mark a message done before it is counted: it got it by loading the tail that counts it.
+// Modulo 2^32 the difference is exact while fewer than 2^32 tasks are unfinished at once (the
+// ring holds under 2^28 messages; the rest would be items got and not yet marked done).
 #pragma once
 
 #include <errno.h>
@@ -230,11 +233,9 @@ class Ring {
   // written. Every frame that fits is written under one lock hold and published with one store;
   // then it waits for room for the rest, until the deadline. Returns how it ended and how many
   // frames were published. If fill throws, the frames before the failing one are published and the
-  // exception propagates. With count_as_tasks, every frame published is also added to
-  // unfinished_tasks before it is published (see "Task counting" above).
+  // exception propagates.
   template <class SizeOf, class Fill>
-  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline,
-                    bool count_as_tasks) {
+  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline) {
     if (count == 0) return {Outcome::done, 0};
     std::size_t done = 0;
     std::uint32_t next_payload = size_of(0);  // of frame `done`, still to be written
@@ -265,10 +266,10 @@ class Ring {
             if (++done < count) next_payload = size_of(done);
           }
         } catch (...) {
-          commit_put(tail, end, end.count - head.count, count_as_tasks, lock);
+          commit_put(tail, end, end.count - head.count, lock);
           throw;
         }
-        commit_put(tail, end, end.count - head.count, count_as_tasks, lock);
+        commit_put(tail, end, end.count - head.count, lock);
         if (done == count) return {Outcome::done, done};
         if (deadline.expired()) return {count_timeout(h_->put_timeouts), done};
       }
@@ -350,32 +351,55 @@ class Ring {
     notify(h_->not_full);
     notify(h_->all_tasks_done);
   }
-  // Marks one of JoinableQueue's unfinished tasks (SharedHeader::unfinished_tasks, which put_many
-  // adds to) done. Returns false, changing nothing, if no task is unfinished.
+  // Makes the queue joinable (JoinableQueue's constructors), if it is not already: from now on
+  // every put, through any handle, counts as an unfinished task (see "Task counting" at the top).
+  // Lock-free: the first CAS wins, with tail's count as it loaded it; a put that committed
+  // before that load is not counted, one that commits after it is.
+  void make_joinable() noexcept {
+    std::uint64_t base = h_->tasks_base.load(std::memory_order_acquire);
+    if (base != 0) return;
+    const std::uint32_t puts = Cursor::unpack(h_->tail.load(std::memory_order_acquire)).count;
+    h_->tasks_base.compare_exchange_strong(base, kJoinable | puts);
+  }
+  // Marks one of JoinableQueue's unfinished tasks done. Returns false, changing nothing, if no
+  // task is unfinished (tasks_done would pass the count of puts).
   bool task_done() noexcept {
-    std::int64_t now = h_->unfinished_tasks.load();
+    const std::uint32_t base = tasks_base();
+    std::uint64_t done = h_->tasks_done.load(std::memory_order_acquire);
+    std::uint32_t left;
     do {
-      if (now <= 0) return false;
-    } while (!h_->unfinished_tasks.compare_exchange_weak(now, now - 1));
-    if (now == 1) notify(h_->all_tasks_done);
+      // Loaded after tasks_done and again after each failed CAS: puts only grow, so a count of
+      // puts loaded now is at least the one every earlier task_done checked against.
+      left = Cursor::unpack(h_->tail.load(std::memory_order_acquire)).count - base -
+             static_cast<std::uint32_t>(done);
+      if (left == 0) return false;
+    } while (!h_->tasks_done.compare_exchange_weak(done, done + 1));
+    // None left as of the puts it loaded: a put since then only makes this wake-up spurious, and
+    // the task_done that brings the count to 0 always sees left == 1 (its puts are >= done + 1).
+    if (left == 1) notify(h_->all_tasks_done);
     return true;
   }
-  // Blocks until every task put through a JoinableQueue handle has been marked done (true), or
-  // until the queue is shut down immediately with tasks unfinished (false): the messages still
-  // queued will never be got, so waiting for them would be forever. A draining shutdown wakes it
-  // too, and it goes on waiting: consumers still get every queued message.
+  // Blocks until every task put has been marked done (true), or until the queue is shut down
+  // immediately with tasks unfinished (false): the messages still queued will never be got, so
+  // waiting for them would be forever. A draining shutdown wakes it too, and it goes on waiting:
+  // consumers still get every queued message. Puts never wake it: they only add tasks.
   bool join_tasks() {
     const auto abandoned = [&] { return shutdown_state() == ShutdownState::immediate; };
-    while (h_->unfinished_tasks.load() > 0) {
+    while (unfinished_tasks() > 0) {
       if (abandoned()) return false;
       await(
           h_->all_tasks_done, nullptr, spin_,
-          [&] { return h_->unfinished_tasks.load() <= 0 || abandoned(); }, Deadline::never());
+          [&] { return unfinished_tasks() == 0 || abandoned(); }, Deadline::never());
     }
     return true;
   }
-  std::int64_t unfinished_tasks() const noexcept {
-    return h_->unfinished_tasks.load(std::memory_order_relaxed);
+  // Puts counted minus task_done() calls. tasks_done is loaded first: every task_done it counts
+  // had seen a count of puts at least as large, which the acquire load of tasks_done makes the
+  // later load of tail see, so the difference is never negative, and 0 only if at that load of
+  // tail every task put was done.
+  std::uint32_t unfinished_tasks() const noexcept {
+    const auto done = static_cast<std::uint32_t>(h_->tasks_done.load(std::memory_order_acquire));
+    return Cursor::unpack(h_->tail.load(std::memory_order_acquire)).count - tasks_base() - done;
   }
 
   ShutdownState shutdown_state() const noexcept {
@@ -464,15 +488,10 @@ class Ring {
     return tail;
   }
 
-  // Publishes the frames written in [tail, end) (if any), first counting them as unfinished
-  // tasks if asked, and wakes the consumers asleep, if any. `depth` is the queue depth with them,
-  // as producers last saw the head (an upper bound).
-  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, bool count_as_tasks,
-                  RobustLock& lock) noexcept {
+  // Publishes the frames written in [tail, end) (if any), and wakes the consumers asleep, if any.
+  // `depth` is the queue depth with them, as producers last saw the head (an upper bound).
+  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
     if (end.count == tail.count) return;
-    // SYNC POINT: before the release store of tail, so that no consumer can get these frames and
-    // mark them done before they are counted (see "Task counting" at the top).
-    if (count_as_tasks) h_->unfinished_tasks.fetch_add(std::uint32_t{end.count - tail.count});
     h_->tail.store(end.pack(), std::memory_order_release);
     if (end.count < tail.count) bump(h_->put_wraps);  // fewer than 2^32 frames a batch
     if (depth > h_->peak_depth.load(std::memory_order_relaxed)) {
@@ -513,6 +532,11 @@ class Ring {
     const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
     const std::uint32_t used = distance(head, tail);
     return used == kCorrupt || room(head, tail, used).fits(frame);
+  }
+
+  // tail's count when the queue became joinable; set once, before any JoinableQueue handle uses it.
+  std::uint32_t tasks_base() const noexcept {
+    return static_cast<std::uint32_t>(h_->tasks_base.load(std::memory_order_relaxed));
   }
 
   SharedHeader* h_;
