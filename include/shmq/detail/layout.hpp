@@ -65,7 +65,8 @@ struct Cursor {
 // woken process may wait milliseconds for a CPU, and counting it meanwhile would cost every put a
 // futex_wake that wakes nobody). A sleeper that wakes for another reason takes itself off the count
 // only if its epoch is still current. Nothing here is per waiter: a process killed asleep leaves
-// one count, which the next notifier clears with one wake-up that wakes nobody.
+// one count, which the next notifier clears with one wake-up that wakes nobody. A notifier killed
+// before its wake-up is covered by bounded sleeps (ring.hpp, kLongestSleep).
 struct alignas(kCacheLine) EventCount {
   std::atomic<std::uint32_t> seq;     // bumped (release) by every wake-up; sleepers futex-wait on it
   std::atomic<std::uint64_t> sleep;   // epoch << 32 | sleepers; RMW by sleepers and notifiers
