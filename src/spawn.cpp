@@ -218,16 +218,8 @@ bool Child::wait_until(const Deadline& deadline) {
     if (reap()) return true;
     if (deadline.expired()) return false;
     pollfd ready{pidfd_, POLLIN, 0};
-    if (deadline.is_never()) {
-      ppoll(&ready, 1, nullptr, nullptr);
-    } else {
-      const auto left =
-          std::max(deadline.at() - Deadline::clock::now(), Deadline::clock::duration::zero());
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-      const timespec ts{static_cast<time_t>(ns / 1'000'000'000),
-                        static_cast<long>(ns % 1'000'000'000)};
-      ppoll(&ready, 1, &ts, nullptr);
-    }
+    const timespec left = deadline.is_never() ? timespec{} : deadline.left_timespec();
+    ppoll(&ready, 1, deadline.is_never() ? nullptr : &left, nullptr);
     // Woken by the child's end, a signal (EINTR) or the deadline: look again.
   }
 }

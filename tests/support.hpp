@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -25,23 +26,35 @@ inline std::string unique_name(const std::string& what) {
   static int counter = 0;
   return "test-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + what;
 }
-// How shmq's error messages name the queue called `name`: "queue 'jobs'" for a named queue,
-// "unnamed queue (pid N, #K)" for an unnamed one, whose name() is "unnamed/N/FD/K/START".
-inline std::string described(const std::string& name) {
-  if (name.rfind("unnamed/", 0) != 0) return "queue '" + name + "'";
-  const auto pid_end = name.find('/', 8);
-  const auto fd_end = name.find('/', pid_end + 1);
-  const auto counter_end = name.find('/', fd_end + 1);
-  return "unnamed queue (pid " + name.substr(8, pid_end - 8) + ", #" +
-         name.substr(fd_end + 1, counter_end - fd_end - 1) + ")";
+// The fields of an unnamed queue's name(), "unnamed/PID/FD/COUNTER/START".
+struct UnnamedFields {
+  std::string pid, fd, counter, start;
+};
+inline bool is_unnamed(const std::string& name) { return name.rfind("unnamed/", 0) == 0; }
+inline UnnamedFields fields_of(const std::string& name) {
+  UnnamedFields f;
+  std::string* parts[] = {&f.pid, &f.fd, &f.counter, &f.start};
+  std::size_t at = name.find('/') + 1;
+  for (std::string* part : parts) {
+    const std::size_t end = std::min(name.find('/', at), name.size());
+    *part = name.substr(at, end - at);
+    at = end + 1;
+  }
+  return f;
 }
-// A file that opens the segment of queue `name`: its /dev/shm file, or, for an unnamed queue
-// ("unnamed/PID/FD/K/START"), its creator's descriptor under /proc.
+// How shmq's error messages name the queue called `name`: "queue 'jobs'" for a named queue,
+// "unnamed queue (pid N, #K)" for an unnamed one.
+inline std::string described(const std::string& name) {
+  if (!is_unnamed(name)) return "queue '" + name + "'";
+  const UnnamedFields f = fields_of(name);
+  return "unnamed queue (pid " + f.pid + ", #" + f.counter + ")";
+}
+// A file that opens the segment of queue `name`: its /dev/shm file, or, for an unnamed queue, its
+// creator's descriptor under /proc.
 inline std::string segment_path(const std::string& name) {
-  if (name.rfind("unnamed/", 0) != 0) return "/dev/shm/shmq." + name;
-  const auto pid_end = name.find('/', 8);
-  const auto fd_end = name.find('/', pid_end + 1);
-  return "/proc/" + name.substr(8, pid_end - 8) + "/fd/" + name.substr(pid_end + 1, fd_end - pid_end - 1);
+  if (!is_unnamed(name)) return "/dev/shm/shmq." + name;
+  const UnnamedFields f = fields_of(name);
+  return "/proc/" + f.pid + "/fd/" + f.fd;
 }
 inline std::string own_prefix() { return "shmq.test-" + std::to_string(getpid()) + "-"; }
 

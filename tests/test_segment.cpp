@@ -19,6 +19,8 @@
 
 using shmq::Queue;
 using shmq::test::Child;
+using shmq::test::UnnamedFields;
+using shmq::test::fields_of;
 using shmq::test::NameGuard;
 using shmq::test::segment_exists;
 using shmq::test::unique_name;
@@ -102,20 +104,6 @@ TEST_CASE(
 namespace {
 
 // The fields of an unnamed queue's name: unnamed/PID/FD/COUNTER/START.
-struct UnnamedFields {
-  std::string pid, fd, counter, start;
-};
-UnnamedFields fields_of(const std::string& name) {
-  UnnamedFields f;
-  std::string* parts[] = {&f.pid, &f.fd, &f.counter, &f.start};
-  std::size_t at = name.find('/') + 1;
-  for (std::string* part : parts) {
-    const std::size_t end = std::min(name.find('/', at), name.size());
-    *part = name.substr(at, end - at);
-    at = end + 1;
-  }
-  return f;
-}
 std::string unnamed_name(const UnnamedFields& f) {
   return "unnamed/" + f.pid + "/" + f.fd + "/" + f.counter + "/" + f.start;
 }

@@ -3,6 +3,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 
@@ -43,6 +44,13 @@ class Deadline {
   Deadline capped(const std::chrono::duration<Rep, Period>& most) const {
     const Deadline cap = after(most);
     return at_ <= cap.at_ ? *this : cap;
+  }
+
+  // The time left until a finite deadline (zero once it has passed), as a relative timespec for
+  // calls that take one (ppoll).
+  timespec left_timespec() const noexcept {
+    const auto left = std::max(at_ - clock::now(), clock::duration::zero());
+    return to_timespec(clock::time_point(left));
   }
 
   // The deadline as an absolute CLOCK_MONOTONIC timespec, for futex and pthread calls.
