@@ -149,7 +149,9 @@ std::vector<std::string> list_queues() {
   return names;
 }
 
-QueueStats inspect(std::string_view name) { return detail::Segment::open(name, nullptr)->stats(); }
+QueueStats inspect(std::string_view name) {
+  return detail::Segment::open(name, nullptr)->stats();
+}
 
 QueueUsers queue_users(const QueueStats& stats) {
   QueueUsers users;

@@ -53,7 +53,8 @@ namespace {
 constexpr std::chrono::seconds kManagerCheck{1};
 
 // Worker exit codes the manager tells apart.
-constexpr int kExitShutDown = 0;  // the task queue was shut down (close or terminate): do not replace
+constexpr int kExitShutDown =
+    0;  // the task queue was shut down (close or terminate): do not replace
 constexpr int kExitRetired = 100;  // maxtasksperchild reached: replace
 
 // How often the manager retries posting WorkerLost notices that found the result queue full.
@@ -248,7 +249,8 @@ class PoolCore {
   static WorkerSlot* map_slots(std::size_t n) {
     void* p = mmap(nullptr, n * sizeof(WorkerSlot), PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw Error(std::string("shmq::Pool: cannot map worker slots: ") + std::strerror(errno));
+    if (p == MAP_FAILED)
+      throw Error(std::string("shmq::Pool: cannot map worker slots: ") + std::strerror(errno));
     return new (p) WorkerSlot[n]{};
   }
 
@@ -408,7 +410,7 @@ class PoolCore {
     // terminate() kills workers with SIGKILL; SIGTERM's default makes a stray one end them too.
     options.dispositions.push_back(Disposition::reset(SIGTERM));
     options.mask = program_mask_;
-    options.on_parent_death = SIGKILL;  // a worker never outlives its manager
+    options.on_parent_death = SIGKILL;     // a worker never outlives its manager
     options.forker_is_only_thread = true;  // the manager starts no thread
     return Child::spawn("a worker of a shmq::Pool", options, [this, index] { return work(index); });
   }
@@ -426,7 +428,8 @@ class PoolCore {
         return 1;
       }
     }
-    for (std::size_t done = 0; options_.maxtasksperchild == 0 || done < options_.maxtasksperchild; ++done) {
+    for (std::size_t done = 0; options_.maxtasksperchild == 0 || done < options_.maxtasksperchild;
+         ++done) {
       TaskMessage task;
       try {
         task = tasks_.get_with([&](const std::byte* data, std::size_t size) {
@@ -501,7 +504,9 @@ bool PendingTasks::wait(const Deadline& deadline) {
   return true;
 }
 
-bool PendingTasks::ready() { return wait(Deadline::now()); }
+bool PendingTasks::ready() {
+  return wait(Deadline::now());
+}
 
 const std::vector<ResultMessage>& PendingTasks::results() const {
   for (const auto& r : *results_) {
@@ -524,7 +529,9 @@ namespace shmq {
 
 Pool::Pool(PoolOptions options) : core_(std::make_shared<detail::PoolCore>(std::move(options))) {}
 
-Pool::~Pool() { core_->terminate(); }
+Pool::~Pool() {
+  core_->terminate();
+}
 
 detail::PendingTasks Pool::submit(std::vector<detail::TaskMessage> tasks) {
   return detail::PendingTasks(core_, core_->submit(std::move(tasks)));
@@ -536,9 +543,17 @@ std::size_t Pool::default_chunksize(std::size_t items) const noexcept {
   return std::max<std::size_t>(1, (items + per - 1) / per);
 }
 
-void Pool::close() { core_->close(); }
-void Pool::join() { core_->join(); }
-void Pool::terminate() { core_->terminate(); }
-std::size_t Pool::processes() const noexcept { return core_->processes(); }
+void Pool::close() {
+  core_->close();
+}
+void Pool::join() {
+  core_->join();
+}
+void Pool::terminate() {
+  core_->terminate();
+}
+std::size_t Pool::processes() const noexcept {
+  return core_->processes();
+}
 
 }  // namespace shmq

@@ -28,7 +28,9 @@ std::string default_name() {
   return "Process-" + std::to_string(made.fetch_add(1) + 1);
 }
 
-std::string quoted(const std::string& name) { return "'" + name + "'"; }
+std::string quoted(const std::string& name) {
+  return "'" + name + "'";
+}
 
 // The child's side: fn, with its exception (if any) reported as Python prints a traceback.
 int run_target(const std::string& name, const std::function<int()>& target) {
@@ -47,7 +49,9 @@ int run_target(const std::string& name, const std::function<int()>& target) {
 
 }  // namespace
 
-ProcessInfo current_process() { return {own_name(), getpid(), getppid()}; }
+ProcessInfo current_process() {
+  return {own_name(), getpid(), getppid()};
+}
 
 Process::Process(ProcessOptions options, Target target)
     : name_(options.name.empty() ? default_name() : std::move(options.name)),
@@ -91,7 +95,9 @@ void Process::start() {
                                 [this] { return run_target(name_, target_); });
 }
 
-void Process::join() { join_until(detail::Deadline::never()); }
+void Process::join() {
+  join_until(detail::Deadline::never());
+}
 
 bool Process::join_until(const detail::Deadline& deadline) {
   if (child_.pid() == 0)

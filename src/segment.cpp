@@ -10,9 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/interprocess/shared_memory_object.hpp>
 #include <algorithm>
 #include <atomic>
+#include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -33,14 +33,20 @@ namespace {
 constexpr std::chrono::seconds kInitPatience{2};
 constexpr unsigned kMaxSpinPolls = 1u << 20;
 
-std::string quoted(const std::string& name) { return "'" + name + "'"; }
+std::string quoted(const std::string& name) {
+  return "'" + name + "'";
+}
 std::string described(const std::string& name) {
   return "queue " + quoted(name);
 }
 
-std::string shm_path(const std::string& name) { return "/" + std::string(kSegmentPrefix) + name; }
+std::string shm_path(const std::string& name) {
+  return "/" + std::string(kSegmentPrefix) + name;
+}
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 std::string hex(std::uint64_t v) {
   char buf[24];
@@ -75,7 +81,8 @@ class Mapping {
  public:
   Mapping(int fd, std::size_t capacity, const std::string& what)
       : bytes_(kHeaderBytes + 2 * capacity), capacity_(capacity) {
-    void* reserved = mmap(nullptr, bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* reserved =
+        mmap(nullptr, bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (reserved == MAP_FAILED) fail(errno, what);
     base_ = static_cast<std::byte*>(reserved);
     const int prot = PROT_READ | PROT_WRITE;
@@ -166,7 +173,8 @@ CheckedOptions check_options(const QueueOptions& o, const std::string& what) {
   if (kHeaderBytes % page_size() != 0) {
     throw Error("shmq: pages of " + std::to_string(page_size()) + " bytes are not supported");
   }
-  const std::size_t pages = (std::max(o.capacity_bytes, kMinCapacity) + page_size() - 1) / page_size();
+  const std::size_t pages =
+      (std::max(o.capacity_bytes, kMinCapacity) + page_size() - 1) / page_size();
   return {static_cast<std::uint32_t>(pages * page_size()), static_cast<std::uint32_t>(o.maxsize)};
 }
 
@@ -181,10 +189,10 @@ void init_header(SharedHeader& h, const CheckedOptions& sizes, const QueueOption
   h.creator_pid = getpid();
   h.mode = static_cast<std::uint32_t>(o.mode);
   h.spin_polls = o.spin_polls;
-  h.created_unix_ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  h.created_unix_ns =
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count());
   std::snprintf(h.type_name, sizeof h.type_name, "%s", type.name.c_str());
   h.magic.store(kMagic, std::memory_order_release);  // last: publishes everything above
 }
@@ -262,7 +270,8 @@ std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publicat
   const auto give_up =
       std::chrono::steady_clock::now() +
       (publication == Publication::may_be_pending ? kInitPatience : std::chrono::seconds(0));
-  for (auto pause = std::chrono::microseconds(50);; pause = std::min(pause * 2, decltype(pause)(5000))) {
+  for (auto pause = std::chrono::microseconds(50);;
+       pause = std::min(pause * 2, decltype(pause)(5000))) {
     struct stat st;
     if (fstat(fd, &st) != 0) {
       throw Error("shmq: cannot stat " + what + ": " + errno_text(errno));
@@ -453,7 +462,8 @@ std::string validate_name(std::string_view name) {
   } else if (name.find('\0') != std::string_view::npos) {
     problem = "holds a NUL byte";
   }
-  if (problem != nullptr) throw InvalidArgument("shmq: queue name " + quoted(shown) + " " + problem);
+  if (problem != nullptr)
+    throw InvalidArgument("shmq: queue name " + quoted(shown) + " " + problem);
   return std::string(name);
 }
 static_assert(kMaxNameBytes == 250, "validate_name's message states the limit");
@@ -514,7 +524,8 @@ std::shared_ptr<Segment> Segment::create(std::string_view raw_name, const QueueO
   return segment;
 }
 
-std::shared_ptr<Segment> Segment::create_anonymous(const QueueOptions& options, const TypeTag& type) {
+std::shared_ptr<Segment> Segment::create_anonymous(const QueueOptions& options,
+                                                   const TypeTag& type) {
   static std::atomic<std::uint64_t> made{0};
   UnnamedId id{getpid(), made.fetch_add(1, std::memory_order_relaxed) + 1,
                process_start_ticks(getpid()).value_or(0), -1};

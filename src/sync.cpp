@@ -37,7 +37,8 @@ long futex(std::atomic<std::uint32_t>& word, int op, std::uint32_t value, const 
 
 }  // namespace
 
-void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const Deadline& deadline) {
+void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                const Deadline& deadline) {
   const timespec ts = Deadline::to_timespec(deadline.at());
   // EAGAIN (the word moved), EINTR (a signal) and ETIMEDOUT all mean: go and look again.
   futex(word, FUTEX_WAIT_BITSET, expected, deadline.is_never() ? nullptr : &ts);
@@ -297,8 +298,9 @@ void identify_this_thread() {
 
 void throw_lock_error(int rc, const std::string& queue) {
   if (rc == EDEADLK) {
-    throw Error("shmq: " + queue +
-                ": this thread already holds the queue's lock (a codec called back into the queue?)");
+    throw Error(
+        "shmq: " + queue +
+        ": this thread already holds the queue's lock (a codec called back into the queue?)");
   }
   throw Error("shmq: " + queue + ": cannot take its lock: " + std::strerror(rc));
 }

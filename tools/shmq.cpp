@@ -138,9 +138,11 @@ int ls(const std::vector<std::string>& args) {
     json = true;
   }
   const auto names = shmq::list_queues();
-  if (json) std::printf("[");
-  else std::printf("%-32s %9s %23s %8s %5s %-16s %7s  %s\n", "NAME", "MESSAGES", "BYTES USED/CAPACITY", "MAXSIZE",
-                   "MODE", "CREATOR", "MAPPED", "TYPE");
+  if (json)
+    std::printf("[");
+  else
+    std::printf("%-32s %9s %23s %8s %5s %-16s %7s  %s\n", "NAME", "MESSAGES", "BYTES USED/CAPACITY",
+                "MAXSIZE", "MODE", "CREATOR", "MAPPED", "TYPE");
   for (std::size_t i = 0; i < names.size(); ++i) {
     const auto& name = names[i];
     try {
@@ -149,8 +151,10 @@ int ls(const std::vector<std::string>& args) {
       if (json) {
         std::printf("%s\n  %s", i ? "," : "", stats_json(s, u).c_str());
       } else {
-        const std::string used = std::to_string(s.bytes_used) + "/" + std::to_string(s.capacity_bytes);
-        const std::string creator = std::to_string(s.creator_pid) + (u.creator_alive ? " alive" : " dead");
+        const std::string used =
+            std::to_string(s.bytes_used) + "/" + std::to_string(s.capacity_bytes);
+        const std::string creator =
+            std::to_string(s.creator_pid) + (u.creator_alive ? " alive" : " dead");
         std::printf("%-32s %9llu %23s %8llu %5s %-16s %7zu  %s\n", name.c_str(),
                     static_cast<unsigned long long>(s.messages), used.c_str(),
                     static_cast<unsigned long long>(s.maxsize), octal(s.mode).c_str(),
@@ -177,8 +181,10 @@ int stat(const std::vector<std::string>& args) {
   std::string name;
   for (const auto& a : args) {
     if (a == "--help") {
-      std::printf("usage: shmq stat NAME [--json]\n\nOne queue's state and its counters since creation: puts, gets, timeouts,\n"
-                  "waits on full and on empty, lock recoveries after a crashed holder, peak depth.\n");
+      std::printf(
+          "usage: shmq stat NAME [--json]\n\nOne queue's state and its counters since creation: "
+          "puts, gets, timeouts,\n"
+          "waits on full and on empty, lock recoveries after a crashed holder, peak depth.\n");
       return kOk;
     }
     if (a == "--json") {
@@ -197,7 +203,9 @@ int stat(const std::vector<std::string>& args) {
       std::printf("%s\n", stats_json(s, u).c_str());
       return kOk;
     }
-    auto row = [](const char* key, const std::string& value) { std::printf("%-20s %s\n", key, value.c_str()); };
+    auto row = [](const char* key, const std::string& value) {
+      std::printf("%-20s %s\n", key, value.c_str());
+    };
     auto n = [](std::uint64_t v) { return std::to_string(v); };
     row("name:", s.name);
     row("type:", s.type_name);
@@ -205,7 +213,8 @@ int stat(const std::vector<std::string>& args) {
     row("bytes used:", n(s.bytes_used) + " of " + n(s.capacity_bytes));
     row("maxsize:", s.maxsize ? n(s.maxsize) : "none (bounded by bytes)");
     row("mode:", octal(s.mode));
-    row("creator:", "pid " + std::to_string(s.creator_pid) + (u.creator_alive ? " (alive)" : " (dead)"));
+    row("creator:",
+        "pid " + std::to_string(s.creator_pid) + (u.creator_alive ? " (alive)" : " (dead)"));
     row("created:", utc(s.created_unix_ns));
     row("mapped by:", std::to_string(u.mapped_by.size()) + " process(es)" +
                           (u.mapped_by.empty() ? "" : " (" + pids(u.mapped_by) + ")"));
@@ -218,7 +227,8 @@ int stat(const std::vector<std::string>& args) {
     row("waits on empty:", n(s.empty_waits));
     row("lock recoveries:", n(s.lock_recoveries));
     row("peak depth:", n(s.peak_depth));
-    row("sleeping now:", n(s.sleeping_producers) + " producer(s), " + n(s.sleeping_consumers) + " consumer(s)");
+    row("sleeping now:",
+        n(s.sleeping_producers) + " producer(s), " + n(s.sleeping_consumers) + " consumer(s)");
     auto holder = [](pid_t tid) {
       return tid == 0 ? std::string("free") : "held by thread " + std::to_string(tid);
     };
@@ -233,7 +243,9 @@ int stat(const std::vector<std::string>& args) {
 // ---- watch
 
 volatile sig_atomic_t interrupted = 0;
-extern "C" void on_interrupt(int) { interrupted = 1; }
+extern "C" void on_interrupt(int) {
+  interrupted = 1;
+}
 
 int watch(const std::vector<std::string>& args) {
   std::string name;
@@ -242,13 +254,16 @@ int watch(const std::vector<std::string>& args) {
   for (std::size_t i = 0; i < args.size(); ++i) {
     const auto& a = args[i];
     if (a == "--help") {
-      std::printf("usage: shmq watch NAME [--interval SECONDS] [--count N]\n\nA live view of the queue's depth and put/get rates, refreshed in place on a\n"
-                  "terminal, one line per interval when piped. Ctrl-C, or --count lines, ends it.\n");
+      std::printf(
+          "usage: shmq watch NAME [--interval SECONDS] [--count N]\n\nA live view of the queue's "
+          "depth and put/get rates, refreshed in place on a\n"
+          "terminal, one line per interval when piped. Ctrl-C, or --count lines, ends it.\n");
       return kOk;
     }
     if (a == "--interval" && i + 1 < args.size()) {
       interval = std::atof(args[++i].c_str());
-      if (interval <= 0) return usage_error("watch: --interval must be a positive number of seconds");
+      if (interval <= 0)
+        return usage_error("watch: --interval must be a positive number of seconds");
     } else if (a == "--count" && i + 1 < args.size()) {
       count = std::atol(args[++i].c_str());
       if (count <= 0) return usage_error("watch: --count must be positive");
@@ -269,11 +284,14 @@ int watch(const std::vector<std::string>& args) {
       const auto now = shmq::inspect(name);
       const auto then = std::exchange(at, std::chrono::steady_clock::now());
       const double secs = std::chrono::duration<double>(at - then).count();
-      std::printf("%s%s  depth %llu  bytes %llu/%llu  puts/s %.0f  gets/s %.0f  sleeping %u producer(s), %u consumer(s)%s",
-                  tty ? "\r\033[K" : "", name.c_str(), static_cast<unsigned long long>(now.messages),
-                  static_cast<unsigned long long>(now.bytes_used), static_cast<unsigned long long>(now.capacity_bytes),
-                  double(now.puts - before.puts) / secs, double(now.gets - before.gets) / secs,
-                  now.sleeping_producers, now.sleeping_consumers, tty ? "" : "\n");
+      std::printf(
+          "%s%s  depth %llu  bytes %llu/%llu  puts/s %.0f  gets/s %.0f  sleeping %u producer(s), "
+          "%u consumer(s)%s",
+          tty ? "\r\033[K" : "", name.c_str(), static_cast<unsigned long long>(now.messages),
+          static_cast<unsigned long long>(now.bytes_used),
+          static_cast<unsigned long long>(now.capacity_bytes),
+          double(now.puts - before.puts) / secs, double(now.gets - before.gets) / secs,
+          now.sleeping_producers, now.sleeping_consumers, tty ? "" : "\n");
       std::fflush(stdout);
       before = now;
     }

@@ -4,7 +4,8 @@
 //
 //   static std::size_t size(const T& v);          // exact number of bytes encode() will write
 //   static void encode(const T& v, Writer& out);  // writes exactly size(v) bytes
-//   static T decode(Reader& in);                  // reads them back; throws DecodeError on bad bytes
+//   static T decode(Reader& in);                  // reads them back; throws DecodeError on bad
+//   bytes
 //
 // Built in: trivially copyable types (copied as their bytes), std::string, std::vector, std::array,
 // std::pair, std::tuple, std::optional, std::map, std::unordered_map, nested freely. For another
@@ -13,7 +14,8 @@
 //   template <> struct shmq::codec<Point> {
 //     static std::size_t size(const Point& p) { return shmq::encoded_size(p.label) + 8; }
 //     static void encode(const Point& p, Writer& w) { shmq::encode(p.label, w); w.write(&p.x, 8); }
-//     static Point decode(Reader& r) { Point p{shmq::decode<std::string>(r)}; r.read(&p.x, 8); return p; }
+//     static Point decode(Reader& r) { Point p{shmq::decode<std::string>(r)}; r.read(&p.x, 8);
+//     return p; }
 //   };
 //
 // Decoding never trusts its input: every read is bounds-checked against the message, and lengths
@@ -145,7 +147,8 @@ T decode_exactly(const std::byte* data, std::size_t size) {
   Reader in(data, size);
   T v = codec<T>::decode(in);
   if (in.remaining() != 0) {
-    throw DecodeError("shmq::codec: " + std::to_string(in.remaining()) + " bytes left over after decoding");
+    throw DecodeError("shmq::codec: " + std::to_string(in.remaining()) +
+                      " bytes left over after decoding");
   }
   return v;
 }
@@ -159,8 +162,9 @@ T decode_from_string(const std::string& bytes) {
 using length_t = std::uint32_t;
 
 inline void encode_length(std::size_t n, Writer& out) {
-  if (n > UINT32_MAX) throw MessageTooLarge("shmq::codec: a length of " + std::to_string(n) +
-                                            " exceeds the 4 GiB a message can carry");
+  if (n > UINT32_MAX)
+    throw MessageTooLarge("shmq::codec: a length of " + std::to_string(n) +
+                          " exceeds the 4 GiB a message can carry");
   const auto len = static_cast<length_t>(n);
   out.write(&len, sizeof len);
 }
@@ -346,9 +350,7 @@ struct codec<std::array<T, N>> {
 // One tag byte (0: empty, 1: a value follows); any other tag is malformed.
 template <class T>
 struct codec<std::optional<T>> {
-  static std::size_t size(const std::optional<T>& o) {
-    return 1 + (o ? codec<T>::size(*o) : 0);
-  }
+  static std::size_t size(const std::optional<T>& o) { return 1 + (o ? codec<T>::size(*o) : 0); }
   static void encode(const std::optional<T>& o, Writer& out) {
     const std::uint8_t tag = o ? 1 : 0;
     out.write(&tag, 1);
@@ -357,7 +359,8 @@ struct codec<std::optional<T>> {
   static std::optional<T> decode(Reader& in) {
     std::uint8_t tag;
     in.read(&tag, 1);
-    if (tag > 1) throw DecodeError("shmq::codec: optional tag " + std::to_string(tag) + " is not 0 or 1");
+    if (tag > 1)
+      throw DecodeError("shmq::codec: optional tag " + std::to_string(tag) + " is not 0 or 1");
     if (tag == 0) return std::nullopt;
     return codec<T>::decode(in);
   }

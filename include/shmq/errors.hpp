@@ -1,5 +1,6 @@
 // shmq error policy, stated once:
-//  - set-up failures (create, open, map) and the blocking API throw a type derived from shmq::Error,
+//  - set-up failures (create, open, map) and the blocking API throw a type derived from
+//  shmq::Error,
 //    whose message names the queue and the figure involved (and the errno text where there is one);
 //  - the try_* calls never throw for "full", "empty" or "timed out": they return bool /
 //    std::optional / a count (they still throw DecodeError, Closed, ShutDown, MessageTooLarge).

@@ -49,7 +49,8 @@ class JoinableQueue : public Queue<T> {
   // were put (Python's ValueError). Never waits.
   void task_done() {
     if (!this->segment().ring().task_done()) {
-      throw Error("shmq: " + this->segment().description() + ": task_done() called more times than items were put");
+      throw Error("shmq: " + this->segment().description() +
+                  ": task_done() called more times than items were put");
     }
   }
   // Blocks, however long it takes, until every item put has been marked task_done(). shutdown()
@@ -70,7 +71,9 @@ class JoinableQueue : public Queue<T> {
   }
 
  private:
-  explicit JoinableQueue(Queue<T> q) : Queue<T>(std::move(q)) { this->segment().ring().make_joinable(); }
+  explicit JoinableQueue(Queue<T> q) : Queue<T>(std::move(q)) {
+    this->segment().ring().make_joinable();
+  }
 };
 
 // Travels by name, as Queue<T> does (so does a Queue<T> copy of it; either way its puts count).

@@ -109,7 +109,8 @@ std::string run_call(std::uint64_t function, Reader& in) {
 template <class F, bool kStar>
 std::string run_chunk(std::uint64_t function, Reader& in) {
   using S = signature<F>;
-  using Item = std::conditional_t<kStar, typename S::args, std::tuple_element_t<0, typename S::args>>;
+  using Item =
+      std::conditional_t<kStar, typename S::args, std::tuple_element_t<0, typename S::args>>;
   const auto items = codec<std::vector<Item>>::decode(in);
   std::vector<typename S::result> results;
   results.reserve(items.size());
@@ -322,7 +323,8 @@ class Pool {
     std::vector<R> all;
     for (const auto& chunk : results) {
       auto part = detail::decode_from_string<std::vector<R>>(chunk.payload);
-      all.insert(all.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+      all.insert(all.end(), std::make_move_iterator(part.begin()),
+                 std::make_move_iterator(part.end()));
     }
     return all;
   }
@@ -333,7 +335,8 @@ class Pool {
     using F = std::decay_t<decltype(f)>;
     using S = detail::signature<F>;
     using R = typename S::result;
-    using Item = std::conditional_t<kStar, typename S::args, std::tuple_element_t<0, typename S::args>>;
+    using Item =
+        std::conditional_t<kStar, typename S::args, std::tuple_element_t<0, typename S::args>>;
     static_assert(!std::is_void_v<R>, "shmq::Pool::map: the function must return a value");
     std::vector<Item> all;
     for (const auto& item : items) all.emplace_back(item);
@@ -341,7 +344,8 @@ class Pool {
     std::vector<detail::TaskMessage> tasks;
     for (std::size_t at = 0; at < all.size(); at += chunksize) {
       const auto first = all.begin() + static_cast<std::ptrdiff_t>(at);
-      const std::vector<Item> chunk(first, first + static_cast<std::ptrdiff_t>(std::min(chunksize, all.size() - at)));
+      const std::vector<Item> chunk(
+          first, first + static_cast<std::ptrdiff_t>(std::min(chunksize, all.size() - at)));
       detail::TaskMessage task;
       task.runner = detail::address_of(&detail::run_chunk<F, kStar>);
       task.function = detail::address_of(f);

@@ -72,7 +72,8 @@ class Process {
 
   template <class Fn, class... Args>
   Process(ProcessOptions options, Fn&& fn, Args&&... args)
-      : Process(std::move(options), make_target(std::forward<Fn>(fn), std::forward<Args>(args)...)) {}
+      : Process(std::move(options),
+                make_target(std::forward<Fn>(fn), std::forward<Args>(args)...)) {}
 
   Process(Process&& other) noexcept;
   Process& operator=(Process&& other) noexcept;

@@ -169,9 +169,9 @@ class Queue {
   template <class Fn>
   void put_with(std::size_t bytes, Fn&& writer) {
     if (is_bitwise_v<T> && bytes != sizeof(T)) {
-      throw InvalidArgument("shmq: " + segment_->description() + ": put_with of " + std::to_string(bytes) +
-                            " bytes, but " + segment_->type_name() + " always takes " +
-                            std::to_string(sizeof(T)));
+      throw InvalidArgument("shmq: " + segment_->description() + ": put_with of " +
+                            std::to_string(bytes) + " bytes, but " + segment_->type_name() +
+                            " always takes " + std::to_string(sizeof(T)));
     }
     put_core(1,
              std::make_pair(
@@ -194,8 +194,9 @@ class Queue {
       get_core(1, reader, detail::Deadline::never(), "get_with");
     } else {
       std::optional<Result> result;
-      get_core(1, [&](const std::byte* at, std::size_t bytes) { result.emplace(reader(at, bytes)); },
-               detail::Deadline::never(), "get_with");
+      get_core(
+          1, [&](const std::byte* at, std::size_t bytes) { result.emplace(reader(at, bytes)); },
+          detail::Deadline::never(), "get_with");
       return std::move(*result);
     }
   }
@@ -240,28 +241,30 @@ class Queue {
   detail::Segment& segment() const noexcept { return *segment_; }
 
  private:
-
   static const detail::TypeTag& type_tag() {
     static const detail::TypeTag tag = detail::make_type_tag(typeid(T).name());
     return tag;
   }
-  static constexpr std::size_t smallest_message_bytes() {
-    return is_bitwise_v<T> ? sizeof(T) : 0;
-  }
+  static constexpr std::size_t smallest_message_bytes() { return is_bitwise_v<T> ? sizeof(T) : 0; }
 
   void check_open(const char* call) const {
     if (closed_) {
-      throw Closed("shmq: " + segment_->description() + " was closed on this handle: " + call + " refused");
+      throw Closed("shmq: " + segment_->description() + " was closed on this handle: " + call +
+                   " refused");
     }
   }
 
   // Random access to a range's elements, for the batch calls.
   template <class Range>
   static auto element_of(const Range& values) {
-    return [&values](std::size_t i) -> const T& { return std::begin(values)[static_cast<std::ptrdiff_t>(i)]; };
+    return [&values](std::size_t i) -> const T& {
+      return std::begin(values)[static_cast<std::ptrdiff_t>(i)];
+    };
   }
   static auto appender(std::vector<T>& out) {
-    return [&out](const std::byte* at, std::size_t bytes) { out.push_back(decode_message(at, bytes)); };
+    return [&out](const std::byte* at, std::size_t bytes) {
+      out.push_back(decode_message(at, bytes));
+    };
   }
 
   // The one decoding of every get form but get_with. A message that codec<T> cannot turn into a T
@@ -293,8 +296,10 @@ class Queue {
   }
   std::optional<T> get_one(const detail::Deadline& deadline, const char* call) {
     std::optional<T> value;
-    get_core(1, [&](const std::byte* at, std::size_t bytes) { value.emplace(decode_message(at, bytes)); },
-             deadline, call);
+    get_core(
+        1,
+        [&](const std::byte* at, std::size_t bytes) { value.emplace(decode_message(at, bytes)); },
+        deadline, call);
     return value;
   }
 
@@ -341,12 +346,14 @@ class Queue {
 
   // The one core of every get: passes up to `max` messages' bytes to take(data, size); as put_core.
   template <class Take>
-  std::size_t get_core(std::size_t max, Take&& take, const detail::Deadline& deadline, const char* call) {
+  std::size_t get_core(std::size_t max, Take&& take, const detail::Deadline& deadline,
+                       const char* call) {
     check_open(call != nullptr ? call : "try_get");
     detail::Progress progress;
     try {
       progress = segment_->ring().get_many(
-          max, [&](const std::byte* at, std::uint32_t bytes) { take(at, std::size_t{bytes}); }, deadline);
+          max, [&](const std::byte* at, std::uint32_t bytes) { take(at, std::size_t{bytes}); },
+          deadline);
     } catch (const DecodeError& e) {
       throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
                         segment_->type_name() + " and was dropped: " + e.what());

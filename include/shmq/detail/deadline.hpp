@@ -55,7 +55,8 @@ class Deadline {
 
   // The deadline as an absolute CLOCK_MONOTONIC timespec, for futex and pthread calls.
   static timespec to_timespec(clock::time_point t) noexcept {
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+    const auto ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
     timespec ts;
     ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
     ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);

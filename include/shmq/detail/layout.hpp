@@ -14,9 +14,9 @@
 //   [ uint32 length | payload ... | pad ]     frame_bytes(length) = round_up(4 + length, 4)
 //
 // Each side of the ring is one 64-bit word packing the byte offset of its next frame, in
-// [0, capacity), and a count of messages that have passed it, modulo 2^32. A side commits a put or a
-// get with one release store of its word, so a process killed at any instruction leaves either the
-// old word (the message was never put / never taken) or the new one: never half a message.
+// [0, capacity), and a count of messages that have passed it, modulo 2^32. A side commits a put or
+// a get with one release store of its word, so a process killed at any instruction leaves either
+// the old word (the message was never put / never taken) or the new one: never half a message.
 #pragma once
 
 #include <atomic>
@@ -68,8 +68,8 @@ struct Cursor {
 // one count, which the next notifier clears with one wake-up that wakes nobody. A notifier killed
 // before its wake-up is covered by bounded sleeps (ring.hpp, kLongestSleep).
 struct alignas(kCacheLine) EventCount {
-  std::atomic<std::uint32_t> seq;     // bumped (release) by every wake-up; sleepers futex-wait on it
-  std::atomic<std::uint64_t> sleep;   // epoch << 32 | sleepers; RMW by sleepers and notifiers
+  std::atomic<std::uint32_t> seq;    // bumped (release) by every wake-up; sleepers futex-wait on it
+  std::atomic<std::uint64_t> sleep;  // epoch << 32 | sleepers; RMW by sleepers and notifiers
 };
 
 inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
@@ -88,17 +88,17 @@ struct SharedHeader {
   // ---- Identity: written once by the creator, then immutable. `magic` is stored last with release
   //      ordering, so an opener that loads it with acquire and sees kMagic sees the rest complete.
   std::atomic<std::uint64_t> magic;
-  std::uint32_t layout_version;  // kLayoutVersion
-  std::uint32_t header_bytes;    // kHeaderBytes: where the ring starts
-  std::uint64_t capacity_bytes;  // ring bytes; a page multiple in [kMinCapacity, kMaxCapacity]
-  std::uint64_t maxsize;         // most messages at once; 0: bounded only by bytes
-  std::uint64_t type_fingerprint;           // hash of the message type's name
-  std::int32_t creator_pid;                 // for `shmq ls` and stale-queue clean-up
-  std::uint32_t mode;                       // permission bits asked for at creation
-  std::uint32_t spin_polls;                 // polls before sleeping, for every process
-  std::uint32_t reserved;                   // zero; keeps what follows 8-byte aligned
-  std::uint64_t created_unix_ns;            // wall-clock creation time, for display only
-  char type_name[kTypeNameBytes];           // the message type's name, NUL-terminated
+  std::uint32_t layout_version;    // kLayoutVersion
+  std::uint32_t header_bytes;      // kHeaderBytes: where the ring starts
+  std::uint64_t capacity_bytes;    // ring bytes; a page multiple in [kMinCapacity, kMaxCapacity]
+  std::uint64_t maxsize;           // most messages at once; 0: bounded only by bytes
+  std::uint64_t type_fingerprint;  // hash of the message type's name
+  std::int32_t creator_pid;        // for `shmq ls` and stale-queue clean-up
+  std::uint32_t mode;              // permission bits asked for at creation
+  std::uint32_t spin_polls;        // polls before sleeping, for every process
+  std::uint32_t reserved;          // zero; keeps what follows 8-byte aligned
+  std::uint64_t created_unix_ns;   // wall-clock creation time, for display only
+  char type_name[kTypeNameBytes];  // the message type's name, NUL-terminated
 
   // ---- Producer side: put_lock serialises producers; tail is theirs. `tail` has a cache line to
   //      itself: consumers poll it, and their reads must not fight the producers' lock word and
@@ -107,7 +107,7 @@ struct SharedHeader {
   // (after the frame's bytes); loaded by consumers with acquire.
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;
   alignas(kCacheLine) RobustMutex put_lock;  // process-shared, robust (robust_mutex.hpp)
-  std::uint64_t head_seen;   // producers' cached copy of `head`; guarded by put_lock; only grows
+  std::uint64_t head_seen;  // producers' cached copy of `head`; guarded by put_lock; only grows
   // Statistics written only under put_lock (relaxed load + store, no read-modify-write) and
   // atomic only so that a snapshot may read them without the lock. Messages put since creation
   // are tail's 32-bit count extended by put_wraps: a store once per 2^32 puts, not one per put.
@@ -159,8 +159,10 @@ static_assert(offsetof(SharedHeader, put_lock) / kCacheLine !=
               offsetof(SharedHeader, get_lock) / kCacheLine);
 static_assert(offsetof(SharedHeader, head) / kCacheLine !=
               offsetof(SharedHeader, tail) / kCacheLine);
-static_assert(offsetof(SharedHeader, tail) / kCacheLine != offsetof(SharedHeader, put_lock) / kCacheLine &&
-                  offsetof(SharedHeader, head) / kCacheLine != offsetof(SharedHeader, get_lock) / kCacheLine,
+static_assert(offsetof(SharedHeader, tail) / kCacheLine !=
+                      offsetof(SharedHeader, put_lock) / kCacheLine &&
+                  offsetof(SharedHeader, head) / kCacheLine !=
+                      offsetof(SharedHeader, get_lock) / kCacheLine,
               "the words the other side polls are not on the lock's line");
 
 }  // namespace shmq::detail

@@ -153,9 +153,9 @@ class RobustLock {
 
   // Inlined, so that the uncontended path is the few instructions of try_lock; it reads no clock,
   // not even for a _nowait or try_ call.
-  __attribute__((always_inline)) RobustLock(RobustMutex& mutex, const Deadline& deadline,
-                                            const std::string& queue,
-                                            std::atomic<std::uint64_t>& recoveries)
+  __attribute__((always_inline))
+  RobustLock(RobustMutex& mutex, const Deadline& deadline, const std::string& queue,
+             std::atomic<std::uint64_t>& recoveries)
       : mutex_(&mutex), me_(&this_thread_identity()) {
     if (!try_lock(mutex, *me_)) lock_contended(deadline, queue, recoveries);
   }
@@ -469,7 +469,9 @@ class Ring {
       if (messages != UINT32_MAX) --messages;
     }
   };
-  Room room_after(Cursor head, Cursor tail) const { return room(head, tail, used_bytes(head, tail)); }
+  Room room_after(Cursor head, Cursor tail) const {
+    return room(head, tail, used_bytes(head, tail));
+  }
   // The room left when `used` bytes (already checked) are queued between head and tail.
   Room room(Cursor head, Cursor tail, std::uint32_t used) const noexcept {
     const std::uint32_t depth = tail.count - head.count;

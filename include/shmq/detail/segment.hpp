@@ -69,8 +69,8 @@ class Segment {
   static std::shared_ptr<Segment> open(std::string_view name, const TypeTag* type);
   // Opens `name` if it exists (refusing one owned by another user, or with a wider mode than
   // options.mode), else creates it. Exactly one of many racing callers creates.
-  static std::shared_ptr<Segment> open_or_create(std::string_view name,
-                                                 const QueueOptions& options, const TypeTag& type);
+  static std::shared_ptr<Segment> open_or_create(std::string_view name, const QueueOptions& options,
+                                                 const TypeTag& type);
   // Removes the name; processes that have the queue mapped keep using it. Throws InvalidArgument
   // for an unnamed queue's name: it has nothing to remove.
   static bool remove(std::string_view name);
