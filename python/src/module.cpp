@@ -1,0 +1,468 @@
+// shmq._shmq: the C++ half of the Python module. One class, _Queue, is a handle on a shmq queue
+// segment whose message type is chosen at run time: Python objects as pickles (a type of their
+// own, which no C++ Queue<T> opens), or one of the C++ types cpp_type.hpp reads and writes, so a
+// queue made by a C++ Queue<T> opens here and the reverse. The Python package (shmq/__init__.py)
+// builds Queue, SimpleQueue and JoinableQueue on it.
+//
+// Every call that can wait releases the GIL and waits in slices of kSignalSlice, taking the GIL
+// back between slices to run Python's signal handlers, so Ctrl-C (KeyboardInterrupt) ends a
+// blocked put or get within that time. Messages are encoded before the wait and decoded after
+// it, with the GIL held: the ring's locks are never held while Python code runs.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <time.h>
+
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <optional>
+#include <string>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+#include "cpp_type.hpp"
+#include "shmq/detail/deadline.hpp"
+#include "shmq/detail/segment.hpp"
+#include "shmq/errors.hpp"
+#include "shmq/queue_options.hpp"
+
+namespace py = pybind11;
+
+namespace shmq::python {
+
+// The message type of queues that carry pickled Python objects. Never defined: only its name
+// matters, recorded in the header so that a C++ Queue<T> refuses to open such a queue
+// (Incompatible) and shmq ls shows what it holds.
+struct PythonObject;
+
+namespace {
+
+using detail::Deadline;
+using detail::Outcome;
+using detail::Segment;
+using detail::TypeTag;
+
+constexpr std::chrono::milliseconds kSignalSlice{50};
+
+const TypeTag& pickle_tag() {
+  static const TypeTag tag = detail::make_type_tag(typeid(PythonObject*).name() + 1);  // drop 'P'
+  return tag;
+}
+
+// What a queue's messages are: pickles, or encodings of one C++ type.
+struct Format {
+  std::optional<CppType> cpp;  // empty: pickles
+  TypeTag tag;
+};
+
+std::shared_ptr<const Format> pickle_format() {
+  static const auto format = std::make_shared<const Format>(Format{std::nullopt, pickle_tag()});
+  return format;
+}
+
+std::shared_ptr<const Format> cpp_format(CppType type) {
+  const std::string mangled = type.mangled();
+  TypeTag tag = detail::make_type_tag(mangled.c_str());
+  return std::make_shared<const Format>(Format{std::move(type), std::move(tag)});
+}
+
+// type=: None (pickles), a C++ spelling, or one of the Python types str, int, float, bytes, bool.
+std::shared_ptr<const Format> format_from(const py::object& type) {
+  if (type.is_none()) return pickle_format();
+  if (py::isinstance<py::str>(type)) return cpp_format(parse_cpp_type(type.cast<std::string>()));
+  const auto is = [&](PyTypeObject* t) { return type.ptr() == reinterpret_cast<PyObject*>(t); };
+  if (is(&PyUnicode_Type)) return cpp_format(parse_cpp_type("std::string"));
+  if (is(&PyLong_Type)) return cpp_format(parse_cpp_type("std::int64_t"));
+  if (is(&PyFloat_Type)) return cpp_format(parse_cpp_type("double"));
+  if (is(&PyBytes_Type)) return cpp_format(parse_cpp_type("std::vector<std::uint8_t>"));
+  if (is(&PyBool_Type)) return cpp_format(parse_cpp_type("bool"));
+  throw InvalidArgument("shmq: type= takes None (pickled objects), a C++ type as a string "
+                        "(\"std::vector<double>\") or one of str, int, float, bytes, bool; not " +
+                        py::repr(type).cast<std::string>());
+}
+
+// The format a queue's own header records: pickles, or a C++ type parsed from its name and then
+// confirmed by opening the queue again with the mangled name's fingerprint (a header's name may
+// lie, or be cut at 255 bytes).
+std::pair<std::shared_ptr<Segment>, std::shared_ptr<const Format>> open_as_recorded(
+    const std::string& name) {
+  auto any = Segment::open(name, nullptr);
+  const std::string& recorded = any->type_name();
+  if (recorded == pickle_tag().name) return {Segment::open(name, &pickle_tag()), pickle_format()};
+  std::shared_ptr<const Format> format;
+  try {
+    format = cpp_format(parse_header_type(recorded));
+  } catch (const InvalidArgument& e) {
+    throw Incompatible("shmq: " + any->description() + " carries messages of C++ type " + recorded +
+                       ", which the Python module cannot read: " + e.what());
+  }
+  return {Segment::open(name, &format->tag), format};
+}
+
+// A timeout as Python gives it: None waits forever; block=False, or a timeout of zero or less
+// (as multiprocessing.Queue treats it), does not wait.
+Deadline deadline_from(bool block, const py::object& timeout) {
+  if (!block) return Deadline::now();
+  if (timeout.is_none()) return Deadline::never();
+  const double seconds = timeout.cast<double>();
+  if (std::isnan(seconds)) throw InvalidArgument("shmq: a timeout of NaN seconds");
+  if (seconds >= static_cast<double>(std::chrono::seconds(Deadline::kForever).count())) {
+    return Deadline::never();
+  }
+  return Deadline::after(std::chrono::duration<double>(seconds));
+}
+
+// The Python objects the module calls, looked up once. Never destroyed: a py::object released
+// after the interpreter has finalized (by a static destructor at exit) aborts the process.
+struct Imports {
+  py::object dumps = py::module_::import("pickle").attr("dumps");
+  py::object loads = py::module_::import("pickle").attr("loads");
+  py::object protocol = py::module_::import("pickle").attr("HIGHEST_PROTOCOL");
+  py::object errors = py::module_::import("shmq._errors");
+};
+const Imports& imports() {
+  static const Imports* const once = new Imports();
+  return *once;
+}
+
+void check_signals() {
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+}
+
+class PyQueue {
+ public:
+  // how: "anonymous" (an unnamed queue), "create", "open", "open_or_create".
+  PyQueue(std::size_t maxsize, const py::object& type, std::size_t capacity_bytes, unsigned mode,
+          const std::optional<std::string>& name, const std::string& how) {
+    QueueOptions options;
+    options.maxsize = maxsize;
+    options.capacity_bytes = capacity_bytes;
+    options.mode = mode;
+    if (how == "open" && type.is_none()) {
+      std::tie(segment_, format_) = open_as_recorded(name.value());
+      return;
+    }
+    format_ = format_from(type);
+    if (how == "anonymous") {
+      segment_ = Segment::create_anonymous(options, format_->tag);
+    } else if (how == "create") {
+      segment_ = Segment::create(name.value(), options, format_->tag);
+    } else if (how == "open") {
+      segment_ = Segment::open(name.value(), &format_->tag);
+    } else if (how == "open_or_create") {
+      segment_ = Segment::open_or_create(name.value(), options, format_->tag);
+    } else {
+      throw InvalidArgument("shmq: unknown way to make a queue: " + how);
+    }
+  }
+
+  // ---- put: every form encodes first (an object that cannot be encoded raises before anything
+  // is written), then waits as `deadline` says.
+  void put(const py::handle& obj, bool block, const py::object& timeout) {
+    const Deadline deadline = deadline_from(block, timeout);
+    std::vector<std::string> one;
+    one.push_back(encode(obj));
+    put_encoded(one, deadline, block ? "put" : "put_nowait");
+  }
+  void put_many(const py::iterable& objs, bool block, const py::object& timeout) {
+    const Deadline deadline = deadline_from(block, timeout);
+    std::vector<std::string> messages;
+    for (const py::handle obj : objs) messages.push_back(encode(obj));
+    put_encoded(messages, deadline, "put_many");
+  }
+
+  // ---- get: takes the messages' bytes while waiting without the GIL, then decodes them.
+  py::object get(bool block, const py::object& timeout) {
+    std::vector<std::string> messages = take(1, deadline_from(block, timeout), block ? "get" : "get_nowait");
+    return decode(messages[0]);
+  }
+  // Up to max_items messages, waiting (as get) for the first. A message that does not decode is
+  // dropped; the others taken with it are not: DecodeError carries them in order as `.items`.
+  py::list get_many(std::size_t max_items, bool block, const py::object& timeout) {
+    if (max_items == 0) throw InvalidArgument("shmq: get_many of 0 items");
+    std::vector<std::string> messages = take(max_items, deadline_from(block, timeout), "get_many");
+    py::list items;
+    std::optional<py::error_already_set> first_failure;
+    for (const std::string& m : messages) {
+      try {
+        items.append(decode(m));
+      } catch (py::error_already_set& e) {
+        if (!first_failure) first_failure.emplace(std::move(e));
+      }
+    }
+    if (first_failure) {
+      first_failure->value().attr("items") = items;
+      first_failure->restore();
+      throw py::error_already_set();
+    }
+    return items;
+  }
+
+  std::size_t qsize() const { return segment_->ring().occupancy().messages; }
+  bool empty() const { return qsize() == 0; }
+  bool full() const {
+    const auto& ring = segment_->ring();
+    const auto now = ring.occupancy();
+    if (ring.maxsize() != 0 && now.messages >= ring.maxsize()) return true;
+    const std::size_t smallest = format_->cpp ? min_encoded_bytes(*format_->cpp) : 1;
+    return ring.capacity() - now.bytes < detail::frame_bytes(static_cast<std::uint32_t>(smallest));
+  }
+
+  void close() { closed_ = true; }
+  bool closed() const { return closed_; }
+  void shutdown(bool immediate) { segment_->ring().shutdown(immediate); }
+  bool is_shutdown() const {
+    return segment_->ring().shutdown_state() != detail::ShutdownState::running;
+  }
+
+  // ---- JoinableQueue
+  void make_joinable() { segment_->ring().make_joinable(); }
+  void task_done() {
+    if (!segment_->ring().task_done()) {
+      PyErr_Format(PyExc_ValueError, "task_done() called too many times (shmq: %s)",
+                   segment_->description().c_str());
+      throw py::error_already_set();
+    }
+  }
+  std::int64_t unfinished_tasks() const { return segment_->ring().unfinished_tasks(); }
+  // Waits until every task put is done. The ring's own join sleeps without a deadline, which
+  // would leave Ctrl-C unanswered, so this polls the count without the GIL, backing off from
+  // 100 µs to 5 ms between looks (a join waits for work to finish, not for microseconds).
+  void join() {
+    auto pause = std::chrono::microseconds(100);
+    while (unfinished_tasks() != 0) {
+      if (segment_->ring().shutdown_state() == detail::ShutdownState::immediate) {
+        throw ShutDown("shmq: " + segment_->description() + " was shut down immediately with " +
+                       std::to_string(unfinished_tasks()) +
+                       " tasks unfinished: join() refused (queued items will never be got)");
+      }
+      {
+        py::gil_scoped_release nogil;
+        const timespec ts = Deadline::to_timespec(Deadline::clock::time_point(pause));
+        nanosleep(&ts, nullptr);
+      }
+      check_signals();
+      pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(5));
+    }
+  }
+
+  py::dict stats() const {
+    const QueueStats s = segment_->stats();
+    py::dict d;
+    d["name"] = s.name;
+    d["type_name"] = s.type_name;
+    d["messages"] = s.messages;
+    d["bytes_used"] = s.bytes_used;
+    d["capacity_bytes"] = s.capacity_bytes;
+    d["maxsize"] = s.maxsize;
+    d["mode"] = s.mode;
+    d["creator_pid"] = s.creator_pid;
+    d["created_unix_ns"] = s.created_unix_ns;
+    d["shut_down"] = s.shut_down;
+    d["puts"] = s.puts;
+    d["gets"] = s.gets;
+    d["put_timeouts"] = s.put_timeouts;
+    d["get_timeouts"] = s.get_timeouts;
+    d["full_waits"] = s.full_waits;
+    d["empty_waits"] = s.empty_waits;
+    d["lock_recoveries"] = s.lock_recoveries;
+    d["peak_depth"] = s.peak_depth;
+    d["sleeping_producers"] = s.sleeping_producers;
+    d["sleeping_consumers"] = s.sleeping_consumers;
+    d["put_lock_holder"] = s.put_lock_holder;
+    d["get_lock_holder"] = s.get_lock_holder;
+    return d;
+  }
+
+  const std::string& name() const { return segment_->name(); }
+  std::size_t maxsize() const { return segment_->ring().maxsize(); }
+  std::size_t capacity_bytes() const { return segment_->ring().capacity(); }
+  std::size_t max_message_bytes() const { return segment_->ring().max_payload(); }
+  // The C++ type of the messages (its spelling), or None for pickles.
+  py::object cpp_type() const {
+    if (!format_->cpp) return py::none();
+    return py::str(format_->cpp->spelling());
+  }
+  const std::string& type_name() const { return segment_->type_name(); }
+
+  static bool remove(const std::string& name) { return Segment::remove(name); }
+
+ private:
+  void check_open(const char* call) const {
+    if (closed_) {
+      throw Closed("shmq: " + segment_->description() + " was closed on this handle: " + call +
+                   " refused");
+    }
+  }
+
+  std::string encode(const py::handle& obj) const {
+    std::string bytes;
+    if (format_->cpp) {
+      encode_value(*format_->cpp, obj.ptr(), bytes);
+    } else {
+      const py::bytes pickled = imports().dumps(obj, imports().protocol);
+      bytes = static_cast<std::string>(pickled);
+    }
+    segment_->check_message_size(bytes.size());
+    return bytes;
+  }
+
+  py::object decode(const std::string& message) const {
+    try {
+      if (format_->cpp) {
+        return py::reinterpret_steal<py::object>(
+            decode_value(*format_->cpp, message.data(), message.size()));
+      }
+      return imports().loads(py::memoryview::from_memory(message.data(), static_cast<py::ssize_t>(message.size())));
+    } catch (const DecodeError& e) {
+      throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
+                        format_->tag.name + " and was dropped: " + e.what());
+    } catch (py::error_already_set& e) {
+      if (e.matches(PyExc_KeyboardInterrupt) || e.matches(PyExc_SystemExit)) throw;
+      // Raised from the unpickling error, so the traceback shows both.
+      const std::string what = "shmq: " + segment_->description() +
+                                  ": a message does not unpickle and was dropped";
+      py::raise_from(e, imports().errors.attr("DecodeError").ptr(), what.c_str());
+      throw py::error_already_set();
+    }
+  }
+
+  // The one wait of every put form: all of `messages`, in order, in slices.
+  void put_encoded(const std::vector<std::string>& messages, const Deadline& deadline,
+                   const char* call) {
+    std::size_t done = 0;
+    while (true) {
+      check_open(call);
+      detail::Progress progress;
+      {
+        py::gil_scoped_release nogil;
+        progress = segment_->ring().put_many(
+            messages.size() - done,
+            [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
+            [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
+              std::memcpy(dst, messages[done + i].data(), bytes);
+            },
+            deadline.capped(kSignalSlice));
+      }
+      done += progress.count;
+      if (progress.outcome == Outcome::done) return;
+      if (progress.outcome == Outcome::shut_down || deadline.expired()) {
+        segment_->throw_put_failure(progress.outcome, deadline, call);
+      }
+      check_signals();
+    }
+  }
+
+  // The one wait of every get form: up to `max` messages' bytes, in slices.
+  std::vector<std::string> take(std::size_t max, const Deadline& deadline, const char* call) {
+    std::vector<std::string> messages;
+    while (true) {
+      check_open(call);
+      detail::Progress progress;
+      {
+        py::gil_scoped_release nogil;
+        progress = segment_->ring().get_many(
+            max,
+            [&](const std::byte* at, std::uint32_t bytes) {
+              messages.emplace_back(reinterpret_cast<const char*>(at), bytes);
+            },
+            deadline.capped(kSignalSlice));
+      }
+      if (progress.outcome == Outcome::done) return messages;
+      if (progress.outcome == Outcome::shut_down || deadline.expired()) {
+        segment_->throw_get_failure(progress.outcome, deadline, call);
+      }
+      check_signals();
+    }
+  }
+
+  std::shared_ptr<Segment> segment_;
+  std::shared_ptr<const Format> format_;
+  bool closed_ = false;
+};
+
+// The Python exception class for each C++ one: shmq/_errors.py defines them, deriving from the
+// standard library's where Python has one (queue.Full, queue.Empty, ValueError, ...).
+void register_errors() {
+  imports();
+  py::register_exception_translator([](std::exception_ptr p) {
+    const auto raise = [](const char* cls, const std::exception& e) {
+      PyErr_SetString(imports().errors.attr(cls).ptr(), e.what());
+    };
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Full& e) {
+      raise("Full", e);
+    } catch (const Empty& e) {
+      raise("Empty", e);
+    } catch (const Closed& e) {
+      raise("Closed", e);
+    } catch (const ShutDown& e) {
+      raise("ShutDown", e);
+    } catch (const InvalidArgument& e) {
+      raise("InvalidArgument", e);
+    } catch (const AlreadyExists& e) {
+      raise("AlreadyExists", e);
+    } catch (const NotFound& e) {
+      raise("NotFound", e);
+    } catch (const Incompatible& e) {
+      raise("Incompatible", e);
+    } catch (const MessageTooLarge& e) {
+      raise("MessageTooLarge", e);
+    } catch (const DecodeError& e) {
+      raise("DecodeError", e);
+    } catch (const Error& e) {
+      raise("Error", e);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace shmq::python
+
+PYBIND11_MODULE(_shmq, m) {
+  using shmq::python::PyQueue;
+  m.doc() = "The C++ half of the shmq Python module; use the shmq package.";
+  shmq::python::register_errors();
+
+  py::class_<PyQueue>(m, "_Queue")
+      .def(py::init<std::size_t, const py::object&, std::size_t, unsigned,
+                    const std::optional<std::string>&, const std::string&>(),
+           py::arg("maxsize"), py::arg("type"), py::arg("capacity_bytes"), py::arg("mode"),
+           py::arg("name"), py::arg("how"))
+      .def("put", &PyQueue::put, py::arg("obj"), py::arg("block") = true,
+           py::arg("timeout") = py::none())
+      .def(
+          "put_nowait", [](PyQueue& q, const py::handle& obj) { q.put(obj, false, py::none()); },
+          py::arg("obj"))
+      .def("put_many", &PyQueue::put_many, py::arg("objs"), py::arg("block") = true,
+           py::arg("timeout") = py::none())
+      .def("get", &PyQueue::get, py::arg("block") = true, py::arg("timeout") = py::none())
+      .def("get_nowait", [](PyQueue& q) { return q.get(false, py::none()); })
+      .def("get_many", &PyQueue::get_many, py::arg("max_items"), py::arg("block") = true,
+           py::arg("timeout") = py::none())
+      .def("qsize", &PyQueue::qsize)
+      .def("empty", &PyQueue::empty)
+      .def("full", &PyQueue::full)
+      .def("close", &PyQueue::close)
+      .def_property_readonly("closed", &PyQueue::closed)
+      .def("shutdown", &PyQueue::shutdown, py::arg("immediate") = false)
+      .def_property_readonly("is_shutdown", &PyQueue::is_shutdown)
+      .def("_make_joinable", &PyQueue::make_joinable)
+      .def("_task_done", &PyQueue::task_done)
+      .def("_unfinished_tasks", &PyQueue::unfinished_tasks)
+      .def("_join", &PyQueue::join)
+      .def("stats", &PyQueue::stats)
+      .def_property_readonly("name", &PyQueue::name)
+      .def_property_readonly("maxsize", &PyQueue::maxsize)
+      .def_property_readonly("capacity_bytes", &PyQueue::capacity_bytes)
+      .def_property_readonly("max_message_bytes", &PyQueue::max_message_bytes)
+      .def_property_readonly("cpp_type", &PyQueue::cpp_type)
+      .def_property_readonly("type_name", &PyQueue::type_name)
+      .def_static("_remove", &PyQueue::remove, py::arg("name"));
+  m.def("_mangle", [](const std::string& spelling) {
+    return shmq::python::parse_cpp_type(spelling).mangled();
+  });
+}
