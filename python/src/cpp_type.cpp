@@ -645,7 +645,10 @@ void encode_into(const CppType& type, PyObject* value, std::string& out, int dep
     }
     case Kind::map:
     case Kind::unordered_map: {
-      if (!PyDict_Check(value) && !PyMapping_Check(value)) type_error(type, value, "a dict");
+      // A list is a mapping to the C API (it has __getitem__); a mapping has items().
+      if (!PyDict_Check(value) && PyObject_HasAttrString(value, "items") == 0) {
+        type_error(type, value, "a dict");
+      }
       py::object items = py::reinterpret_steal<py::object>(PyMapping_Items(value));
       if (!items) throw_python();
       const auto n = static_cast<std::size_t>(PyList_GET_SIZE(items.ptr()));

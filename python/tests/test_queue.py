@@ -1,0 +1,293 @@
+"""shmq.Queue, SimpleQueue and JoinableQueue in one process: multiprocessing's interface."""
+
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+
+import pytest
+
+import shmq
+
+
+def test_any_picklable_object_comes_back_equal_in_order():
+    q = shmq.Queue()
+    values = ["消息1", 2, 3.5, None, b"\x00bytes", [1, {"a": (2, 3)}], {1, 2}, Exception("e")]
+    for v in values:
+        q.put(v)
+    got = [q.get() for _ in values]
+    assert got[:-1] == values[:-1]
+    assert type(got[-1]) is Exception and got[-1].args == ("e",)
+
+
+def test_the_seed_example_behaves_as_multiprocessing():
+    q = shmq.Queue(3)
+    assert q.empty()
+    q.put("消息1")
+    q.put("消息2")
+    assert not q.full()
+    q.put("消息3")
+    assert q.full()
+    assert q.qsize() == 3
+    assert q.get() == "消息1"
+    assert q.qsize() == 2
+
+
+def test_full_and_empty_are_the_standard_library_exceptions():
+    q = shmq.Queue(1)
+    q.put(1)
+    for put in (lambda: q.put(2, block=False), lambda: q.put_nowait(2),
+                lambda: q.put(2, timeout=0.05), lambda: q.put(2, False, 10)):
+        with pytest.raises(queue.Full) as e:
+            put()
+        assert isinstance(e.value, shmq.Full)
+    assert q.get() == 1
+    for get in (lambda: q.get(block=False), q.get_nowait, lambda: q.get(timeout=0.05),
+                lambda: q.get(False, 10)):
+        with pytest.raises(queue.Empty) as e:
+            get()
+        assert isinstance(e.value, shmq.Empty)
+
+
+def test_a_timeout_waits_that_long_and_a_negative_one_not_at_all():
+    q = shmq.Queue()
+    start = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.3)
+    assert 0.3 <= time.monotonic() - start < 2
+    start = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=-1)
+    assert time.monotonic() - start < 0.2
+    with pytest.raises(ValueError):
+        q.get(timeout=float("nan"))
+
+
+def test_a_blocked_get_releases_the_gil_and_returns_what_a_thread_puts():
+    q = shmq.Queue()
+    ticks = []
+
+    def producer():
+        while len(ticks) < 20:  # runs only while get() has released the GIL
+            ticks.append(1)
+            time.sleep(0.001)
+        q.put("done")
+
+    t = threading.Thread(target=producer)
+    t.start()
+    assert q.get() == "done"
+    t.join()
+
+
+def test_ctrl_c_interrupts_a_blocked_get_and_put_within_100ms():
+    for blocked in (lambda q: q.get(), lambda q: (q.put(0), q.put(1))):
+        q = shmq.Queue(1)
+        sent = []
+
+        def interrupt():
+            time.sleep(0.3)  # let the main thread block (it cannot tell us when it sleeps)
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
+        t = threading.Thread(target=interrupt)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            blocked(q)
+        latency = time.monotonic() - sent[0]
+        t.join()
+        assert latency < 0.1, f"KeyboardInterrupt came {latency * 1000:.0f} ms after SIGINT"
+
+
+def test_close_refuses_puts_and_gets_on_this_handle_only():
+    q = shmq.Queue()
+    other = pickle.loads(pickle.dumps(q))
+    q.close()
+    with pytest.raises(ValueError):
+        q.put(1)
+    with pytest.raises(shmq.Closed):
+        q.get_nowait()
+    other.put(1)
+    assert other.get() == 1
+    q.join_thread()
+    q.cancel_join_thread()
+
+
+def test_shutdown_refuses_puts_and_drains_gets_then_raises():
+    q = shmq.Queue()
+    q.put(1)
+    q.shutdown()
+    with pytest.raises(shmq.ShutDown):
+        q.put(2)
+    assert q.get() == 1
+    with pytest.raises(shmq.ShutDown):
+        q.get()
+    q2 = shmq.Queue()
+    q2.put(1)
+    q2.shutdown(immediate=True)
+    with pytest.raises(shmq.ShutDown):
+        q2.get()
+
+
+def test_shutdown_wakes_a_blocked_get_in_another_thread():
+    q = shmq.Queue()
+    errors = []
+
+    def consumer():
+        try:
+            q.get()
+        except shmq.ShutDown as e:
+            errors.append(e)
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    time.sleep(0.1)
+    q.shutdown()
+    t.join(5)
+    assert not t.is_alive() and len(errors) == 1
+
+
+def test_simple_queue_has_put_get_empty_close():
+    q = shmq.SimpleQueue()
+    assert q.empty()
+    q.put([1])
+    assert not q.empty()
+    assert q.get() == [1]
+    q.close()
+
+
+def test_joinable_queue_counts_tasks_and_join_waits_for_them():
+    q = shmq.JoinableQueue()
+    q.put(1)
+    q.put_many([2, 3])
+    assert q.unfinished_tasks() == 3
+    done = threading.Event()
+
+    def joiner():
+        q.join()
+        done.set()
+
+    t = threading.Thread(target=joiner)
+    t.start()
+    for _ in range(3):
+        q.get()
+        assert not done.is_set()
+        q.task_done()
+    t.join(5)
+    assert done.is_set()
+    with pytest.raises(ValueError):
+        q.task_done()
+
+
+def test_join_after_an_immediate_shutdown_with_tasks_left_raises():
+    q = shmq.JoinableQueue()
+    q.put(1)
+    q.shutdown(immediate=True)
+    with pytest.raises(shmq.ShutDown):
+        q.join()
+
+
+def test_named_queues_create_open_open_or_create_remove(qname):
+    name = qname()
+    q = shmq.Queue.create(name, 5)
+    with pytest.raises(shmq.AlreadyExists):
+        shmq.Queue.create(name)
+    q.put("x")
+    other = shmq.Queue.open(name)
+    assert other.maxsize == 5 and other.get() == "x"
+    same = shmq.Queue.open_or_create(name, 99)
+    assert same.maxsize == 5
+    assert shmq.Queue.remove(name)
+    assert not shmq.Queue.remove(name)
+    with pytest.raises(shmq.NotFound):
+        shmq.Queue.open(name)
+    with pytest.raises(FileNotFoundError):
+        shmq.Queue.open(name)
+    with pytest.raises(shmq.InvalidArgument):
+        shmq.Queue.create("a/b")
+
+
+def test_put_many_and_get_many_keep_order():
+    q = shmq.Queue()
+    q.put_many(range(100))
+    got = []
+    while len(got) < 100:
+        got += q.get_many(30)
+    assert got == list(range(100))
+    with pytest.raises(queue.Empty):
+        q.get_many(5, timeout=0.01)
+
+
+def test_stats_count_puts_and_gets():
+    q = shmq.Queue()
+    q.put(1)
+    q.put(2)
+    q.get()
+    s = q.stats()
+    assert (s["puts"], s["gets"], s["messages"]) == (2, 1, 1)
+    assert s["type_name"] == "shmq::python::PythonObject"
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("not today")
+
+
+class FailsToLoad:
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+
+def test_an_object_that_cannot_be_pickled_raises_in_put_and_writes_nothing():
+    q = shmq.Queue()
+    with pytest.raises(TypeError):
+        q.put(Unpicklable())
+    with pytest.raises(TypeError):
+        q.put_many([1, Unpicklable()])
+    assert q.qsize() == 0 and q.stats()["puts"] == 0
+
+
+def test_a_message_that_cannot_be_unpickled_raises_in_get_and_only_it_is_dropped():
+    q = shmq.Queue()
+    q.put_many([1, FailsToLoad(), 2])
+    assert q.get() == 1
+    with pytest.raises(shmq.DecodeError) as e:
+        q.get()
+    assert isinstance(e.value.__cause__, ValueError)
+    assert q.get() == 2
+    q.put_many([1, FailsToLoad(), 2, 3])
+    with pytest.raises(shmq.DecodeError) as e:
+        q.get_many(10)
+    assert e.value.items == [1, 2, 3]
+    assert q.empty()
+
+
+def test_an_object_too_large_for_the_ring_raises_before_writing():
+    q = shmq.Queue(capacity_bytes=4096)
+    with pytest.raises(shmq.MessageTooLarge):
+        q.put(b"x" * 5000)
+    with pytest.raises(ValueError):
+        q.put_many([1, b"x" * 5000])
+    assert q.qsize() == 0
+    big = shmq.Queue(capacity_bytes=64 << 20)
+    blob = os.urandom(32 << 20)
+    big.put(blob)
+    assert big.get() == blob
+
+
+def test_threads_share_a_queue():
+    q = shmq.Queue(10)
+    n = 2000
+
+    def produce(base):
+        for i in range(n):
+            q.put(base + i)
+
+    threads = [threading.Thread(target=produce, args=(k * n,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    got = [q.get() for _ in range(4 * n)]
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(4 * n))
