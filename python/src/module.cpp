@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -389,7 +390,10 @@ void register_errors() {
   imports();
   py::register_exception_translator([](std::exception_ptr p) {
     const auto raise = [](const char* cls, const std::exception& e) {
-      PyErr_SetString(imports().errors.attr(cls).ptr(), e.what());
+      // A message may quote hostile bytes (a header's type name): never lose it to bad UTF-8.
+      const py::object text = py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(
+          e.what(), static_cast<py::ssize_t>(std::strlen(e.what())), "backslashreplace"));
+      PyErr_SetObject(imports().errors.attr(cls).ptr(), text.ptr());
     };
     try {
       if (p) std::rethrow_exception(p);

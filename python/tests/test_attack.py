@@ -1,0 +1,185 @@
+"""Hostile use: processes SIGKILLed inside put and get, lying headers, closed and huge queues,
+fork while another thread is blocked in a get."""
+
+import mmap
+import multiprocessing as mp
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+import shmq
+
+fork = mp.get_context("fork")
+
+
+def message(i):
+    """Message i: its number and a payload whose every byte and length derive from it."""
+    return (i, bytes([i % 251]) * (i * 37 % 6000))
+
+
+def intact(m):
+    i, payload = m
+    return payload == message(i)[1]
+
+
+def _produce_forever(q, start):
+    i = start
+    while True:
+        q.put(message(i))
+        i += 1
+
+
+def _consume_forever(q):
+    while True:
+        q.get()
+
+
+def test_a_producer_killed_at_random_points_leaves_only_whole_messages():
+    rng = random.Random(16)
+    q = shmq.Queue(capacity_bytes=64 << 10)
+    last = -1
+    for round_ in range(25):
+        p = fork.Process(target=_produce_forever, args=(q, round_ * 1_000_000))
+        p.start()
+        deadline = time.monotonic() + rng.uniform(0.001, 0.03)
+        while time.monotonic() < deadline:  # keep it running: drain while it puts
+            try:
+                m = q.get(timeout=0.001)
+            except shmq.Empty:
+                continue
+            assert intact(m) and m[0] > last
+            last = m[0]
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        while True:
+            try:
+                m = q.get_nowait()
+            except shmq.Empty:
+                break
+            assert intact(m) and m[0] > last
+            last = m[0]
+    q.put("still works")
+    assert q.get(timeout=5) == "still works"
+
+
+def test_a_consumer_killed_at_random_points_never_wedges_the_queue():
+    rng = random.Random(61)
+    q = shmq.Queue(capacity_bytes=64 << 10)
+    i = 0
+    for _ in range(25):
+        c = fork.Process(target=_consume_forever, args=(q,))
+        c.start()
+        deadline = time.monotonic() + rng.uniform(0.001, 0.03)
+        while time.monotonic() < deadline:
+            try:
+                q.put(message(i), timeout=0.001)
+                i += 1
+            except shmq.Full:
+                pass
+        os.kill(c.pid, signal.SIGKILL)
+        c.join()
+    # What the dead consumers left is whole and in order, and the queue goes on working.
+    left = []
+    while True:
+        try:
+            left.append(q.get_nowait())
+        except shmq.Empty:
+            break
+    assert all(intact(m) for m in left)
+    assert [m[0] for m in left] == sorted(m[0] for m in left)
+    q.put("still works")
+    assert q.get(timeout=5) == "still works"
+    assert q.stats()["sleeping_consumers"] <= 1
+
+
+def _block_in_get(q, ready):
+    ready.put("about to block")
+    q.get()
+
+
+def test_a_consumer_killed_while_asleep_in_get_leaves_the_queue_working():
+    q = shmq.Queue()
+    ready = shmq.Queue()
+    c = fork.Process(target=_block_in_get, args=(q, ready))
+    c.start()
+    ready.get(timeout=10)
+    time.sleep(0.05)  # into its futex sleep (no signal exists for "now asleep")
+    os.kill(c.pid, signal.SIGKILL)
+    c.join()
+    q.put(1)
+    assert q.get(timeout=5) == 1
+
+
+def _header_type_name(name, text):
+    """Overwrites the type name a named queue's header records (offset 64, 256 bytes)."""
+    with open(f"/dev/shm/shmq.{name}", "r+b") as f, mmap.mmap(f.fileno(), 4096) as m:
+        m[64:64 + 256] = text.ljust(256, b"\0")[:256]
+
+
+@pytest.mark.parametrize("text", [
+    b"long",                                    # a plain lie: the fingerprint is a pickle's
+    b"std::vector<" * 40,                        # unbalanced and deep
+    b"std::map<std::string, " * 30,              # cut inside arguments it needs
+    bytes(range(1, 256)) + b"x",                 # no NUL, not text
+    b"std::array<char, 99999999999999999999>",   # absurd length
+    b"std::tuple<" + b"long, " * 60 + b"long>",  # long but valid-looking
+    b"",
+])
+def test_a_header_with_a_hostile_type_name_is_refused_at_open(qname, text):
+    name = qname()
+    shmq.Queue.create(name)
+    _header_type_name(name, text)
+    with pytest.raises(shmq.Incompatible, match=f"queue '{name}'"):
+        shmq.Queue.open(name)
+
+
+def test_close_on_another_thread_ends_a_blocked_get():
+    q = shmq.Queue()
+    errors = []
+
+    def consumer():
+        try:
+            q.get()
+        except shmq.Closed as e:
+            errors.append(e)
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    time.sleep(0.1)
+    q.close()
+    t.join(5)
+    assert not t.is_alive() and len(errors) == 1
+
+
+def _use_in_child(q, other, out):
+    q.put("from the child")
+    out.put(other.get(timeout=10))
+
+
+def test_fork_while_another_thread_is_blocked_in_get():
+    q, other, out = shmq.Queue(), shmq.Queue(), shmq.Queue()
+    other.put("waiting for the child")
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.get()))
+    t.start()
+    time.sleep(0.1)  # the thread is in get, without the GIL
+    p = fork.Process(target=_use_in_child, args=(q, other, out))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert out.get(timeout=10) == "waiting for the child"
+    t.join(10)
+    assert got == ["from the child"]
+
+
+def test_sizes_out_of_range_are_refused():
+    with pytest.raises(shmq.InvalidArgument):
+        shmq.Queue(capacity_bytes=(1 << 30) + 1)
+    with pytest.raises(shmq.InvalidArgument):
+        shmq.Queue(2**40)
+    with pytest.raises((OverflowError, TypeError)):
+        shmq.Queue(capacity_bytes=-1)
