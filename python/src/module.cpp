@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpp_type.hpp"
+#include "object_codec.hpp"
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/segment.hpp"
 #include "shmq/errors.hpp"
@@ -118,9 +119,6 @@ Deadline deadline_from(bool block, const py::object& timeout) {
 // The Python objects the module calls, looked up once. Never destroyed: a py::object released
 // after the interpreter has finalized (by a static destructor at exit) aborts the process.
 struct Imports {
-  py::object dumps = py::module_::import("pickle").attr("dumps");
-  py::object loads = py::module_::import("pickle").attr("loads");
-  py::object protocol = py::module_::import("pickle").attr("HIGHEST_PROTOCOL");
   py::object errors = py::module_::import("shmq._errors");
 };
 const Imports& imports() {
@@ -163,27 +161,34 @@ class PyQueue {
   // is written), then waits as `deadline` says.
   void put(const py::handle& obj, bool block, const py::object& timeout) {
     const Deadline deadline = deadline_from(block, timeout);
-    std::vector<std::string> one;
-    one.push_back(encode(obj));
-    put_encoded(one, deadline, block ? "put" : "put_nowait");
+    const Encoded message = encode(obj);
+    put_encoded(&message, 1, deadline, block ? "put" : "put_nowait");
   }
   void put_many(const py::iterable& objs, bool block, const py::object& timeout) {
     const Deadline deadline = deadline_from(block, timeout);
-    std::vector<std::string> messages;
+    std::vector<Encoded> messages;
     for (const py::handle obj : objs) messages.push_back(encode(obj));
-    put_encoded(messages, deadline, "put_many");
+    put_encoded(messages.data(), messages.size(), deadline, "put_many");
   }
 
   // ---- get: takes the messages' bytes while waiting without the GIL, then decodes them.
   py::object get(bool block, const py::object& timeout) {
-    std::vector<std::string> messages = take(1, deadline_from(block, timeout), block ? "get" : "get_nowait");
-    return decode(messages[0]);
+    std::string message;
+    take(1, deadline_from(block, timeout), block ? "get" : "get_nowait",
+         [&](const std::byte* at, std::uint32_t bytes) {
+           message.assign(reinterpret_cast<const char*>(at), bytes);
+         });
+    return decode(message);
   }
   // Up to max_items messages, waiting (as get) for the first. A message that does not decode is
   // dropped; the others taken with it are not: DecodeError carries them in order as `.items`.
   py::list get_many(std::size_t max_items, bool block, const py::object& timeout) {
     if (max_items == 0) throw InvalidArgument("shmq: get_many of 0 items");
-    std::vector<std::string> messages = take(max_items, deadline_from(block, timeout), "get_many");
+    std::vector<std::string> messages;
+    take(max_items, deadline_from(block, timeout), "get_many",
+         [&](const std::byte* at, std::uint32_t bytes) {
+           messages.emplace_back(reinterpret_cast<const char*>(at), bytes);
+         });
     py::list items;
     std::optional<py::error_already_set> first_failure;
     for (const std::string& m : messages) {
@@ -298,16 +303,15 @@ class PyQueue {
     }
   }
 
-  std::string encode(const py::handle& obj) const {
-    std::string bytes;
+  Encoded encode(const py::handle& obj) const {
+    Encoded message;
     if (format_->cpp) {
-      encode_value(*format_->cpp, obj.ptr(), bytes);
+      encode_value(*format_->cpp, obj.ptr(), message.own());
     } else {
-      const py::bytes pickled = imports().dumps(obj, imports().protocol);
-      bytes = static_cast<std::string>(pickled);
+      message = encode_object(obj.ptr());
     }
-    segment_->check_message_size(bytes.size());
-    return bytes;
+    segment_->check_message_size(message.size());
+    return message;
   }
 
   py::object decode(const std::string& message) const {
@@ -316,7 +320,7 @@ class PyQueue {
         return py::reinterpret_steal<py::object>(
             decode_value(*format_->cpp, message.data(), message.size()));
       }
-      return imports().loads(py::memoryview::from_memory(message.data(), static_cast<py::ssize_t>(message.size())));
+      return decode_object(message.data(), message.size());
     } catch (const DecodeError& e) {
       throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
                         format_->tag.name + " and was dropped: " + e.what());
@@ -331,7 +335,7 @@ class PyQueue {
   }
 
   // The one wait of every put form: all of `messages`, in order, in slices.
-  void put_encoded(const std::vector<std::string>& messages, const Deadline& deadline,
+  void put_encoded(const Encoded* messages, std::size_t n, const Deadline& deadline,
                    const char* call) {
     std::size_t done = 0;
     while (true) {
@@ -340,7 +344,7 @@ class PyQueue {
       {
         py::gil_scoped_release nogil;
         progress = segment_->ring().put_many(
-            messages.size() - done,
+            n - done,
             [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
             [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
               std::memcpy(dst, messages[done + i].data(), bytes);
@@ -357,21 +361,17 @@ class PyQueue {
   }
 
   // The one wait of every get form: up to `max` messages' bytes, in slices.
-  std::vector<std::string> take(std::size_t max, const Deadline& deadline, const char* call) {
-    std::vector<std::string> messages;
+  // `copy` runs without the GIL, under the consumers' lock: it only copies the bytes out.
+  template <class Copy>
+  void take(std::size_t max, const Deadline& deadline, const char* call, Copy&& copy) {
     while (true) {
       check_open(call);
       detail::Progress progress;
       {
         py::gil_scoped_release nogil;
-        progress = segment_->ring().get_many(
-            max,
-            [&](const std::byte* at, std::uint32_t bytes) {
-              messages.emplace_back(reinterpret_cast<const char*>(at), bytes);
-            },
-            deadline.capped(kSignalSlice));
+        progress = segment_->ring().get_many(max, copy, deadline.capped(kSignalSlice));
       }
-      if (progress.outcome == Outcome::done) return messages;
+      if (progress.outcome == Outcome::done) return;
       if (progress.outcome == Outcome::shut_down || deadline.expired()) {
         segment_->throw_get_failure(progress.outcome, deadline, call);
       }

@@ -1,0 +1,114 @@
+#include "object_codec.hpp"
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "shmq/errors.hpp"
+
+namespace py = pybind11;
+
+namespace shmq::python {
+namespace {
+
+constexpr char kPickle = '\x80';
+
+// pickle's functions, looked up once. Never destroyed: a py::object released after the
+// interpreter has finalized (by a static destructor at exit) aborts the process.
+struct Pickle {
+  py::object module = py::module_::import("pickle");
+  py::object dumps = module.attr("dumps");
+  py::object loads = module.attr("loads");
+  py::object protocol = module.attr("HIGHEST_PROTOCOL");
+};
+const Pickle& pickle() {
+  static const Pickle* const once = new Pickle();
+  return *once;
+}
+
+std::string tagged(char tag, const void* data, std::size_t size) {
+  std::string out(1 + size, tag);
+  if (size != 0) std::memcpy(out.data() + 1, data, size);
+  return out;
+}
+
+py::object steal(PyObject* o) {
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
+}
+
+template <class T>
+T fixed(const char* data, std::size_t size, const char* what) {
+  if (size != 1 + sizeof(T)) {
+    throw DecodeError("shmq: a tagged " + std::string(what) + " of " + std::to_string(size) +
+                      " bytes (it takes " + std::to_string(1 + sizeof(T)) + ")");
+  }
+  T v;
+  std::memcpy(&v, data + 1, sizeof v);
+  return v;
+}
+
+}  // namespace
+
+Encoded encode_object(PyObject* obj) {
+  if (obj == Py_None) return Encoded(std::string(1, 'n'));
+  if (obj == Py_True) return Encoded(std::string(1, 'T'));
+  if (obj == Py_False) return Encoded(std::string(1, 'F'));
+  if (PyLong_CheckExact(obj)) {
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow == 0 && !(v == -1 && PyErr_Occurred())) {
+      const std::int64_t i = v;
+      return Encoded(tagged('i', &i, sizeof i));
+    }
+    PyErr_Clear();  // a big int: pickled below
+  } else if (PyFloat_CheckExact(obj)) {
+    const double d = PyFloat_AS_DOUBLE(obj);
+    return Encoded(tagged('f', &d, sizeof d));
+  } else if (PyUnicode_CheckExact(obj)) {
+    Py_ssize_t n = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(obj, &n);
+    if (utf8 != nullptr) return Encoded(tagged('s', utf8, static_cast<std::size_t>(n)));
+    PyErr_Clear();  // lone surrogates: pickle keeps them
+  } else if (PyBytes_CheckExact(obj)) {
+    return Encoded(tagged('b', PyBytes_AS_STRING(obj), static_cast<std::size_t>(PyBytes_GET_SIZE(obj))));
+  }
+  py::bytes pickled = pickle().dumps(py::handle(obj), pickle().protocol);
+  return Encoded(std::move(pickled));
+}
+
+py::object decode_object(const char* data, std::size_t size) {
+  if (size == 0) throw DecodeError("shmq: an empty message (a Python object takes at least 1 byte)");
+  switch (data[0]) {
+    case kPickle:
+      return pickle().loads(
+          py::memoryview::from_memory(data, static_cast<py::ssize_t>(size)));
+    case 'i':
+      return steal(PyLong_FromLongLong(fixed<std::int64_t>(data, size, "int")));
+    case 'f':
+      return steal(PyFloat_FromDouble(fixed<double>(data, size, "float")));
+    case 's': {
+      PyObject* s = PyUnicode_DecodeUTF8(data + 1, static_cast<Py_ssize_t>(size - 1), "strict");
+      if (s == nullptr) {
+        PyErr_Clear();
+        throw DecodeError("shmq: a tagged str is not UTF-8");
+      }
+      return steal(s);
+    }
+    case 'b':
+      return steal(PyBytes_FromStringAndSize(data + 1, static_cast<Py_ssize_t>(size - 1)));
+    case 'n':
+    case 'T':
+    case 'F':
+      if (size != 1) throw DecodeError("shmq: a tagged None, True or False with bytes after it");
+      return py::reinterpret_borrow<py::object>(data[0] == 'n' ? Py_None
+                                                : data[0] == 'T' ? Py_True
+                                                                 : Py_False);
+    default:
+      throw DecodeError("shmq: a message starting with byte " +
+                        std::to_string(static_cast<unsigned char>(data[0])) +
+                        ", which is no Python object's tag");
+  }
+}
+
+}  // namespace shmq::python
