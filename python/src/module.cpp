@@ -13,6 +13,7 @@
 
 #include <time.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -105,10 +106,11 @@ std::pair<std::shared_ptr<Segment>, std::shared_ptr<const Format>> open_as_recor
 
 // A timeout as Python gives it: None waits forever; block=False, or a timeout of zero or less
 // (as multiprocessing.Queue treats it), does not wait.
-Deadline deadline_from(bool block, const py::object& timeout) {
+Deadline deadline_from(bool block, py::handle timeout) {
   if (!block) return Deadline::now();
   if (timeout.is_none()) return Deadline::never();
-  const double seconds = timeout.cast<double>();
+  const double seconds = PyFloat_AsDouble(timeout.ptr());  // TypeError for a non-number
+  if (seconds == -1.0 && PyErr_Occurred() != nullptr) throw py::error_already_set();
   if (std::isnan(seconds)) throw InvalidArgument("shmq: a timeout of NaN seconds");
   if (seconds >= static_cast<double>(std::chrono::seconds(Deadline::kForever).count())) {
     return Deadline::never();
@@ -159,7 +161,7 @@ class PyQueue {
 
   // ---- put: every form encodes first (an object that cannot be encoded raises before anything
   // is written), then waits as `deadline` says.
-  void put(const py::handle& obj, bool block, const py::object& timeout) {
+  void put(py::handle obj, bool block, py::handle timeout) {
     const Deadline deadline = deadline_from(block, timeout);
     const Encoded message = encode(obj);
     put_encoded(&message, 1, deadline, block ? "put" : "put_nowait");
@@ -172,7 +174,7 @@ class PyQueue {
   }
 
   // ---- get: takes the messages' bytes while waiting without the GIL, then decodes them.
-  py::object get(bool block, const py::object& timeout) {
+  py::object get(bool block, py::handle timeout) {
     std::string message;
     take(1, deadline_from(block, timeout), block ? "get" : "get_nowait",
          [&](const std::byte* at, std::uint32_t bytes) {
@@ -384,43 +386,182 @@ class PyQueue {
   bool closed_ = false;
 };
 
-// The Python exception class for each C++ one: shmq/_errors.py defines them, deriving from the
-// standard library's where Python has one (queue.Full, queue.Empty, ValueError, ...).
-void register_errors() {
-  imports();
-  py::register_exception_translator([](std::exception_ptr p) {
-    const auto raise = [](const char* cls, const std::exception& e) {
-      // A message may quote hostile bytes (a header's type name): never lose it to bad UTF-8.
-      const py::object text = py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(
-          e.what(), static_cast<py::ssize_t>(std::strlen(e.what())), "backslashreplace"));
-      PyErr_SetObject(imports().errors.attr(cls).ptr(), text.ptr());
-    };
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const Full& e) {
-      raise("Full", e);
-    } catch (const Empty& e) {
-      raise("Empty", e);
-    } catch (const Closed& e) {
-      raise("Closed", e);
-    } catch (const ShutDown& e) {
-      raise("ShutDown", e);
-    } catch (const InvalidArgument& e) {
-      raise("InvalidArgument", e);
-    } catch (const AlreadyExists& e) {
-      raise("AlreadyExists", e);
-    } catch (const NotFound& e) {
-      raise("NotFound", e);
-    } catch (const Incompatible& e) {
-      raise("Incompatible", e);
-    } catch (const MessageTooLarge& e) {
-      raise("MessageTooLarge", e);
-    } catch (const DecodeError& e) {
-      raise("DecodeError", e);
-    } catch (const Error& e) {
-      raise("Error", e);
+// Raises, as a Python exception, the C++ exception `p`: shmq's errors as the classes
+// shmq/_errors.py defines (deriving from the standard library's where Python has one:
+// queue.Full, queue.Empty, ValueError, ...), anything else as pybind11 would.
+void set_python_error(std::exception_ptr p) {
+  const auto raise = [](const char* cls, const std::exception& e) {
+    // A message may quote hostile bytes (a header's type name): never lose it to bad UTF-8.
+    const py::object text = py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(
+        e.what(), static_cast<py::ssize_t>(std::strlen(e.what())), "backslashreplace"));
+    PyErr_SetObject(imports().errors.attr(cls).ptr(), text.ptr());
+  };
+  try {
+    std::rethrow_exception(p);
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();
+  } catch (const Full& e) {
+    raise("Full", e);
+  } catch (const Empty& e) {
+    raise("Empty", e);
+  } catch (const Closed& e) {
+    raise("Closed", e);
+  } catch (const ShutDown& e) {
+    raise("ShutDown", e);
+  } catch (const InvalidArgument& e) {
+    raise("InvalidArgument", e);
+  } catch (const AlreadyExists& e) {
+    raise("AlreadyExists", e);
+  } catch (const NotFound& e) {
+    raise("NotFound", e);
+  } catch (const Incompatible& e) {
+    raise("Incompatible", e);
+  } catch (const MessageTooLarge& e) {
+    raise("MessageTooLarge", e);
+  } catch (const DecodeError& e) {
+    raise("DecodeError", e);
+  } catch (const Error& e) {
+    raise("Error", e);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+}
+
+// ---- put, put_nowait, get and get_nowait without pybind11's dispatcher: its argument
+// conversion and instance lookup cost more than the rest of a small put (0.7 µs of 0.9).
+// These are METH_FASTCALL methods parsing their arguments as Python does.
+
+PyQueue& queue_of(PyObject* self) {
+  // _Queue has one C++ type and no C++ base: the instance's first value is the PyQueue.
+  auto value = reinterpret_cast<py::detail::instance*>(self)->get_value_and_holder();
+  if (!value.holder_constructed()) throw py::type_error("shmq: _Queue.__init__ was not called");
+  return *value.value_ptr<PyQueue>();
+}
+
+// Fills `out` (null where not given) from positional and keyword arguments named `names`, the
+// first `required` of them required. Returns false with a TypeError set on a bad call.
+template <std::size_t N>
+bool parse_arguments(const char* function, PyObject* const* args, Py_ssize_t nargs,
+                     PyObject* kwnames, const std::array<const char*, N>& names,
+                     std::size_t required, std::array<PyObject*, N>& out) {
+  out.fill(nullptr);
+  if (static_cast<std::size_t>(nargs) > N) {
+    PyErr_Format(PyExc_TypeError, "%s() takes at most %zu arguments (%zd given)", function, N,
+                 nargs);
+    return false;
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) out[static_cast<std::size_t>(i)] = args[i];
+  const Py_ssize_t keywords = kwnames != nullptr ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t k = 0; k < keywords; ++k) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+    std::size_t j = 0;
+    while (j < N && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) ++j;
+    if (j == N) {
+      PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", function, key);
+      return false;
     }
+    if (out[j] != nullptr) {
+      PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", function,
+                   names[j]);
+      return false;
+    }
+    out[j] = args[nargs + k];
+  }
+  for (std::size_t i = 0; i < required; ++i) {
+    if (out[i] == nullptr) {
+      PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", function, names[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+// block=: absent is True; otherwise its truth value, as Python takes it.
+bool block_of(PyObject* block) {
+  if (block == nullptr) return true;
+  const int truth = PyObject_IsTrue(block);
+  if (truth < 0) throw py::error_already_set();
+  return truth != 0;
+}
+
+template <class Body>
+PyObject* guarded(Body&& body) noexcept {
+  try {
+    return body();
+  } catch (...) {
+    set_python_error(std::current_exception());
+    return nullptr;
+  }
+}
+
+PyObject* fast_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 3> a;
+    if (!parse_arguments("put", args, nargs, kwnames, std::array{"obj", "block", "timeout"}, 1, a)) {
+      return nullptr;
+    }
+    queue_of(self).put(a[0], block_of(a[1]), a[2] != nullptr ? a[2] : Py_None);
+    Py_RETURN_NONE;
   });
+}
+
+PyObject* fast_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                          PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 1> a;
+    if (!parse_arguments("put_nowait", args, nargs, kwnames, std::array{"obj"}, 1, a)) {
+      return nullptr;
+    }
+    queue_of(self).put(a[0], false, Py_None);
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* fast_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 2> a;
+    if (!parse_arguments("get", args, nargs, kwnames, std::array{"block", "timeout"}, 0, a)) {
+      return nullptr;
+    }
+    return queue_of(self).get(block_of(a[0]), a[1] != nullptr ? a[1] : Py_None).release().ptr();
+  });
+}
+
+PyObject* fast_get_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                          PyObject* kwnames) {
+  return guarded([&]() -> PyObject* {
+    std::array<PyObject*, 0> a;
+    if (!parse_arguments("get_nowait", args, nargs, kwnames, std::array<const char*, 0>{}, 0, a)) {
+      return nullptr;
+    }
+    return queue_of(self).get(false, Py_None).release().ptr();
+  });
+}
+
+template <PyObject* (*F)(PyObject*, PyObject* const*, Py_ssize_t, PyObject*)>
+PyMethodDef fast_method(const char* name, const char* doc) {
+  // The documented way to store a METH_FASTCALL function in PyMethodDef's PyCFunction.
+  return {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(F)),
+          METH_FASTCALL | METH_KEYWORDS, doc};
+}
+
+void add_fast_methods(py::handle cls) {
+  static PyMethodDef methods[] = {
+      fast_method<fast_put>("put", "put(obj, block=True, timeout=None)"),
+      fast_method<fast_put_nowait>("put_nowait", "put_nowait(obj)"),
+      fast_method<fast_get>("get", "get(block=True, timeout=None)"),
+      fast_method<fast_get_nowait>("get_nowait", "get_nowait()"),
+  };
+  for (PyMethodDef& def : methods) {
+    py::object method = py::reinterpret_steal<py::object>(
+        PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), &def));
+    if (!method) throw py::error_already_set();
+    cls.attr(def.ml_name) = method;
+  }
 }
 
 }  // namespace
@@ -429,22 +570,16 @@ void register_errors() {
 PYBIND11_MODULE(_shmq, m) {
   using shmq::python::PyQueue;
   m.doc() = "The C++ half of the shmq Python module; use the shmq package.";
-  shmq::python::register_errors();
+  shmq::python::imports();
+  py::register_exception_translator(shmq::python::set_python_error);
 
-  py::class_<PyQueue>(m, "_Queue")
+  auto cls = py::class_<PyQueue>(m, "_Queue")
       .def(py::init<std::size_t, const py::object&, std::size_t, unsigned,
                     const std::optional<std::string>&, const std::string&>(),
            py::arg("maxsize"), py::arg("type"), py::arg("capacity_bytes"), py::arg("mode"),
            py::arg("name"), py::arg("how"))
-      .def("put", &PyQueue::put, py::arg("obj"), py::arg("block") = true,
-           py::arg("timeout") = py::none())
-      .def(
-          "put_nowait", [](PyQueue& q, const py::handle& obj) { q.put(obj, false, py::none()); },
-          py::arg("obj"))
       .def("put_many", &PyQueue::put_many, py::arg("objs"), py::arg("block") = true,
            py::arg("timeout") = py::none())
-      .def("get", &PyQueue::get, py::arg("block") = true, py::arg("timeout") = py::none())
-      .def("get_nowait", [](PyQueue& q) { return q.get(false, py::none()); })
       .def("get_many", &PyQueue::get_many, py::arg("max_items"), py::arg("block") = true,
            py::arg("timeout") = py::none())
       .def("qsize", &PyQueue::qsize)
@@ -466,6 +601,7 @@ PYBIND11_MODULE(_shmq, m) {
       .def_property_readonly("cpp_type", &PyQueue::cpp_type)
       .def_property_readonly("type_name", &PyQueue::type_name)
       .def_static("_remove", &PyQueue::remove, py::arg("name"));
+  shmq::python::add_fast_methods(cls);
   m.def("_mangle", [](const std::string& spelling) {
     return shmq::python::parse_cpp_type(spelling).mangled();
   });

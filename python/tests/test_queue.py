@@ -63,6 +63,10 @@ def test_a_timeout_waits_that_long_and_a_negative_one_not_at_all():
     assert time.monotonic() - start < 0.2
     with pytest.raises(ValueError):
         q.get(timeout=float("nan"))
+    with pytest.raises(TypeError):
+        q.get(True, "1")
+    with pytest.raises(TypeError):
+        q.put(1, blocking=True)
 
 
 def test_a_blocked_get_releases_the_gil_and_returns_what_a_thread_puts():
