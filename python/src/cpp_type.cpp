@@ -51,10 +51,12 @@ constexpr Builtin kBuiltins[] = {
 
 // <cstdint>'s names and std::byte, as the built-in types they are on 64-bit Linux.
 constexpr std::pair<const char*, const char*> kAliases[] = {
-    {"int8_t", "signed char"},   {"uint8_t", "unsigned char"},   {"int16_t", "short"},
-    {"uint16_t", "unsigned short"}, {"int32_t", "int"},          {"uint32_t", "unsigned"},
-    {"int64_t", "long"},         {"uint64_t", "unsigned long"},  {"size_t", "unsigned long"},
-    {"ptrdiff_t", "long"},       {"intptr_t", "long"},           {"uintptr_t", "unsigned long"},
+    {"int8_t", "signed char"},   {"uint8_t", "unsigned char"},
+    {"int16_t", "short"},        {"uint16_t", "unsigned short"},
+    {"int32_t", "int"},          {"uint32_t", "unsigned"},
+    {"int64_t", "long"},         {"uint64_t", "unsigned long"},
+    {"size_t", "unsigned long"}, {"ptrdiff_t", "long"},
+    {"intptr_t", "long"},        {"uintptr_t", "unsigned long"},
 };
 
 bool is_builtin_word(std::string_view w) {
@@ -200,7 +202,8 @@ class Parser {
     std::string_view name = parts.back();
     const bool in_std = parts.size() >= 2 && parts[0] == "std" &&
                         (parts.size() == 2 || (parts.size() == 3 && parts[1] == "__cxx11"));
-    if (!in_std && parts.size() != 1) fail("unknown name '" + std::string(text_.substr(start, pos_ - start)) + "'");
+    if (!in_std && parts.size() != 1)
+      fail("unknown name '" + std::string(text_.substr(start, pos_ - start)) + "'");
     for (const auto& [alias, builtin] : kAliases) {
       if (name == alias) return builtin_type(builtin);
     }
@@ -239,11 +242,13 @@ class Parser {
       require_more();
       std::string_view n = word();
       // Demangled lengths carry a suffix: 4ul.
-      while (!n.empty() && (n.back() == 'u' || n.back() == 'l' || n.back() == 'U' || n.back() == 'L')) {
+      while (!n.empty() &&
+             (n.back() == 'u' || n.back() == 'l' || n.back() == 'U' || n.back() == 'L')) {
         n.remove_suffix(1);
       }
-      if (n.empty() || n.size() > 9 ||
-          !std::all_of(n.begin(), n.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; })) {
+      if (n.empty() || n.size() > 9 || !std::all_of(n.begin(), n.end(), [](char c) {
+            return std::isdigit(static_cast<unsigned char>(c)) != 0;
+          })) {
         fail("std::array needs a length below 10^9");
       }
       t.length = std::stoul(std::string(n));
@@ -319,7 +324,9 @@ struct Mangled {
 Mangled std_class(std::string name, std::vector<Mangled> args, bool pack = false) {
   return Mangled{Mangled::std_template, std::move(name), std::move(args), pack};
 }
-Mangled mangled_builtin(char code) { return Mangled{Mangled::builtin, std::string(1, code), {}}; }
+Mangled mangled_builtin(char code) {
+  return Mangled{Mangled::builtin, std::string(1, code), {}};
+}
 
 Mangled to_mangled(const CppType& t) {
   auto arg = [&](std::size_t i) { return to_mangled(t.args[i]); };
@@ -349,8 +356,8 @@ Mangled to_mangled(const CppType& t) {
       return std_class("vector", {arg(0), allocator_of(arg(0))});
     case Kind::byte_array:
     case Kind::array:
-      return std_class("array",
-                       {arg(0), Mangled{Mangled::literal, "Lm" + std::to_string(t.length) + "E", {}}});
+      return std_class(
+          "array", {arg(0), Mangled{Mangled::literal, "Lm" + std::to_string(t.length) + "E", {}}});
     case Kind::pair:
       return std_class("pair", {arg(0), arg(1)});
     case Kind::tuple: {
@@ -391,7 +398,8 @@ class Mangler {
     std::string digits;
     do {
       const auto d = static_cast<char>(n % 36);
-      digits.insert(digits.begin(), d < 10 ? static_cast<char>('0' + d) : static_cast<char>('A' + d - 10));
+      digits.insert(digits.begin(),
+                    d < 10 ? static_cast<char>('0' + d) : static_cast<char>('A' + d - 10));
       n /= 36;
     } while (n != 0);
     return digits;
@@ -430,7 +438,8 @@ class Mangler {
           source_name("basic_string");
           seen_.push_back("std::__cxx11::basic_string");
         }
-        args(Mangled{Mangled::std_template, "",
+        args(Mangled{Mangled::std_template,
+                     "",
                      {mangled_builtin('c'), std_class("char_traits", {mangled_builtin('c')}),
                       std_class("allocator", {mangled_builtin('c')})}});
         out_ += 'E';
@@ -464,7 +473,9 @@ class Mangler {
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
-[[noreturn]] void throw_python() { throw py::error_already_set(); }
+[[noreturn]] void throw_python() {
+  throw py::error_already_set();
+}
 
 [[noreturn]] void type_error(const CppType& type, PyObject* value, const char* expected) {
   PyErr_Format(PyExc_TypeError, "shmq: %s needs %s, not %s", type.spelling().c_str(), expected,
@@ -728,7 +739,8 @@ class Decoder {
       case Kind::boolean: {
         unsigned char b;
         read(&b, 1);
-        if (b > 1) throw DecodeError("shmq::codec: a bool byte of " + std::to_string(b) + " is not 0 or 1");
+        if (b > 1)
+          throw DecodeError("shmq::codec: a bool byte of " + std::to_string(b) + " is not 0 or 1");
         return py::reinterpret_borrow<py::object>(b != 0 ? Py_True : Py_False);
       }
       case Kind::string: {
@@ -747,7 +759,8 @@ class Decoder {
         return steal(PyBytes_FromStringAndSize(take(n), static_cast<Py_ssize_t>(n)));
       }
       case Kind::byte_array:
-        return steal(PyBytes_FromStringAndSize(take(type.length), static_cast<Py_ssize_t>(type.length)));
+        return steal(
+            PyBytes_FromStringAndSize(take(type.length), static_cast<Py_ssize_t>(type.length)));
       case Kind::vector:
       case Kind::array: {
         const std::size_t n =
@@ -788,7 +801,8 @@ class Decoder {
       }
       case Kind::map:
       case Kind::unordered_map: {
-        const std::size_t n = count(min_encoded_bytes(type.args[0]) + min_encoded_bytes(type.args[1]));
+        const std::size_t n =
+            count(min_encoded_bytes(type.args[0]) + min_encoded_bytes(type.args[1]));
         py::object dict = steal(PyDict_New());
         for (std::size_t i = 0; i < n; ++i) {
           py::object k = value(type.args[0], true);
@@ -835,7 +849,8 @@ class Decoder {
       long long v = 0;
       read(&v, type.bytes);
       const unsigned shift = static_cast<unsigned>(64 - type.bytes * 8);
-      v = static_cast<long long>(static_cast<unsigned long long>(v) << shift) >> shift;  // sign-extend
+      v = static_cast<long long>(static_cast<unsigned long long>(v) << shift) >>
+          shift;  // sign-extend
       return steal(PyLong_FromLongLong(v));
     }
     unsigned long long v = 0;
@@ -852,7 +867,8 @@ class Decoder {
 std::string CppType::spelling() const {
   auto list = [this](std::size_t from) {
     std::string s;
-    for (std::size_t i = from; i < args.size(); ++i) s += (i > from ? ", " : "") + args[i].spelling();
+    for (std::size_t i = from; i < args.size(); ++i)
+      s += (i > from ? ", " : "") + args[i].spelling();
     return s;
   };
   switch (kind) {
@@ -860,42 +876,72 @@ std::string CppType::spelling() const {
     case Kind::floating:
     case Kind::boolean:
       switch (code) {
-        case 'a': return "std::int8_t";
-        case 'h': return "std::uint8_t";
-        case 's': return "std::int16_t";
-        case 't': return "std::uint16_t";
-        case 'i': return "std::int32_t";
-        case 'j': return "std::uint32_t";
-        case 'l': return "std::int64_t";
-        case 'm': return "std::uint64_t";
-        case 'x': return "long long";
-        case 'y': return "unsigned long long";
-        case 'c': return "char";
-        case 'b': return "bool";
-        case 'f': return "float";
-        case 'd': return "double";
-        case 'B': return "std::byte";
-        default: return "?";
+        case 'a':
+          return "std::int8_t";
+        case 'h':
+          return "std::uint8_t";
+        case 's':
+          return "std::int16_t";
+        case 't':
+          return "std::uint16_t";
+        case 'i':
+          return "std::int32_t";
+        case 'j':
+          return "std::uint32_t";
+        case 'l':
+          return "std::int64_t";
+        case 'm':
+          return "std::uint64_t";
+        case 'x':
+          return "long long";
+        case 'y':
+          return "unsigned long long";
+        case 'c':
+          return "char";
+        case 'b':
+          return "bool";
+        case 'f':
+          return "float";
+        case 'd':
+          return "double";
+        case 'B':
+          return "std::byte";
+        default:
+          return "?";
       }
-    case Kind::string: return "std::string";
+    case Kind::string:
+      return "std::string";
     case Kind::bytes:
-    case Kind::vector: return "std::vector<" + list(0) + ">";
+    case Kind::vector:
+      return "std::vector<" + list(0) + ">";
     case Kind::byte_array:
-    case Kind::array: return "std::array<" + list(0) + ", " + std::to_string(length) + ">";
-    case Kind::pair: return "std::pair<" + list(0) + ">";
-    case Kind::tuple: return "std::tuple<" + list(0) + ">";
-    case Kind::optional: return "std::optional<" + list(0) + ">";
-    case Kind::map: return "std::map<" + list(0) + ">";
-    case Kind::unordered_map: return "std::unordered_map<" + list(0) + ">";
+    case Kind::array:
+      return "std::array<" + list(0) + ", " + std::to_string(length) + ">";
+    case Kind::pair:
+      return "std::pair<" + list(0) + ">";
+    case Kind::tuple:
+      return "std::tuple<" + list(0) + ">";
+    case Kind::optional:
+      return "std::optional<" + list(0) + ">";
+    case Kind::map:
+      return "std::map<" + list(0) + ">";
+    case Kind::unordered_map:
+      return "std::unordered_map<" + list(0) + ">";
   }
   return "?";
 }
 
-std::string CppType::mangled() const { return Mangler().run(to_mangled(*this)); }
+std::string CppType::mangled() const {
+  return Mangler().run(to_mangled(*this));
+}
 
-CppType parse_cpp_type(std::string_view spelling) { return Parser(spelling, false).parse_all(); }
+CppType parse_cpp_type(std::string_view spelling) {
+  return Parser(spelling, false).parse_all();
+}
 
-CppType parse_header_type(std::string_view type_name) { return Parser(type_name, true).parse_all(); }
+CppType parse_header_type(std::string_view type_name) {
+  return Parser(type_name, true).parse_all();
+}
 
 void encode_value(const CppType& type, PyObject* value, std::string& out) {
   encode_into(type, value, out, 0);
@@ -905,7 +951,8 @@ PyObject* decode_value(const CppType& type, const char* data, std::size_t size) 
   Decoder in(data, size);
   py::object v = in.value(type, false);
   if (in.left() != 0) {
-    throw DecodeError("shmq::codec: " + std::to_string(in.left()) + " bytes left over after decoding");
+    throw DecodeError("shmq::codec: " + std::to_string(in.left()) +
+                      " bytes left over after decoding");
   }
   return v.release().ptr();
 }

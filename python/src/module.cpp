@@ -81,9 +81,10 @@ std::shared_ptr<const Format> format_from(const py::object& type) {
   if (is(&PyFloat_Type)) return cpp_format(parse_cpp_type("double"));
   if (is(&PyBytes_Type)) return cpp_format(parse_cpp_type("std::vector<std::uint8_t>"));
   if (is(&PyBool_Type)) return cpp_format(parse_cpp_type("bool"));
-  throw InvalidArgument("shmq: type= takes None (pickled objects), a C++ type as a string "
-                        "(\"std::vector<double>\") or one of str, int, float, bytes, bool; not " +
-                        py::repr(type).cast<std::string>());
+  throw InvalidArgument(
+      "shmq: type= takes None (pickled objects), a C++ type as a string "
+      "(\"std::vector<double>\") or one of str, int, float, bytes, bool; not " +
+      py::repr(type).cast<std::string>());
 }
 
 // The format a queue's own header records: pickles, or a C++ type parsed from its name and then
@@ -329,8 +330,8 @@ class PyQueue {
     } catch (py::error_already_set& e) {
       if (e.matches(PyExc_KeyboardInterrupt) || e.matches(PyExc_SystemExit)) throw;
       // Raised from the unpickling error, so the traceback shows both.
-      const std::string what = "shmq: " + segment_->description() +
-                                  ": a message does not unpickle and was dropped";
+      const std::string what =
+          "shmq: " + segment_->description() + ": a message does not unpickle and was dropped";
       py::raise_from(e, imports().errors.attr("DecodeError").ptr(), what.c_str());
       throw py::error_already_set();
     }
@@ -501,7 +502,8 @@ PyObject* guarded(Body&& body) noexcept {
 PyObject* fast_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   return guarded([&]() -> PyObject* {
     std::array<PyObject*, 3> a;
-    if (!parse_arguments("put", args, nargs, kwnames, std::array{"obj", "block", "timeout"}, 1, a)) {
+    if (!parse_arguments("put", args, nargs, kwnames, std::array{"obj", "block", "timeout"}, 1,
+                         a)) {
       return nullptr;
     }
     queue_of(self).put(a[0], block_of(a[1]), a[2] != nullptr ? a[2] : Py_None);
@@ -574,33 +576,33 @@ PYBIND11_MODULE(_shmq, m) {
   py::register_exception_translator(shmq::python::set_python_error);
 
   auto cls = py::class_<PyQueue>(m, "_Queue")
-      .def(py::init<std::size_t, const py::object&, std::size_t, unsigned,
-                    const std::optional<std::string>&, const std::string&>(),
-           py::arg("maxsize"), py::arg("type"), py::arg("capacity_bytes"), py::arg("mode"),
-           py::arg("name"), py::arg("how"))
-      .def("put_many", &PyQueue::put_many, py::arg("objs"), py::arg("block") = true,
-           py::arg("timeout") = py::none())
-      .def("get_many", &PyQueue::get_many, py::arg("max_items"), py::arg("block") = true,
-           py::arg("timeout") = py::none())
-      .def("qsize", &PyQueue::qsize)
-      .def("empty", &PyQueue::empty)
-      .def("full", &PyQueue::full)
-      .def("close", &PyQueue::close)
-      .def_property_readonly("closed", &PyQueue::closed)
-      .def("shutdown", &PyQueue::shutdown, py::arg("immediate") = false)
-      .def_property_readonly("is_shutdown", &PyQueue::is_shutdown)
-      .def("_make_joinable", &PyQueue::make_joinable)
-      .def("_task_done", &PyQueue::task_done)
-      .def("_unfinished_tasks", &PyQueue::unfinished_tasks)
-      .def("_join", &PyQueue::join)
-      .def("stats", &PyQueue::stats)
-      .def_property_readonly("name", &PyQueue::name)
-      .def_property_readonly("maxsize", &PyQueue::maxsize)
-      .def_property_readonly("capacity_bytes", &PyQueue::capacity_bytes)
-      .def_property_readonly("max_message_bytes", &PyQueue::max_message_bytes)
-      .def_property_readonly("cpp_type", &PyQueue::cpp_type)
-      .def_property_readonly("type_name", &PyQueue::type_name)
-      .def_static("_remove", &PyQueue::remove, py::arg("name"));
+                 .def(py::init<std::size_t, const py::object&, std::size_t, unsigned,
+                               const std::optional<std::string>&, const std::string&>(),
+                      py::arg("maxsize"), py::arg("type"), py::arg("capacity_bytes"),
+                      py::arg("mode"), py::arg("name"), py::arg("how"))
+                 .def("put_many", &PyQueue::put_many, py::arg("objs"), py::arg("block") = true,
+                      py::arg("timeout") = py::none())
+                 .def("get_many", &PyQueue::get_many, py::arg("max_items"), py::arg("block") = true,
+                      py::arg("timeout") = py::none())
+                 .def("qsize", &PyQueue::qsize)
+                 .def("empty", &PyQueue::empty)
+                 .def("full", &PyQueue::full)
+                 .def("close", &PyQueue::close)
+                 .def_property_readonly("closed", &PyQueue::closed)
+                 .def("shutdown", &PyQueue::shutdown, py::arg("immediate") = false)
+                 .def_property_readonly("is_shutdown", &PyQueue::is_shutdown)
+                 .def("_make_joinable", &PyQueue::make_joinable)
+                 .def("_task_done", &PyQueue::task_done)
+                 .def("_unfinished_tasks", &PyQueue::unfinished_tasks)
+                 .def("_join", &PyQueue::join)
+                 .def("stats", &PyQueue::stats)
+                 .def_property_readonly("name", &PyQueue::name)
+                 .def_property_readonly("maxsize", &PyQueue::maxsize)
+                 .def_property_readonly("capacity_bytes", &PyQueue::capacity_bytes)
+                 .def_property_readonly("max_message_bytes", &PyQueue::max_message_bytes)
+                 .def_property_readonly("cpp_type", &PyQueue::cpp_type)
+                 .def_property_readonly("type_name", &PyQueue::type_name)
+                 .def_static("_remove", &PyQueue::remove, py::arg("name"));
   shmq::python::add_fast_methods(cls);
   m.def("_mangle", [](const std::string& spelling) {
     return shmq::python::parse_cpp_type(spelling).mangled();

@@ -71,18 +71,19 @@ Encoded encode_object(PyObject* obj) {
     if (utf8 != nullptr) return Encoded(tagged('s', utf8, static_cast<std::size_t>(n)));
     PyErr_Clear();  // lone surrogates: pickle keeps them
   } else if (PyBytes_CheckExact(obj)) {
-    return Encoded(tagged('b', PyBytes_AS_STRING(obj), static_cast<std::size_t>(PyBytes_GET_SIZE(obj))));
+    return Encoded(
+        tagged('b', PyBytes_AS_STRING(obj), static_cast<std::size_t>(PyBytes_GET_SIZE(obj))));
   }
   py::bytes pickled = pickle().dumps(py::handle(obj), pickle().protocol);
   return Encoded(std::move(pickled));
 }
 
 py::object decode_object(const char* data, std::size_t size) {
-  if (size == 0) throw DecodeError("shmq: an empty message (a Python object takes at least 1 byte)");
+  if (size == 0)
+    throw DecodeError("shmq: an empty message (a Python object takes at least 1 byte)");
   switch (data[0]) {
     case kPickle:
-      return pickle().loads(
-          py::memoryview::from_memory(data, static_cast<py::ssize_t>(size)));
+      return pickle().loads(py::memoryview::from_memory(data, static_cast<py::ssize_t>(size)));
     case 'i':
       return steal(PyLong_FromLongLong(fixed<std::int64_t>(data, size, "int")));
     case 'f':
@@ -101,7 +102,7 @@ py::object decode_object(const char* data, std::size_t size) {
     case 'T':
     case 'F':
       if (size != 1) throw DecodeError("shmq: a tagged None, True or False with bytes after it");
-      return py::reinterpret_borrow<py::object>(data[0] == 'n' ? Py_None
+      return py::reinterpret_borrow<py::object>(data[0] == 'n'   ? Py_None
                                                 : data[0] == 'T' ? Py_True
                                                                  : Py_False);
     default:

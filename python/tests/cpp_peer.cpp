@@ -33,10 +33,10 @@ namespace {
 template <class T>
 struct Samples;
 
-#define SAMPLES(T, ...)                                      \
-  template <>                                                \
-  struct Samples<T> {                                        \
-    static std::vector<T> get() { return {__VA_ARGS__}; }    \
+#define SAMPLES(T, ...)                                   \
+  template <>                                             \
+  struct Samples<T> {                                     \
+    static std::vector<T> get() { return {__VA_ARGS__}; } \
   }
 
 using Strings = std::vector<std::string>;
@@ -126,28 +126,28 @@ int run(int argc, char** argv) {
   }
   int status = 2;
   const bool known = argc >= 4 && with_type(argv[2], [&](std::string_view, auto tag) {
-    using T = typename decltype(tag)::type;
-    const std::vector<T> samples = Samples<T>::get();
-    if (cmd == "fill") {
-      auto q = shmq::Queue<T>::create(argv[3]);
-      for (const T& v : samples) q.put(v);
-      status = 0;
-    } else if (cmd == "check") {
-      auto q = shmq::Queue<T>::open(argv[3]);
-      status = 0;
-      for (std::size_t i = 0; i < samples.size(); ++i) {
-        if (!(q.get(std::chrono::seconds(10)) == samples[i])) {
-          std::cerr << "message " << i << " differs from the sample\n";
-          status = 1;
-        }
-      }
-    } else if (cmd == "echo" && argc == 6) {
-      auto in = shmq::Queue<T>::open(argv[3]);
-      auto out = shmq::Queue<T>::open(argv[4]);
-      for (long n = std::stol(argv[5]); n > 0; --n) out.put(in.get());
-      status = 0;
-    }
-  });
+                       using T = typename decltype(tag)::type;
+                       const std::vector<T> samples = Samples<T>::get();
+                       if (cmd == "fill") {
+                         auto q = shmq::Queue<T>::create(argv[3]);
+                         for (const T& v : samples) q.put(v);
+                         status = 0;
+                       } else if (cmd == "check") {
+                         auto q = shmq::Queue<T>::open(argv[3]);
+                         status = 0;
+                         for (std::size_t i = 0; i < samples.size(); ++i) {
+                           if (!(q.get(std::chrono::seconds(10)) == samples[i])) {
+                             std::cerr << "message " << i << " differs from the sample\n";
+                             status = 1;
+                           }
+                         }
+                       } else if (cmd == "echo" && argc == 6) {
+                         auto in = shmq::Queue<T>::open(argv[3]);
+                         auto out = shmq::Queue<T>::open(argv[4]);
+                         for (long n = std::stol(argv[5]); n > 0; --n) out.put(in.get());
+                         status = 0;
+                       }
+                     });
   if (!known || status == 2) {
     std::cerr << "usage: see the top of python/tests/cpp_peer.cpp\n";
     return 2;
