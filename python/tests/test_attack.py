@@ -137,24 +137,6 @@ def test_a_header_with_a_hostile_type_name_is_refused_at_open(qname, text):
         shmq.Queue.open(name)
 
 
-def test_close_on_another_thread_ends_a_blocked_get():
-    q = shmq.Queue()
-    errors = []
-
-    def consumer():
-        try:
-            q.get()
-        except shmq.Closed as e:
-            errors.append(e)
-
-    t = threading.Thread(target=consumer)
-    t.start()
-    time.sleep(0.1)
-    q.close()
-    t.join(5)
-    assert not t.is_alive() and len(errors) == 1
-
-
 def _use_in_child(q, other, out):
     q.put("from the child")
     out.put(other.get(timeout=10))

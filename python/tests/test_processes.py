@@ -26,23 +26,15 @@ def _consume_and_mark(q, n):
 
 
 @pytest.mark.parametrize("method", START_METHODS)
-def test_an_unnamed_queue_passes_to_a_process(method):
+@pytest.mark.parametrize("make", [lambda ctx, name: shmq.Queue(ctx=ctx),
+                                  lambda ctx, name: shmq.Queue.create(name, type=int)],
+                         ids=["unnamed of objects", "named of std::int64_t"])
+def test_a_queue_passes_to_a_process(method, make, qname):
     ctx = mp.get_context(method)
-    q = shmq.Queue(ctx=ctx)
+    q = make(ctx, qname())
     p = ctx.Process(target=_put_square, args=(q, 7))
     p.start()
     assert q.get(timeout=60) == 49
-    p.join()
-    assert p.exitcode == 0
-
-
-@pytest.mark.parametrize("method", START_METHODS)
-def test_a_typed_named_queue_passes_to_a_process(method, qname):
-    ctx = mp.get_context(method)
-    q = shmq.Queue.create(qname(), type=int)
-    p = ctx.Process(target=_put_square, args=(q, 9))
-    p.start()
-    assert q.get(timeout=60) == 81
     p.join()
     assert p.exitcode == 0
 

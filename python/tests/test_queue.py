@@ -134,22 +134,24 @@ def test_shutdown_refuses_puts_and_drains_gets_then_raises():
         q2.get()
 
 
-def test_shutdown_wakes_a_blocked_get_in_another_thread():
+@pytest.mark.parametrize("end, error", [(lambda q: q.shutdown(), shmq.ShutDown),
+                                          (lambda q: q.close(), shmq.Closed)])
+def test_shutdown_or_close_ends_a_get_blocked_in_another_thread(end, error):
     q = shmq.Queue()
-    errors = []
+    raised = []
 
     def consumer():
         try:
             q.get()
-        except shmq.ShutDown as e:
-            errors.append(e)
+        except error as e:
+            raised.append(e)
 
     t = threading.Thread(target=consumer)
     t.start()
-    time.sleep(0.1)
-    q.shutdown()
+    time.sleep(0.1)  # into its wait (nothing tells us when it sleeps)
+    end(q)
     t.join(5)
-    assert not t.is_alive() and len(errors) == 1
+    assert not t.is_alive() and len(raised) == 1
 
 
 def test_simple_queue_has_put_get_empty_close():
