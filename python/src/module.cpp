@@ -48,6 +48,8 @@ using detail::Segment;
 using detail::TypeTag;
 
 constexpr std::chrono::milliseconds kSignalSlice{50};
+// The most a thread keeps allocated between gets for copying messages out of the ring.
+constexpr std::size_t kKeptBufferBytes = 1 << 20;
 
 const TypeTag& pickle_tag() {
   static const TypeTag tag = detail::make_type_tag(typeid(PythonObject*).name() + 1);  // drop 'P'
@@ -176,13 +178,19 @@ class PyQueue {
 
   // ---- get: takes the messages' bytes while waiting without the GIL, then decodes them.
   py::object get(bool block, py::handle timeout) {
-    std::string message;
+    // A buffer per thread, so that a get allocates nothing for messages the last one had room
+    // for. Taken out while in use: unpickling may run code that calls get again on this thread.
+    thread_local std::string kept;
+    std::string message = std::move(kept);
     take(1, deadline_from(block, timeout), block ? "get" : "get_nowait",
          [&](const std::byte* at, std::uint32_t bytes) {
            message.assign(reinterpret_cast<const char*>(at), bytes);
          });
-    return decode(message);
+    py::object value = decode(message);
+    if (message.capacity() <= kKeptBufferBytes) kept = std::move(message);
+    return value;
   }
+
   // Up to max_items messages, waiting (as get) for the first. A message that does not decode is
   // dropped; the others taken with it are not: DecodeError carries them in order as `.items`.
   py::list get_many(std::size_t max_items, bool block, const py::object& timeout) {
@@ -349,9 +357,7 @@ class PyQueue {
         progress = segment_->ring().put_many(
             n - done,
             [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
-            [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
-              std::memcpy(dst, messages[done + i].data(), bytes);
-            },
+            [&](std::size_t i, std::byte* dst, std::uint32_t) { messages[done + i].write_to(dst); },
             deadline.capped(kSignalSlice));
       }
       done += progress.count;

@@ -67,15 +67,22 @@ Encoded encode_object(PyObject* obj) {
     return Encoded(tagged('f', &d, sizeof d));
   } else if (PyUnicode_CheckExact(obj)) {
     Py_ssize_t n = 0;
-    const char* utf8 = PyUnicode_AsUTF8AndSize(obj, &n);
-    if (utf8 != nullptr) return Encoded(tagged('s', utf8, static_cast<std::size_t>(n)));
+    const char* utf8 = PyUnicode_AsUTF8AndSize(obj, &n);  // cached in the str: borrowed
+    if (utf8 != nullptr) {
+      return Encoded(std::string(1, 's'), py::reinterpret_borrow<py::object>(obj), utf8,
+                     static_cast<std::size_t>(n));
+    }
     PyErr_Clear();  // lone surrogates: pickle keeps them
   } else if (PyBytes_CheckExact(obj)) {
-    return Encoded(
-        tagged('b', PyBytes_AS_STRING(obj), static_cast<std::size_t>(PyBytes_GET_SIZE(obj))));
+    return Encoded(std::string(1, 'b'), py::reinterpret_borrow<py::object>(obj),
+                   PyBytes_AS_STRING(obj), static_cast<std::size_t>(PyBytes_GET_SIZE(obj)));
   }
-  py::bytes pickled = pickle().dumps(py::handle(obj), pickle().protocol);
-  return Encoded(std::move(pickled));
+  py::object pickled = pickle().dumps(py::handle(obj), pickle().protocol);
+  if (!PyBytes_Check(pickled.ptr()))
+    throw py::type_error("shmq: pickle.dumps did not return bytes");
+  const char* data = PyBytes_AS_STRING(pickled.ptr());
+  const auto size = static_cast<std::size_t>(PyBytes_GET_SIZE(pickled.ptr()));
+  return Encoded(std::string(), std::move(pickled), data, size);
 }
 
 py::object decode_object(const char* data, std::size_t size) {

@@ -16,28 +16,39 @@
 #include <pybind11/pybind11.h>
 
 #include <cstddef>
+#include <cstring>
 #include <string>
+#include <utility>
 
 namespace shmq::python {
 
-// One encoded message: bytes of its own (the tagged forms), or a pickle kept alive as the bytes
-// object pickle.dumps returned, so it is copied once, into the ring. data() stays valid while the
-// Encoded lives; a moved Encoded must be asked again.
+// One encoded message, ready to be copied into the ring once: bytes of its own (the small tagged
+// forms, a C++ type's encoding), or a tag followed by the bytes of a Python object that it keeps
+// alive (a str's UTF-8, a bytes object, a pickle), so that large ones are not copied twice.
 class Encoded {
  public:
   Encoded() = default;
   explicit Encoded(std::string own) : own_(std::move(own)) {}
-  explicit Encoded(pybind11::bytes pickle) : pickle_(std::move(pickle)) {}
+  // `prefix`, then `size` bytes at `data`, which `keeper` owns.
+  Encoded(std::string prefix, pybind11::object keeper, const char* data, std::size_t size)
+      : own_(std::move(prefix)),
+        keeper_(std::move(keeper)),
+        borrowed_(data),
+        borrowed_size_(size) {}
 
-  const char* data() const { return pickle_ ? PyBytes_AS_STRING(pickle_.ptr()) : own_.data(); }
-  std::size_t size() const {
-    return pickle_ ? static_cast<std::size_t>(PyBytes_GET_SIZE(pickle_.ptr())) : own_.size();
+  std::size_t size() const { return own_.size() + borrowed_size_; }
+  // Writes the size() bytes; needs no GIL (it touches no reference count).
+  void write_to(std::byte* dst) const {
+    if (!own_.empty()) std::memcpy(dst, own_.data(), own_.size());
+    if (borrowed_size_ != 0) std::memcpy(dst + own_.size(), borrowed_, borrowed_size_);
   }
   std::string& own() { return own_; }
 
  private:
-  std::string own_;
-  pybind11::bytes pickle_{pybind11::reinterpret_steal<pybind11::bytes>(nullptr)};
+  std::string own_;          // the message, or its first bytes when borrowed_ follows
+  pybind11::object keeper_;  // keeps borrowed_ alive; null when nothing is borrowed
+  const char* borrowed_ = nullptr;
+  std::size_t borrowed_size_ = 0;
 };
 
 // Encodes any picklable object; raises what pickle.dumps raises.
