@@ -9,6 +9,8 @@
 //   shmq_python_peer bad   <queue>             puts into a Queue<std::vector<std::int64_t>>: a
 //                                              good message, one whose count exceeds its bytes,
 //                                              a truncated one, then a good one
+//   shmq_python_peer raw   <queue> <hex>...    puts each <hex> as one message's bytes into any
+//                                              queue, whatever its type (a hostile writer)
 //
 // Exit status: 0 done, 1 a check failed (what differed on stderr), 2 usage, 3 a shmq error.
 #include <shmq/shmq.hpp>
@@ -122,6 +124,23 @@ int run(int argc, char** argv) {
       std::memset(at + 4, 0, 2);
     });
     q.put(Ints{2});
+    return 0;
+  }
+  if (cmd == "raw" && argc >= 3) {
+    auto segment = shmq::detail::Segment::open(argv[2], nullptr);  // any type: bytes as they come
+    for (int i = 3; i < argc; ++i) {
+      const std::string hex = argv[i];
+      std::string bytes;
+      for (std::size_t j = 0; j + 1 < hex.size(); j += 2) {
+        bytes += static_cast<char>(std::stoi(hex.substr(j, 2), nullptr, 16));
+      }
+      segment->ring().put_many(
+          1, [&](std::size_t) { return static_cast<std::uint32_t>(bytes.size()); },
+          [&](std::size_t, std::byte* at, std::uint32_t) {
+            std::memcpy(at, bytes.data(), bytes.size());
+          },
+          shmq::detail::Deadline::never());
+    }
     return 0;
   }
   int status = 2;

@@ -6,12 +6,14 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
 import shmq
+from conftest import peer
 
 fork = mp.get_context("fork")
 
@@ -165,3 +167,17 @@ def test_sizes_out_of_range_are_refused():
         shmq.Queue(2**40)
     with pytest.raises((OverflowError, TypeError)):
         shmq.Queue(capacity_bytes=-1)
+
+
+def test_hostile_bytes_in_a_queue_of_python_objects_raise_and_are_dropped_one_by_one(qname):
+    name = qname()
+    q = shmq.Queue.create(name)
+    hostile = ["", "69" + "01", "3f", "6e00", "54ff", "80ffffff", "73ff"]  # see object_codec.hpp
+    good = "69" + (42).to_bytes(8, "little").hex()
+    r = subprocess.run([peer(), "raw", name, *hostile, good], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for _ in hostile:
+        with pytest.raises(shmq.DecodeError):
+            q.get_nowait()
+    assert q.get_nowait() == 42
+    assert q.empty()
