@@ -181,3 +181,33 @@ def test_hostile_bytes_in_a_queue_of_python_objects_raise_and_are_dropped_one_by
             q.get_nowait()
     assert q.get_nowait() == 42
     assert q.empty()
+
+
+@pytest.mark.parametrize("spelling, valid", [
+    ("std::vector<std::string>", ["a", ""]),
+    ("std::map<std::int32_t, std::optional<double>>", {1: None, -2: 0.5}),
+    ("std::tuple<bool, std::array<std::uint8_t, 3>, std::vector<std::vector<std::int16_t>>>",
+     (True, b"abc", [[1], []])),
+    ("std::unordered_map<std::string, std::pair<char, std::vector<std::byte>>>",
+     {"k": (7, b"\x00")}),
+])
+def test_random_bytes_in_a_typed_queue_decode_or_raise_decode_error(qname, spelling, valid):
+    rng = random.Random(spelling)
+    name = qname()
+    q = shmq.Queue.create(name, type=spelling)
+    messages = []
+    for _ in range(300):
+        n = rng.choice([0, 1, 2, 4, 5, 8, 9, 16, 33, 64])
+        # Small counts and lengths now and then, so that decoding gets past the first field.
+        raw = bytes(rng.choice([0, 1, 2, 3, 255, rng.randrange(256)]) for _ in range(n))
+        messages.append(raw.hex())
+    r = subprocess.run([peer(), "raw", name, *messages], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for _ in messages:  # each decodes (random bytes can be valid) or raises; none crashes
+        try:
+            q.get_nowait()
+        except shmq.DecodeError:
+            pass
+    assert q.empty()
+    q.put(valid)
+    assert q.get_nowait() == valid
