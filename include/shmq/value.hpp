@@ -41,15 +41,16 @@ class SharedElements : public NamedObject<SharedElements<T, Kind>> {
   static_assert(std::is_trivially_copyable_v<T>, "Value and Array hold trivially copyable types");
 
  public:
-  // The lock that guards the elements; LockMisuse for one made with lock = false.
-  RLock get_lock() const {
-    if (!has_lock()) {
+  // The lock that guards the elements (for std::scoped_lock, or Python's `with v.get_lock():`);
+  // LockMisuse for one made with lock = false.
+  RLock& get_lock() const {
+    if (!lock_) {
       throw LockMisuse("shmq: " + this->object_->description() +
                        " was made with lock = false: it has no lock");
     }
-    return RLock(this->object_);
+    return *lock_;
   }
-  bool has_lock() const noexcept { return this->object_->header().has_lock != 0; }
+  bool has_lock() const noexcept { return lock_.has_value(); }
   std::size_t size() const noexcept { return this->object_->data_bytes() / sizeof(T); }
   // The elements themselves, unguarded (Python's get_obj()).
   T* data() const noexcept { return reinterpret_cast<T*>(this->object_->data()); }
@@ -62,7 +63,9 @@ class SharedElements : public NamedObject<SharedElements<T, Kind>> {
 
  protected:
   explicit SharedElements(std::shared_ptr<SyncObject> object)
-      : NamedObject<SharedElements>(std::move(object)) {}
+      : NamedObject<SharedElements>(std::move(object)) {
+    if (this->object_->header().has_lock != 0) lock_.emplace(RLock(this->object_));
+  }
   static std::shared_ptr<SyncObject> opened(std::string_view name) {
     return SyncObject::open(name, kinds(), &type_tag());
   }
@@ -84,13 +87,9 @@ class SharedElements : public NamedObject<SharedElements<T, Kind>> {
   }
   // Copies n elements from `from` to `to` under the lock, if there is one.
   void copy(T* to, const T* from, std::size_t n) const {
-    std::optional<RLock> lock;
-    if (has_lock()) {
-      lock.emplace(RLock(this->object_));
-      lock->lock();
-    }
+    if (lock_) lock_->lock();
     std::memcpy(static_cast<void*>(to), static_cast<const void*>(from), n * sizeof(T));
-    if (lock) lock->unlock();
+    if (lock_) lock_->unlock();
   }
   void check_index(std::size_t i) const {
     if (i >= size()) {
@@ -99,6 +98,11 @@ class SharedElements : public NamedObject<SharedElements<T, Kind>> {
                             ")");
     }
   }
+
+ private:
+  // Made once, at open, if the header says there is a lock: hostile bytes written later cannot
+  // make a reader skip it or take one that was never made.
+  mutable std::optional<RLock> lock_;
 };
 
 }  // namespace detail
