@@ -234,7 +234,7 @@ std::optional<ObjectStats> inspect_object(std::string_view name) {
   }
   s.value = h.count.load(relaxed);
   s.limit = h.limit;
-  s.waiting = kind == ObjectKind::barrier ? std::min(h.arrived, h.limit)
+  s.waiting = kind == ObjectKind::barrier ? std::min(h.arrived.load(relaxed), h.limit)
                                           : detail::sleepers_of(h.wakeups.sleep.load(relaxed));
   s.broken = kind == ObjectKind::barrier && h.broken.load(relaxed) != 0;
   if (kind == ObjectKind::condition)

@@ -129,12 +129,24 @@ using detail::BarrierSlot;
 using detail::SlotState;
 
 // Holds the barrier's lock; a lock taken over from a dead holder breaks the barrier: that holder
-// was in the middle of changing it.
+// was in the middle of changing it. The lock is held for a few instructions at a time, so a
+// wait() arriving with a deadline waits for it until then (at least kNowaitLockPatience), and
+// throws BrokenBarrier naming the holder if it stays held longer (a stopped process, or hostile
+// bytes): the barrier itself is not broken by that. Once a party waits in its slot, it takes the
+// lock without a deadline: it must not leave its slot behind.
 class BarrierGuard {
  public:
-  explicit BarrierGuard(const std::shared_ptr<detail::SyncObject>& object)
+  explicit BarrierGuard(const std::shared_ptr<detail::SyncObject>& object,
+                        const detail::Deadline& deadline = detail::Deadline::never())
       : core_(object, object->header().lock, false) {
-    core_.acquire(detail::Deadline::never());
+    const bool passed = !deadline.is_never() && deadline.expired();
+    if (!core_.acquire(passed ? detail::Deadline::after(detail::RobustLock::kNowaitLockPatience)
+                              : deadline)) {
+      const std::uint32_t holder =
+          object->header().lock.mutex.word.load(std::memory_order_relaxed) & FUTEX_TID_MASK;
+      throw BrokenBarrier("shmq: " + object->description() + ": its lock stayed held by thread " +
+                          std::to_string(holder) + " past this wait()'s timeout");
+    }
   }
   BarrierGuard(const BarrierGuard&) = delete;
   BarrierGuard& operator=(const BarrierGuard&) = delete;
@@ -166,7 +178,7 @@ void end_generation(detail::SyncObject& object, SlotState outcome) {
       slot.state.store(static_cast<std::uint32_t>(outcome), std::memory_order_release);
     }
   }
-  h.arrived = 0;
+  h.arrived.store(0, std::memory_order_relaxed);
   ++h.generation;
   detail::notify(h.wakeups);
 }
@@ -249,15 +261,16 @@ unsigned Barrier::wait(std::optional<double> timeout) {
   unsigned index = 0;
   for (;;) {
     {
-      BarrierGuard guard(object_);
+      BarrierGuard guard(object_, deadline);
       if (guard.recovered() || a_waiter_died(object)) break_barrier(object);
       if (h.broken.load(std::memory_order_relaxed) != 0) throw broken_error("");
-      if (h.arrived >= object.limit()) {  // hostile bytes: no well-behaved process wrote this
+      if (h.arrived.load(std::memory_order_relaxed) >=
+          object.limit()) {  // hostile bytes: no well-behaved process wrote this
         break_barrier(object);
         throw broken_error(" (its count of waiting parties was corrupt)");
       }
-      if (h.arrived + 1 == object.limit()) {
-        index = h.arrived;
+      if (h.arrived.load(std::memory_order_relaxed) + 1 == object.limit()) {
+        index = h.arrived.load(std::memory_order_relaxed);
         try {
           if (action_) action_();
         } catch (...) {
@@ -269,7 +282,7 @@ unsigned Barrier::wait(std::optional<double> timeout) {
       }
       slot = claim_slot(object);
       if (slot != nullptr) {
-        index = h.arrived++;
+        index = h.arrived.fetch_add(1, std::memory_order_relaxed);
         break;
       }
       if (deadline.expired()) {
@@ -321,8 +334,8 @@ void Barrier::abort() {
 }
 
 unsigned Barrier::n_waiting() const {
-  BarrierGuard guard(object_);
-  return std::min(object_->header().arrived, object_->limit());
+  // A snapshot, read without the lock (which hostile bytes could leave held).
+  return std::min(object_->header().arrived.load(std::memory_order_relaxed), object_->limit());
 }
 
 bool Barrier::broken() const noexcept {

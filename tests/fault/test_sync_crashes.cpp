@@ -325,12 +325,19 @@ TEST_CASE("hostile bytes in a lock's, semaphore's, event's, barrier's or value's
     close(fd);
     REQUIRE(at != MAP_FAILED);
     auto* bytes = static_cast<unsigned char*>(at);
-    // Anywhere in the header or the payload, sometimes the identity, mostly the state.
+    // Anywhere in the file, sometimes the identity, mostly the state words (locks, counts,
+    // sleeper counts) and a barrier's slots.
+    const long state = static_cast<long>(offsetof(detail::ObjectHeader, lock));
+    const long state_end = static_cast<long>(sizeof(detail::ObjectHeader));
     const int writes = std::uniform_int_distribution<int>(1, 16)(rng);
     for (int i = 0; i < writes; ++i) {
-      const auto offset = std::uniform_int_distribution<long>(
-          round % 4 == 0 ? 0 : static_cast<long>(offsetof(detail::ObjectHeader, lock)),
-          static_cast<long>(size) - 1)(rng);
+      const int where = std::uniform_int_distribution<int>(0, 3)(rng);
+      const auto offset =
+          where == 0 ? std::uniform_int_distribution<long>(0, static_cast<long>(size) - 1)(rng)
+          : where == 1 && size > static_cast<off_t>(detail::kObjectHeaderBytes)
+              ? std::uniform_int_distribution<long>(static_cast<long>(detail::kObjectHeaderBytes),
+                                                    static_cast<long>(size) - 1)(rng)
+              : std::uniform_int_distribution<long>(state, state_end - 1)(rng);
       bytes[offset] = static_cast<unsigned char>(rng());
     }
     try {
@@ -372,7 +379,6 @@ TEST_CASE("hostile bytes in a lock's, semaphore's, event's, barrier's or value's
             b.wait(0.001);
           } catch (const BrokenBarrier&) {
           }
-          b.reset();
           break;
         }
         case 5: {

@@ -111,8 +111,9 @@ struct ObjectHeader {
   // Semaphore: units left (CAS; acquire to take one, release to give one back). Event: 1 when
   // set (release store; acquire load).
   alignas(kCacheLine) std::atomic<std::uint32_t> count;
-  std::uint32_t arrived;     // Barrier: parties waiting in this generation; guarded by lock
-  std::uint32_t generation;  // Barrier: trips and resets so far; guarded by lock
+  // Barrier: parties waiting in this generation; written under lock, read relaxed by n_waiting().
+  std::atomic<std::uint32_t> arrived;
+  std::uint32_t generation;           // Barrier: trips and resets so far; guarded by lock
   std::atomic<std::uint32_t> broken;  // Barrier: 1 once broken until reset; written under lock
   // Semaphore, Event, Condition and Barrier waiters sleep here (layout.hpp).
   EventCount wakeups;
