@@ -2,6 +2,7 @@
 // contended paths of their locks.
 #include "shmq/detail/sync_object.hpp"
 
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -157,6 +158,32 @@ SyncObject::SyncObject(std::unique_ptr<ObjectFile> file)
       kind_(static_cast<ObjectKind>(header_->kind)),
       data_bytes_(file_->size() - kObjectHeaderBytes),
       limit_(header_->limit) {}
+
+namespace {
+
+bool held_in_this_process(const RobustMutex& m) {
+  const auto tid = static_cast<pid_t>(m.word.load(std::memory_order_relaxed) & FUTEX_TID_MASK);
+  return tid != 0 && syscall(SYS_tgkill, getpid(), tid, 0) == 0;
+}
+
+}  // namespace
+
+// A lock held by a thread is an entry of that thread's robust list, whose links live in the
+// object's memory: the kernel walks them when the thread ends, and glibc writes through them when
+// the thread unlocks a robust pthread mutex taken after it. Unmapping the object under such an
+// entry (the last handle dropped while its lock is held) would turn that write into a crash, so
+// the mapping then stays for the life of the process (one page, for a program that lets go of a
+// lock it holds).
+SyncObject::~SyncObject() {
+  bool held = held_in_this_process(header_->lock.mutex);
+  if (kind_ == ObjectKind::barrier) {
+    const auto* slots = reinterpret_cast<const BarrierSlot*>(data());
+    for (std::uint32_t i = 0; i < 2 * limit_ && !held; ++i) {
+      held = held_in_this_process(slots[i].presence);
+    }
+  }
+  if (held) (void)file_.release();
+}
 
 std::shared_ptr<SyncObject> SyncObject::create(std::string_view name, const ObjectSpec& spec,
                                                mode_t mode) {

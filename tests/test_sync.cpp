@@ -501,3 +501,21 @@ TEST_CASE("a barrier shared by more threads than 2 x parties still trips in grou
   for (auto& t : threads) t.join();
   CHECK(broken_early.load() == 0);
 }
+
+TEST_CASE("dropping the last handle of a lock this thread holds leaves its robust list walkable",
+          "[sync]") {
+  // glibc unlocks a robust mutex taken after ours by writing through our entry's links: they must
+  // still be mapped.
+  // (A named lock: an unnamed one would keep its descriptor too, which the hygiene check counts.)
+  shmq::test::GlibcRobustMutexes glibc;
+  NameGuard name(unique_name("dropped"));
+  {
+    Lock lock = Lock::create(name.name());
+    lock.lock();
+    REQUIRE(pthread_mutex_lock(&glibc.m[0]) == 0);
+  }
+  CHECK(pthread_mutex_unlock(&glibc.m[0]) == 0);
+  Lock other;  // and shmq's own list walk still works
+  other.lock();
+  other.unlock();
+}

@@ -155,6 +155,10 @@ class SyncObject {
   static bool remove(std::string_view name) { return Segment::remove(name); }
 
   explicit SyncObject(std::unique_ptr<ObjectFile> file);
+  SyncObject(const SyncObject&) = delete;
+  SyncObject& operator=(const SyncObject&) = delete;
+  // Unmaps, unless a thread of this process still holds one of its locks (see sync_object.cpp).
+  ~SyncObject();
   ObjectHeader& header() const noexcept { return *header_; }
   std::byte* data() const noexcept { return file_->data() + kObjectHeaderBytes; }
   // Checked at open, then kept here: never re-read from shared memory.
