@@ -42,6 +42,13 @@ unsigned release_in_worker(Semaphore sem) {
   sem.release();
   return sem.get_value();
 }
+bool set_in_worker(Event ev, Condition cond) {
+  std::scoped_lock held(cond);
+  ev.set();
+  cond.notify_all();
+  return true;
+}
+unsigned wait_in_worker(Barrier barrier) { return barrier.wait(10); }
 }  // namespace
 
 // ---- Lock
@@ -235,6 +242,14 @@ TEST_CASE("locks, semaphores and events pass to Process children and as Pool arg
   lock.unlock();
   CHECK(pool.apply(release_in_worker, sem) == 1);
   CHECK(sem.acquire(false));
+  Event ev;
+  Condition cond;
+  CHECK(pool.apply(set_in_worker, ev, cond));
+  CHECK(ev.is_set());
+  Barrier barrier(2);
+  auto waiting = pool.apply_async(wait_in_worker, barrier);
+  const unsigned mine = barrier.wait(10);
+  CHECK(mine + waiting.get() == 1);
 }
 
 // ---- Semaphore

@@ -20,6 +20,7 @@
 #include "shmq/barrier.hpp"
 #include "shmq/condition.hpp"
 #include "shmq/event.hpp"
+#include "shmq/inspect.hpp"
 #include "shmq/lock.hpp"
 #include "shmq/semaphore.hpp"
 #include "shmq/shared_memory.hpp"
@@ -339,6 +340,10 @@ TEST_CASE("hostile bytes in a lock's, semaphore's, event's, barrier's or value's
                                                     static_cast<long>(size) - 1)(rng)
               : std::uniform_int_distribution<long>(state, state_end - 1)(rng);
       bytes[offset] = static_cast<unsigned char>(rng());
+    }
+    try {
+      (void)inspect_object(name.name());  // what `shmq ls` and `shmq stat` read
+    } catch (const Error&) {
     }
     try {
       switch (kind) {
