@@ -31,7 +31,7 @@ namespace shmq {
 class Barrier : public detail::NamedObject<Barrier> {
  public:
   using Action = std::function<void()>;
-  // Python's Barrier(parties, action=None, timeout=None); InvalidArgument for 0 or over 65536
+  // Python's Barrier(parties, action=None, timeout=None); InvalidArgument for 0 or over 4096
   // parties.
   explicit Barrier(unsigned parties, Action action = {},
                    std::optional<double> timeout = std::nullopt)

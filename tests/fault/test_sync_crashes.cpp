@@ -69,8 +69,10 @@ void kill_holders_at_random(L lock, bool nested) {
   Guarded* g = shared_guarded();
   std::mt19937 rng(1234);
   int told = 0;
+  Queue<int> started;  // so that the random delay runs while the holder loops, not while it forks
   for (int round = 0; round < rounds(40); ++round) {
     Child holder([&] {
+      started.put(1);
       for (;;) {
         lock.lock();
         if (nested) lock.lock();
@@ -79,6 +81,7 @@ void kill_holders_at_random(L lock, bool nested) {
         lock.unlock();
       }
     });
+    started.get(10s);
     std::this_thread::sleep_for(random_delay(rng));
     holder.kill(SIGKILL);
     holder.wait_status();
@@ -113,11 +116,14 @@ TEST_CASE("an RLock whose holder is killed at random points, nested, goes to the
 
 TEST_CASE("a Value's lock whose holder dies mid-set goes to the next getter", "[fault][sync]") {
   Value<std::uint64_t> v(0);
+  Queue<int> started;
   std::mt19937 rng(7);
   for (int round = 0; round < rounds(20); ++round) {
     Child writer([&] {
+      started.put(1);
       for (std::uint64_t i = 0;; ++i) v.set(i);
     });
+    started.get(10s);
     std::this_thread::sleep_for(random_delay(rng));
     writer.kill(SIGKILL);
     writer.wait_status();
@@ -148,16 +154,20 @@ TEST_CASE("a Semaphore unit held by a process that dies is lost, as POSIX's", "[
 TEST_CASE("semaphore users killed at random points leave a count within bounds and no waiter "
           "wedged", "[fault][sync]") {
   BoundedSemaphore sem(2);
+  Queue<int> started;
   std::mt19937 rng(99);
   for (int round = 0; round < rounds(30); ++round) {
     std::vector<Child> users;
     for (int i = 0; i < 2; ++i) {
       users.emplace_back([&] {
+        started.put(1);
         for (;;) {
           if (sem.acquire(true, 1.0)) sem.release();
         }
       });
     }
+    started.get(10s);
+    started.get(10s);
     std::this_thread::sleep_for(random_delay(rng));
     users[0].kill(SIGKILL);
     users[0].wait_status();
@@ -177,11 +187,13 @@ TEST_CASE("event and condition waiters killed at random points wedge nobody", "[
   Condition cond;
   Event ev;
   Value<int> flag(0, false);
+  Queue<int> started;
   std::mt19937 rng(5);
   for (int round = 0; round < rounds(30); ++round) {
     std::vector<Child> doomed;
     for (int i = 0; i < 2; ++i) {
       doomed.emplace_back([&] {
+        started.put(1);
         for (;;) {
           ev.wait(0.001);
           std::unique_lock held(cond);
@@ -189,6 +201,8 @@ TEST_CASE("event and condition waiters killed at random points wedge nobody", "[
         }
       });
     }
+    started.get(10s);
+    started.get(10s);
     std::this_thread::sleep_for(random_delay(rng));
     for (auto& d : doomed) d.kill(SIGKILL);
     for (auto& d : doomed) d.wait_status();
@@ -267,10 +281,11 @@ TEST_CASE("barrier parties killed at random points never hang the others", "[fau
   std::mt19937 rng(11);
   for (int round = 0; round < rounds(20); ++round) {
     Barrier barrier(3);
-    Queue<int> ended;
+    Queue<int> ended, started;
     std::vector<Child> parties;
     for (int i = 0; i < 3; ++i) {
       parties.emplace_back([&] {
+        started.put(1);
         try {
           for (;;) barrier.wait();
         } catch (const BrokenBarrier&) {
@@ -278,6 +293,7 @@ TEST_CASE("barrier parties killed at random points never hang the others", "[fau
         }
       });
     }
+    for (int i = 0; i < 3; ++i) started.get(10s);
     std::this_thread::sleep_for(random_delay(rng));
     parties[0].kill(SIGKILL);
     parties[0].wait_status();

@@ -40,9 +40,11 @@ inline constexpr std::uint64_t kObjectMagic = 0x5348'4d51'5359'4e43ULL;  // "SHM
 inline constexpr std::uint32_t kObjectLayoutVersion = 1;
 inline constexpr std::size_t kObjectHeaderBytes = 4096;
 inline constexpr std::size_t kLockNameBytes = 320;  // a Condition's lock's name(), NUL-terminated
-// Barrier parties and Semaphore units: limits that keep every count in 32 bits.
-inline constexpr std::uint32_t kMaxBarrierParties = 1u << 16;
-inline constexpr std::uint32_t kMaxSemaphoreValue = INT32_MAX;  // SEM_VALUE_MAX on Linux
+// Barrier parties: every arrival looks at each of the 2 x parties slots for a dead waiter, so a
+// full trip costs 2 x parties^2 slot reads (4096 parties: some 35 ms of them).
+inline constexpr std::uint32_t kMaxBarrierParties = 1u << 12;
+// Semaphore units: SEM_VALUE_MAX.
+inline constexpr std::uint32_t kMaxSemaphoreValue = INT32_MAX;
 // Payload of a Value, Array or SharedMemory: at most 1 TiB.
 inline constexpr std::size_t kMaxObjectBytes = std::size_t{1} << 40;
 // Polls before a waiter sleeps, as a queue's default spin_polls.
