@@ -304,6 +304,11 @@ TEST_CASE("shmq ls and stat show locks, events, semaphores and values with their
   const Run json = shmq_cli("stat --json " + value_name.name());
   CHECK_THAT(json.out, Catch::Contains("\"kind\": \"value\"") &&
                            Catch::Contains("\"type\": \"double\""));
+  CHECK(shmq_cli("rm " + event_name.name()).status == 0);
+  CHECK_FALSE(segment_exists(event_name.name()));
+  const Run stale = shmq_cli("rm --stale " + value_name.name());  // its creator (we) runs
+  CHECK(stale.status == 0);
+  CHECK(segment_exists(value_name.name()));
   lock.unlock();
 }
 

@@ -417,6 +417,25 @@ int watch(const std::vector<std::string>& args) {
 // `rm --stale [--with-messages] [PREFIX]`: removes the queues nobody can be using any more. A named
 // queue exists to outlive its producers, so one that still holds messages is pending work, not
 // litter: it is kept (and said so) unless --with-messages asks for it.
+// `rm --stale` for an object: removed when its creator is dead and no process maps it; one that
+// holds data (a value, an array, shared memory) only with --with-messages, as a queue's messages.
+void remove_if_stale(const shmq::ObjectStats& o, bool with_data, std::size_t& removed,
+                     std::size_t& skipped) {
+  const auto u = object_users(o);
+  if (u.creator_alive || !u.mapped_by.empty()) return;
+  const std::string why =
+      "creator pid " + std::to_string(o.creator_pid) + " is dead; no process maps it";
+  if (o.data_bytes != 0 && !with_data) {
+    std::printf("skipped %s [%s]: it holds %llu bytes (%s); --with-messages removes it too\n",
+                o.name.c_str(), o.kind.c_str(), static_cast<unsigned long long>(o.data_bytes),
+                why.c_str());
+    ++skipped;
+  } else if (shmq::Queue<char>::remove(o.name)) {
+    std::printf("removed %s [%s] (%s)\n", o.name.c_str(), o.kind.c_str(), why.c_str());
+    ++removed;
+  }
+}
+
 int rm_stale(const std::vector<std::string>& args) {
   bool with_messages = false;
   std::string prefix;
@@ -437,6 +456,10 @@ int rm_stale(const std::vector<std::string>& args) {
   for (const auto& name : shmq::list_queues()) {
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
     try {
+      if (const auto o = shmq::inspect_object(name)) {
+        remove_if_stale(*o, with_messages, removed, skipped);
+        continue;
+      }
       const auto s = shmq::inspect(name);
       const auto u = shmq::queue_users(s);
       if (u.creator_alive || !u.mapped_by.empty()) continue;
@@ -483,7 +506,8 @@ int rm(const std::vector<std::string>& args) {
   for (const auto& name : args) {
     if (name.rfind("--", 0) == 0) return usage_error("rm: unexpected option " + name);
     try {
-      shmq::inspect(name);  // refuse to remove what is not a shmq queue
+      // Refuse to remove what is not a shmq queue or object.
+      if (!shmq::inspect_object(name)) shmq::inspect(name);
       shmq::Queue<char>::remove(name);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "shmq rm: %s\n", e.what());
