@@ -30,6 +30,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -496,17 +497,10 @@ void batches(long n) {
           });
 }
 
-void ping_pong(long r) {
-  const std::string scenario = "round trip 8 B";
-  if (!selected(scenario)) return;
-  std::vector<std::pair<std::string, std::function<std::optional<std::pair<double, double>>()>>> cs = {
-      {"shmq", [r] { return round_trips<ShmqChannel<8>>(r); }},
-      {"boost::interprocess::message_queue", [r] { return round_trips<BoostChannel>(r); }},
-      {"POSIX mq", [r] { return round_trips<PosixMqChannel>(r); }},
-      {"pipe", [r] { return round_trips<PipeChannel>(r); }},
-      {"naive mutex+condvar ring", [r] { return round_trips<NaiveRingChannel>(r); }},
-      {"lock-free SPSC spinning ring", [r] { return round_trips<SpscSpinChannel>(r); }},
-  };
+using RoundTrips = std::vector<std::pair<std::string, std::function<std::optional<std::pair<double, double>>()>>>;
+
+// Runs every round-trip contender once per repetition, in turn, and records each one's medians.
+void compare_round_trips(const std::string& scenario, const RoundTrips& cs) {
   std::map<std::string, std::vector<double>> p50, p99;
   for (int rep = 0; rep < settings.reps; ++rep) {
     for (const auto& [peer, run] : cs) {
@@ -525,6 +519,89 @@ void ping_pong(long r) {
     res.p99_us = median(p99[peer]);
     results.push_back(res);
   }
+}
+
+void ping_pong(long r) {
+  const std::string scenario = "round trip 8 B";
+  if (!selected(scenario)) return;
+  const RoundTrips cs = {
+      {"shmq", [r] { return round_trips<ShmqChannel<8>>(r); }},
+      {"boost::interprocess::message_queue", [r] { return round_trips<BoostChannel>(r); }},
+      {"POSIX mq", [r] { return round_trips<PosixMqChannel>(r); }},
+      {"pipe", [r] { return round_trips<PipeChannel>(r); }},
+      {"naive mutex+condvar ring", [r] { return round_trips<NaiveRingChannel>(r); }},
+      {"lock-free SPSC spinning ring", [r] { return round_trips<SpscSpinChannel>(r); }},
+  };
+  compare_round_trips(scenario, cs);
+}
+
+// ---------------------------------------------------------------- locks and events (issue 14)
+
+// Uncontended acquire + release, n times, in one thread: operations per second.
+template <class Lockable>
+double lock_rate(Lockable& lock, long n) {
+  const auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    lock.lock();
+    lock.unlock();
+  }
+  return double(n) / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// A robust, process-shared pthread_mutex_t in shared memory, as a Lockable.
+struct RobustPthreadMutex {
+  pthread_mutex_t* m;
+  RobustPthreadMutex() {
+    m = static_cast<pthread_mutex_t*>(mmap(nullptr, sizeof(pthread_mutex_t), PROT_READ | PROT_WRITE,
+                                           MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+  }
+  ~RobustPthreadMutex() { munmap(m, sizeof(pthread_mutex_t)); }
+  void lock() {
+    if (pthread_mutex_lock(m) == EOWNERDEAD) pthread_mutex_consistent(m);
+  }
+  void unlock() { pthread_mutex_unlock(m); }
+};
+
+void lock_uncontended(long n) {
+  compare("Lock acquire+release", 0,
+          {
+              {"shmq::Lock", [n] { shmq::Lock l; return std::optional<double>(lock_rate(l, n)); }},
+              {"robust pshared pthread_mutex_t", [n] { RobustPthreadMutex l; return std::optional<double>(lock_rate(l, n)); }},
+              {"std::mutex (not robust, not shared)", [n] { std::mutex l; return std::optional<double>(lock_rate(l, n)); }},
+          });
+}
+
+// A channel of one 8-byte message at a time through an Event: the sender writes the bytes and
+// sets the event; the receiver waits for it, clears it and reads the bytes.
+struct EventChannel {
+  shmq::Event ev;
+  shmq::SharedMemory bytes{8};
+  explicit EventChannel(std::size_t) {}
+  void send(const std::byte* m) {
+    std::memcpy(bytes.buf().data(), m, 8);
+    ev.set();
+  }
+  void recv(std::byte* m) {
+    ev.wait();
+    ev.clear();
+    std::memcpy(m, bytes.buf().data(), 8);
+  }
+};
+
+void event_round_trip(long r) {
+  const std::string scenario = "Event set->wake round trip";
+  if (!selected(scenario)) return;
+  const RoundTrips cs = {
+      {"shmq Event set->wait", [r] { return round_trips<EventChannel>(r); }},
+      {"shmq Queue<long> put->get", [r] { return round_trips<ShmqChannel<8>>(r); }},
+  };
+  compare_round_trips(scenario, cs);
 }
 
 // Python's figures for the same scenarios, from bench/python_peer.py (one JSON object per line:
@@ -673,6 +750,8 @@ int main(int argc, char** argv) {
   batches(5000 * k);
   four_to_four(500 * k);
   ping_pong(settings.quick ? 100 : 100'000);
+  lock_uncontended(settings.quick ? 10'000 : 10'000'000);
+  event_round_trip(settings.quick ? 100 : 100'000);
   compare("Pool.map 100k tasks", 0,
           {{"shmq Pool(2).map", [&] { return shmq_pool_map(settings.quick ? 1000 : 100'000); }}}, true);
   if (settings.filter.empty()) python_peer(settings.quick ? 1000 : 200'000, settings.quick ? 100 : 20'000, settings.quick ? 1000 : 100'000);

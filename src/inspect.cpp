@@ -2,6 +2,7 @@
 #include "shmq/inspect.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "shmq/detail/segment.hpp"
+#include "shmq/detail/sync_object.hpp"
 
 namespace shmq {
 
@@ -178,6 +180,66 @@ QueueUsers queue_users(const QueueStats& stats) {
     users.creator_alive = *started <= double(stats.created_unix_ns) / 1e9 + 1.0;
   }
   return users;
+}
+
+namespace {
+
+// Whether the segment `name` starts with an object's magic word: read without mapping or waiting,
+// so that a queue, a foreign file or a missing name goes on to inspect() and its messages.
+bool is_object(std::string_view name) {
+  if (name.rfind(detail::kUnnamedPrefix, 0) == 0) {
+    try {
+      detail::SyncObject::open(name, ~std::uint32_t{0});
+      return true;
+    } catch (const Error&) {
+      return false;
+    }
+  }
+  std::uint64_t magic = 0;
+  const int fd = open(
+      ("/dev/shm/" + std::string(detail::kSegmentPrefix) + detail::validate_name(name)).c_str(),
+      O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return false;
+  const bool read = pread(fd, &magic, sizeof magic, 0) == static_cast<ssize_t>(sizeof magic);
+  close(fd);
+  return read && magic == detail::kObjectMagic;
+}
+
+}  // namespace
+
+std::optional<ObjectStats> inspect_object(std::string_view name) {
+  if (!is_object(name)) return std::nullopt;
+  const auto object = detail::SyncObject::open(name, ~std::uint32_t{0});
+  const auto& h = object->header();
+  const auto relaxed = std::memory_order_relaxed;
+  ObjectStats s;
+  s.name = object->name();
+  s.kind = detail::kind_name(h.kind);
+  s.type_name.assign(h.type_name, strnlen(h.type_name, sizeof h.type_name));
+  s.mode = h.mode;
+  s.creator_pid = h.creator_pid;
+  s.created_unix_ns = h.created_unix_ns;
+  const auto kind = object->kind();
+  using detail::ObjectKind;
+  if (kind == ObjectKind::value || kind == ObjectKind::array || kind == ObjectKind::shared_memory)
+    s.data_bytes = object->data_bytes();
+  s.has_lock = kind == ObjectKind::lock || kind == ObjectKind::rlock ||
+               kind == ObjectKind::barrier ||
+               ((kind == ObjectKind::value || kind == ObjectKind::array) && h.has_lock != 0);
+  if (s.has_lock) {
+    const std::uint32_t word = h.lock.mutex.word.load(relaxed);
+    s.lock_holder = static_cast<pid_t>(word & FUTEX_TID_MASK);
+    s.holder_died = (word & FUTEX_OWNER_DIED) != 0 && s.lock_holder == 0;
+    s.lock_recoveries = h.lock.recoveries.load(relaxed);
+  }
+  s.value = h.count.load(relaxed);
+  s.limit = h.limit;
+  s.waiting = kind == ObjectKind::barrier ? std::min(h.arrived.load(relaxed), h.limit)
+                                          : detail::sleepers_of(h.wakeups.sleep.load(relaxed));
+  s.broken = kind == ObjectKind::barrier && h.broken.load(relaxed) != 0;
+  if (kind == ObjectKind::condition)
+    s.lock_name.assign(h.lock_name, strnlen(h.lock_name, sizeof h.lock_name));
+  return s;
 }
 
 }  // namespace shmq

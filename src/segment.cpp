@@ -375,6 +375,14 @@ int make_memfd(const UnnamedId& id) {
   return memfd_create(memfd_name(id).c_str(), flags);
 }
 
+// A new unnamed queue's or object's identity, its descriptor still to be filled in: the counter is
+// one for both, so that no two memfds of this process share a name.
+UnnamedId new_unnamed_id() {
+  static std::atomic<std::uint64_t> made{0};
+  return {getpid(), made.fetch_add(1, std::memory_order_relaxed) + 1,
+          process_start_ticks(getpid()).value_or(0), -1};
+}
+
 // Takes one field of an unnamed queue's name off the front of `rest`: decimal digits up to the
 // next '/' (or the end, for the last), no sign, no leading zero, at most `max`.
 bool take_field(std::string_view& rest, bool last, std::uint64_t max, std::uint64_t& value) {
@@ -526,9 +534,7 @@ std::shared_ptr<Segment> Segment::create(std::string_view raw_name, const QueueO
 
 std::shared_ptr<Segment> Segment::create_anonymous(const QueueOptions& options,
                                                    const TypeTag& type) {
-  static std::atomic<std::uint64_t> made{0};
-  UnnamedId id{getpid(), made.fetch_add(1, std::memory_order_relaxed) + 1,
-               process_start_ticks(getpid()).value_or(0), -1};
+  UnnamedId id = new_unnamed_id();
   const std::string what = unnamed_label(id);
   const CheckedOptions sizes = check_options(options, what);
   UniqueFd memfd(make_memfd(id));
@@ -763,6 +769,131 @@ void Segment::throw_get_failure(Outcome outcome, const Deadline& deadline, const
     throw Empty(lock_stayed_held(description_, header_->get_lock, "consumers", deadline, call));
   }
   throw Empty("shmq: " + description_ + " is empty" + how_long(deadline, call));
+}
+
+// ---- ObjectFile
+
+namespace {
+
+std::string object_label(std::string_view kind, const std::string& name) {
+  return std::string(kind) + " " + quoted(name);
+}
+std::string unnamed_object_label(std::string_view kind, const UnnamedId& id) {
+  return "unnamed " + std::string(kind) + " (pid " + std::to_string(id.pid) + ", #" +
+         std::to_string(id.counter) + ")";
+}
+
+}  // namespace
+
+ObjectFile::ObjectFile(int fd, std::string name, std::string description, bool keep_fd)
+    : name_(std::move(name)), description_(std::move(description)) {
+  struct stat st;
+  if (fstat(fd, &st) != 0)
+    throw Error("shmq: cannot stat " + description_ + ": " + errno_text(errno));
+  size_ = static_cast<std::size_t>(st.st_size);
+  void* at = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (at == MAP_FAILED) throw Error("shmq: cannot map " + description_ + ": " + errno_text(errno));
+  data_ = static_cast<std::byte*>(at);
+  if (keep_fd) kept_ = std::make_unique<Segment::Descriptor>(fd);
+}
+
+ObjectFile::~ObjectFile() {
+  munmap(data_, size_);
+}
+
+std::unique_ptr<ObjectFile> ObjectFile::create(std::string_view raw_name, std::size_t bytes,
+                                               mode_t mode, std::string_view kind) {
+  const std::string name = validate_name(raw_name);
+  const std::string what = object_label(kind, name);
+  QueueOptions options;
+  options.mode = mode;
+  check_options(options, what);  // the mode's rules are the queue's
+  bip::shared_memory_object shm;
+  try {
+    shm = bip::shared_memory_object(bip::create_only, shm_path(name).c_str(), bip::read_write,
+                                    bip::permissions(static_cast<int>(mode)));
+  } catch (const bip::interprocess_exception& e) {
+    if (native_error(e) == EEXIST) throw AlreadyExists("shmq: " + what + " already exists");
+    throw Error("shmq: cannot create " + what + ": " + errno_text(native_error(e)));
+  }
+  RemoveUnlessReleased undo(name);
+  const int fd = shm.get_mapping_handle().handle;
+  reserve(fd, bytes, what + " in /dev/shm");
+  auto file = std::unique_ptr<ObjectFile>(new ObjectFile(fd, name, what, false));
+  undo.release();
+  return file;
+}
+
+std::unique_ptr<ObjectFile> ObjectFile::create_anonymous(std::size_t bytes, std::string_view kind) {
+  UnnamedId id = new_unnamed_id();
+  const std::string what = unnamed_object_label(kind, id);
+  UniqueFd memfd(make_memfd(id));
+  if (memfd.get() < 0) throw_descriptor_error(errno, "create", what);
+  reserve(memfd.get(), bytes, what);
+  if (fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    throw Error("shmq: cannot seal " + what + ": " + errno_text(errno));
+  }
+  id.fd = memfd.get();
+  auto file =
+      std::unique_ptr<ObjectFile>(new ObjectFile(memfd.get(), unnamed_name(id), what, true));
+  memfd.release();
+  return file;
+}
+
+std::unique_ptr<ObjectFile> ObjectFile::open(std::string_view raw_name, std::string_view kind,
+                                             std::optional<mode_t> owner_mode) {
+  std::optional<UniqueFd> fd;
+  std::string name, what;
+  auto publication = Publication::done;
+  if (raw_name.rfind(kUnnamedPrefix, 0) == 0) {
+    const UnnamedId id = parse_unnamed(raw_name);
+    name = std::string(raw_name);
+    what = unnamed_object_label(kind, id);
+    fd.emplace(open_unnamed(id, what));
+  } else {
+    name = validate_name(raw_name);
+    what = object_label(kind, name);
+    UniqueFd opened(::open(("/dev/shm" + shm_path(name)).c_str(),
+                           O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK));
+    if (opened.get() < 0) {
+      if (errno == ENOENT)
+        throw NotFound("shmq: no " + std::string(kind) + " named " + quoted(name));
+      throw_descriptor_error(errno, "open", what);
+    }
+    fd.emplace(std::move(opened));
+    publication = Publication::may_be_pending;
+  }
+  if (owner_mode) {
+    QueueOptions options;
+    options.mode = *owner_mode;
+    check_ownership(fd->get(), options, what);
+  }
+  // As map_published: the creator sets the size in one call, then stores its magic word last.
+  const auto give_up =
+      std::chrono::steady_clock::now() +
+      (publication == Publication::may_be_pending ? kInitPatience : std::chrono::seconds(0));
+  for (auto pause = std::chrono::microseconds(50);;
+       pause = std::min(pause * 2, decltype(pause)(5000))) {
+    struct stat st;
+    if (fstat(fd->get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      throw Incompatible("shmq: " + what + " is not a regular file");
+    }
+    if (static_cast<std::size_t>(st.st_size) >= sizeof(std::uint64_t)) {
+      auto file = std::unique_ptr<ObjectFile>(new ObjectFile(fd->get(), name, what, false));
+      if (__atomic_load_n(reinterpret_cast<const std::uint64_t*>(file->data()), __ATOMIC_ACQUIRE) !=
+          0)
+        return file;
+    } else if (st.st_size != 0) {
+      throw Incompatible("shmq: " + what + " is not a shmq object: a file of " +
+                         std::to_string(st.st_size) + " bytes");
+    }
+    if (std::chrono::steady_clock::now() >= give_up) {
+      throw Incompatible("shmq: " + what +
+                         " was never initialised (did its creator die while "
+                         "creating it?); remove it");
+    }
+    std::this_thread::sleep_for(pause);
+  }
 }
 
 }  // namespace shmq::detail

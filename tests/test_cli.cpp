@@ -12,7 +12,13 @@
 #include <string>
 
 #include "shmq/inspect.hpp"
+#include <thread>
+
 #include "shmq/shmq.hpp"
+#include "shmq/event.hpp"
+#include "shmq/lock.hpp"
+#include "shmq/semaphore.hpp"
+#include "shmq/value.hpp"
 #include "support.hpp"
 
 #ifdef SHMQ_CLI
@@ -266,6 +272,44 @@ TEST_CASE("shmq watch prints one line per interval when piped", "[cli]") {
   for (char c : r.out) lines += c == '\n';
   CHECK(lines == 3);
   CHECK(r.out.rfind(jobs.name() + "  depth 1  bytes 8/1048576", 0) == 0);
+}
+
+TEST_CASE("shmq ls and stat show locks, events, semaphores and values with their kind and holder",
+          "[cli][sync]") {
+  NameGuard lock_name(unique_name("lock"));
+  NameGuard dead_name(unique_name("dead"));
+  NameGuard event_name(unique_name("event"));
+  NameGuard sem_name(unique_name("sem"));
+  NameGuard value_name(unique_name("value"));
+  auto lock = shmq::Lock::create(lock_name.name());
+  lock.lock();
+  auto dead = shmq::Lock::create(dead_name.name());
+  std::thread([&] { dead.lock(); }).join();  // its holder ends holding it
+  auto event = shmq::Event::create(event_name.name());
+  event.set();
+  auto sem = shmq::BoundedSemaphore::create(sem_name.name(), 3);
+  sem.acquire();
+  auto value = shmq::Value<double>::create(value_name.name(), 1.5);
+  const Run ls = shmq_cli("ls");
+  CHECK(ls.status == 0);
+  CHECK_THAT(ls.out, Catch::Contains(lock_name.name()) &&
+                         Catch::Contains("lock: held by thread " + std::to_string(gettid())));
+  CHECK_THAT(ls.out, Catch::Contains("lock: free (its last holder died holding it)"));
+  CHECK_THAT(ls.out, Catch::Contains("event: set"));
+  CHECK_THAT(ls.out, Catch::Contains("bounded semaphore: 2 free of 3"));
+  CHECK_THAT(ls.out, Catch::Contains("value<double>: free"));
+  const Run stat = shmq_cli("stat " + lock_name.name());
+  CHECK(stat.status == 0);
+  CHECK_THAT(stat.out, Catch::Contains("kind:                lock"));
+  const Run json = shmq_cli("stat --json " + value_name.name());
+  CHECK_THAT(json.out, Catch::Contains("\"kind\": \"value\"") &&
+                           Catch::Contains("\"type\": \"double\""));
+  CHECK(shmq_cli("rm " + event_name.name()).status == 0);
+  CHECK_FALSE(segment_exists(event_name.name()));
+  const Run stale = shmq_cli("rm --stale " + value_name.name());  // its creator (we) runs
+  CHECK(stale.status == 0);
+  CHECK(segment_exists(value_name.name()));
+  lock.unlock();
 }
 
 #endif

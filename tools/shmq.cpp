@@ -1,6 +1,8 @@
 // shmq: see, watch and clean up shmq queues.
 //
-//   shmq ls [--json]                           every named shmq queue on this machine
+//   shmq ls [--json]                           every named shmq queue on this machine, and every
+//                                              named lock, event, semaphore, value... (their kind
+//                                              and state, for locks who holds them)
 //   shmq stat NAME [--json]                    one queue's state and its counters since creation
 //   shmq watch NAME [--interval SECONDS] [--count N]   live depth and rates
 //   shmq rm NAME...                            remove queues by name
@@ -118,6 +120,91 @@ std::string stats_json(const shmq::QueueStats& s, const shmq::QueueUsers& u) {
          ", \"get_lock_holder\": " + std::to_string(s.get_lock_holder) + "}";
 }
 
+// ---- Locks, events, semaphores, conditions, barriers, values and shared memory
+
+// Who maps an object, and whether its creator runs: as for a queue.
+shmq::QueueUsers object_users(const shmq::ObjectStats& o) {
+  shmq::QueueStats as_queue;
+  as_queue.name = o.name;
+  as_queue.creator_pid = o.creator_pid;
+  as_queue.created_unix_ns = o.created_unix_ns;
+  return shmq::queue_users(as_queue);
+}
+
+// What an object is doing now, in a few words: "held by thread 1234", "set", "2 free of 3".
+std::string object_state(const shmq::ObjectStats& o) {
+  std::string state;
+  if (o.has_lock) {
+    state = o.lock_holder != 0 ? "held by thread " + std::to_string(o.lock_holder)
+            : o.holder_died    ? "free (its last holder died holding it)"
+                               : "free";
+  }
+  if (o.kind == "semaphore") state = std::to_string(o.value) + " free";
+  if (o.kind == "bounded semaphore")
+    state = std::to_string(o.value) + " free of " + std::to_string(o.limit);
+  if (o.kind == "event") state = o.value != 0 ? "set" : "clear";
+  if (o.kind == "barrier") {
+    state = std::to_string(o.waiting) + " of " + std::to_string(o.limit) + " waiting" +
+            (o.broken ? ", broken" : "") + "; lock " + state;
+  }
+  if (o.kind == "condition") state = "over " + o.lock_name;
+  return state;
+}
+
+std::string object_json(const shmq::ObjectStats& o, const shmq::QueueUsers& u) {
+  std::string mapped = "[";
+  for (std::size_t i = 0; i < u.mapped_by.size(); ++i) {
+    mapped += (i ? ", " : "") + std::to_string(u.mapped_by[i]);
+  }
+  mapped += "]";
+  auto n = [](std::uint64_t v) { return std::to_string(v); };
+  return "{\"name\": " + json_string(o.name) + ", \"kind\": " + json_string(o.kind) +
+         ", \"type\": " + json_string(o.type_name) + ", \"data_bytes\": " + n(o.data_bytes) +
+         ", \"mode\": " + json_string(octal(o.mode)) +
+         ", \"creator_pid\": " + std::to_string(o.creator_pid) +
+         ", \"creator_alive\": " + (u.creator_alive ? "true" : "false") +
+         ", \"mapped_by\": " + mapped + ", \"created_unix_ns\": " + n(o.created_unix_ns) +
+         ", \"lock_holder\": " + std::to_string(o.lock_holder) +
+         ", \"holder_died\": " + (o.holder_died ? "true" : "false") +
+         ", \"lock_recoveries\": " + n(o.lock_recoveries) + ", \"value\": " + n(o.value) +
+         ", \"limit\": " + n(o.limit) + ", \"waiting\": " + n(o.waiting) +
+         ", \"broken\": " + (o.broken ? "true" : "false") +
+         ", \"state\": " + json_string(object_state(o)) + "}";
+}
+
+// One line of `shmq ls` for an object, in the queue columns: its kind and state under TYPE.
+void print_object_row(const shmq::ObjectStats& o, const shmq::QueueUsers& u) {
+  const std::string creator =
+      std::to_string(o.creator_pid) + (u.creator_alive ? " alive" : " dead");
+  const std::string kind =
+      o.type_name.empty() ? o.kind : o.kind + "<" + shmq::short_type_name(o.type_name) + ">";
+  const std::string state = object_state(o);
+  std::printf("%-32s %9s %23s %8s %5s %-16s %7zu  %s%s%s\n", o.name.c_str(), "-",
+              o.data_bytes != 0 ? std::to_string(o.data_bytes).c_str() : "-", "-",
+              octal(o.mode).c_str(), creator.c_str(), u.mapped_by.size(), kind.c_str(),
+              state.empty() ? "" : ": ", state.c_str());
+}
+
+// `shmq stat` of an object.
+void print_object_stat(const shmq::ObjectStats& o, const shmq::QueueUsers& u) {
+  auto row = [](const char* key, const std::string& value) {
+    std::printf("%-20s %s\n", key, value.c_str());
+  };
+  row("name:", o.name);
+  row("kind:", o.kind);
+  if (!o.type_name.empty()) row("type:", o.type_name);
+  if (o.data_bytes != 0) row("bytes:", std::to_string(o.data_bytes));
+  row("mode:", octal(o.mode));
+  row("creator:",
+      "pid " + std::to_string(o.creator_pid) + (u.creator_alive ? " (alive)" : " (dead)"));
+  row("created:", utc(o.created_unix_ns));
+  row("mapped by:", std::to_string(u.mapped_by.size()) + " process(es)" +
+                        (u.mapped_by.empty() ? "" : " (" + pids(u.mapped_by) + ")"));
+  if (const std::string state = object_state(o); !state.empty()) row("state:", state);
+  if (o.has_lock) row("lock recoveries:", std::to_string(o.lock_recoveries));
+  if (o.kind != "barrier") row("sleeping now:", std::to_string(o.waiting) + " process(es)");
+}
+
 // ---- ls
 
 int ls(const std::vector<std::string>& args) {
@@ -131,7 +218,10 @@ int ls(const std::vector<std::string>& args) {
           "the message type, shortened (std::string, std::vector<int>): `stat` and --json give\n"
           "its full name. Segments it cannot read are listed with the reason. Unnamed queues\n"
           "have no file in /dev/shm and are not listed; `shmq stat` opens one by the name()\n"
-          "of a handle to it, while its creator holds it.\n");
+          "of a handle to it, while its creator holds it.\n"
+          "Named locks, events, semaphores, conditions, barriers, values, arrays and shared\n"
+          "memory are listed too, their kind and state under TYPE (a lock: the thread that\n"
+          "holds it, or that its last holder died holding it).\n");
       return kOk;
     }
     if (a != "--json") return usage_error("ls: unknown option " + a);
@@ -146,6 +236,15 @@ int ls(const std::vector<std::string>& args) {
   for (std::size_t i = 0; i < names.size(); ++i) {
     const auto& name = names[i];
     try {
+      if (const auto o = shmq::inspect_object(name)) {
+        const auto u = object_users(*o);
+        if (json) {
+          std::printf("%s\n  %s", i ? "," : "", object_json(*o, u).c_str());
+        } else {
+          print_object_row(*o, u);
+        }
+        continue;
+      }
       const auto s = shmq::inspect(name);
       const auto u = shmq::queue_users(s);
       if (json) {
@@ -197,6 +296,15 @@ int stat(const std::vector<std::string>& args) {
   }
   if (name.empty()) return usage_error("stat: which queue?");
   try {
+    if (const auto o = shmq::inspect_object(name)) {
+      const auto u = object_users(*o);
+      if (json) {
+        std::printf("%s\n", object_json(*o, u).c_str());
+      } else {
+        print_object_stat(*o, u);
+      }
+      return kOk;
+    }
     const auto s = shmq::inspect(name);
     const auto u = shmq::queue_users(s);
     if (json) {
@@ -309,6 +417,25 @@ int watch(const std::vector<std::string>& args) {
 // `rm --stale [--with-messages] [PREFIX]`: removes the queues nobody can be using any more. A named
 // queue exists to outlive its producers, so one that still holds messages is pending work, not
 // litter: it is kept (and said so) unless --with-messages asks for it.
+// `rm --stale` for an object: removed when its creator is dead and no process maps it; one that
+// holds data (a value, an array, shared memory) only with --with-messages, as a queue's messages.
+void remove_if_stale(const shmq::ObjectStats& o, bool with_data, std::size_t& removed,
+                     std::size_t& skipped) {
+  const auto u = object_users(o);
+  if (u.creator_alive || !u.mapped_by.empty()) return;
+  const std::string why =
+      "creator pid " + std::to_string(o.creator_pid) + " is dead; no process maps it";
+  if (o.data_bytes != 0 && !with_data) {
+    std::printf("skipped %s [%s]: it holds %llu bytes (%s); --with-messages removes it too\n",
+                o.name.c_str(), o.kind.c_str(), static_cast<unsigned long long>(o.data_bytes),
+                why.c_str());
+    ++skipped;
+  } else if (shmq::Queue<char>::remove(o.name)) {
+    std::printf("removed %s [%s] (%s)\n", o.name.c_str(), o.kind.c_str(), why.c_str());
+    ++removed;
+  }
+}
+
 int rm_stale(const std::vector<std::string>& args) {
   bool with_messages = false;
   std::string prefix;
@@ -329,6 +456,10 @@ int rm_stale(const std::vector<std::string>& args) {
   for (const auto& name : shmq::list_queues()) {
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
     try {
+      if (const auto o = shmq::inspect_object(name)) {
+        remove_if_stale(*o, with_messages, removed, skipped);
+        continue;
+      }
       const auto s = shmq::inspect(name);
       const auto u = shmq::queue_users(s);
       if (u.creator_alive || !u.mapped_by.empty()) continue;
@@ -375,7 +506,8 @@ int rm(const std::vector<std::string>& args) {
   for (const auto& name : args) {
     if (name.rfind("--", 0) == 0) return usage_error("rm: unexpected option " + name);
     try {
-      shmq::inspect(name);  // refuse to remove what is not a shmq queue
+      // Refuse to remove what is not a shmq queue or object.
+      if (!shmq::inspect_object(name)) shmq::inspect(name);
       shmq::Queue<char>::remove(name);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "shmq rm: %s\n", e.what());

@@ -117,4 +117,42 @@ class TimeoutError : public Error {
   using Error::Error;
 };
 
+// ---- Locks, semaphores and barriers (lock.hpp, semaphore.hpp, condition.hpp, barrier.hpp).
+
+// A Lock, RLock, Semaphore or Condition used against its rules; the subclasses name the rule.
+// Thrown itself for an RLock acquired more than 2^32 - 1 times, a Value's lock asked of a Value
+// made without one.
+class LockMisuse : public Error {
+ public:
+  using Error::Error;
+};
+
+// release() of a Lock or RLock that this thread does not hold (nobody holds it, or another thread
+// or process does), or Condition wait/notify without holding its lock. Python: ValueError,
+// RuntimeError, AssertionError by case.
+class NotHeld : public LockMisuse {
+ public:
+  using LockMisuse::LockMisuse;
+};
+
+// A blocking acquire of a Lock by the thread that holds it: it would wait forever.
+class SelfDeadlock : public LockMisuse {
+ public:
+  using LockMisuse::LockMisuse;
+};
+
+// A BoundedSemaphore released more times than acquired, or a Semaphore past its largest value
+// (Python's ValueError).
+class OverReleased : public LockMisuse {
+ public:
+  using LockMisuse::LockMisuse;
+};
+
+// A Barrier's wait() on a broken barrier: aborted, reset while waiting, timed out, its action
+// threw, or a party died while others waited (Python's threading.BrokenBarrierError).
+class BrokenBarrier : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace shmq

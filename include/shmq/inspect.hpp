@@ -39,4 +39,33 @@ struct QueueUsers {
 };
 QueueUsers queue_users(const QueueStats& stats);
 
+// A lock, event, semaphore, condition, barrier, value, array or shared memory block, as `shmq ls`
+// and `shmq stat` show it. A snapshot, as QueueStats.
+struct ObjectStats {
+  std::string name;
+  std::string kind;  // "lock", "rlock", "semaphore", "bounded semaphore", "event", "condition",
+                     // "barrier", "value", "array", "shared memory"
+  std::string type_name;         // Value, Array: the element type, as its creator named it
+  std::uint64_t data_bytes = 0;  // Value, Array, SharedMemory: bytes of payload
+  std::uint32_t mode = 0;
+  pid_t creator_pid = 0;
+  std::uint64_t created_unix_ns = 0;
+  // Lock, RLock, Value, Array (with a lock), Barrier (its internal lock): the thread holding it
+  // now, or 0; and whether its last holder died holding it with nobody taking it since.
+  bool has_lock = false;
+  pid_t lock_holder = 0;
+  bool holder_died = false;
+  std::uint64_t lock_recoveries = 0;  // takeovers from dead holders
+  std::uint32_t value = 0;            // Semaphore: units free; Event: 1 if set
+  std::uint32_t limit = 0;            // BoundedSemaphore: its bound; Barrier: parties
+  std::uint32_t waiting = 0;          // Barrier: parties waiting; others: processes asleep on it
+  bool broken = false;                // Barrier
+  std::string lock_name;              // Condition: its lock's name
+};
+
+// The state of the object named `name`, or nullopt if there is no such segment or it is not a
+// lock, event, value... (a queue, say, which inspect() reads). Throws Incompatible (corrupt),
+// Error.
+std::optional<ObjectStats> inspect_object(std::string_view name);
+
 }  // namespace shmq

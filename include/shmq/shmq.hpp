@@ -1,14 +1,21 @@
 // The whole of shmq: #include <shmq/shmq.hpp>.
 #pragma once
 
+#include "shmq/barrier.hpp"
 #include "shmq/codec.hpp"
+#include "shmq/condition.hpp"
 #include "shmq/errors.hpp"
+#include "shmq/event.hpp"
 #include "shmq/inspect.hpp"
 #include "shmq/joinable_queue.hpp"
+#include "shmq/lock.hpp"
 #include "shmq/manager.hpp"
 #include "shmq/pool.hpp"
 #include "shmq/process.hpp"
 #include "shmq/queue.hpp"
 #include "shmq/queue_options.hpp"
+#include "shmq/semaphore.hpp"
+#include "shmq/shared_memory.hpp"
 #include "shmq/simple_queue.hpp"
 #include "shmq/stats.hpp"
+#include "shmq/value.hpp"

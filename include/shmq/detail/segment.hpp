@@ -100,7 +100,8 @@ class Segment {
                                       const char* call) const;
 
  private:
-  class Descriptor;  // the creator's memfd of an unnamed queue; see segment.cpp
+  friend class ObjectFile;  // which keeps an unnamed object's memfd the same way
+  class Descriptor;         // the creator's memfd of an unnamed queue; see segment.cpp
 
   Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,
           std::unique_ptr<Descriptor> kept);
@@ -114,6 +115,44 @@ class Segment {
   std::string type_name_;
   Ring ring_;
   std::unique_ptr<Descriptor> kept_;  // the creator's memfd of an unnamed queue, else null
+};
+
+// ---- Objects other than queues (locks, events, shared values: sync_object.hpp lays them out).
+// One file per object, under the queue's name rules, modes and removal (Segment::remove serves
+// both), or an unnamed sealed memfd that opens by name() while its creator holds it; mapped whole.
+// `kind` ("lock", "event", ...) names the object in messages: `lock 'jobs'`, `unnamed lock (pid
+// 1234, #3)`.
+class ObjectFile {
+ public:
+  // Makes a file of `bytes` zero bytes; throws AlreadyExists if the name is taken, InvalidArgument
+  // for a bad name or mode. The caller publishes what it writes (see open).
+  static std::unique_ptr<ObjectFile> create(std::string_view name, std::size_t bytes, mode_t mode,
+                                            std::string_view kind);
+  static std::unique_ptr<ObjectFile> create_anonymous(std::size_t bytes, std::string_view kind);
+  // Maps an existing object once its first 8 bytes (the caller's magic word, stored last by its
+  // creator) are not zero, waiting as Segment::open does for a creator still at work; throws
+  // NotFound, InvalidArgument, Incompatible (never published). `owner_mode`, when given, refuses a
+  // file of another user or with a wider mode (open_or_create).
+  static std::unique_ptr<ObjectFile> open(std::string_view name, std::string_view kind,
+                                          std::optional<mode_t> owner_mode = std::nullopt);
+
+  ObjectFile(const ObjectFile&) = delete;
+  ObjectFile& operator=(const ObjectFile&) = delete;
+  ~ObjectFile();  // unmaps; the creator of an unnamed object also closes its descriptor
+
+  std::byte* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }  // from fstat, never from the contents
+  const std::string& name() const noexcept { return name_; }
+  const std::string& description() const noexcept { return description_; }
+
+ private:
+  ObjectFile(int fd, std::string name, std::string description, bool keep_fd);
+
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::string name_;
+  std::string description_;
+  std::unique_ptr<Segment::Descriptor> kept_;  // the creator's memfd of an unnamed object
 };
 
 }  // namespace shmq::detail
