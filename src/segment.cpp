@@ -473,19 +473,26 @@ std::string mapped_file(std::string_view name) {
   return "/dev/shm" + shm_path(validate_name(name));
 }
 
-std::optional<std::uint64_t> process_start_ticks(pid_t pid) {
+std::optional<ProcessStat> process_stat(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
   if (!std::getline(stat, line)) return std::nullopt;
-  // Field 22 is starttime; the command name (field 2) may hold spaces and ')', so count from the
-  // last ')'.
+  // Field 3 is the state, field 22 starttime; the command name (field 2) may hold spaces and ')',
+  // so count from the last ')'.
   const auto close = line.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
+  if (close == std::string::npos || close + 2 >= line.size()) return std::nullopt;
+  const char state = line[close + 2];
   const char* p = line.c_str() + close + 1;
   for (int field = 3; field < 22 && p != nullptr; ++field) p = std::strchr(p + 1, ' ');
   unsigned long long ticks = 0;
   if (p == nullptr || std::sscanf(p, " %llu", &ticks) != 1) return std::nullopt;
-  return ticks;
+  return ProcessStat{state, ticks};
+}
+
+std::optional<std::uint64_t> process_start_ticks(pid_t pid) {
+  const auto stat = process_stat(pid);
+  if (!stat) return std::nullopt;
+  return stat->start_ticks;
 }
 
 Segment::Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,

@@ -1,1 +1,268 @@
-// Filled in by its issue's branch.
+// shmq::Pipe and Connection: every call, end of stream on close and on the death of the peer,
+// the classic fork patterns (closing unused ends, or not), and kills at random points.
+#include <signal.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "shmq/shmq.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::Connection;
+using shmq::Process;
+using shmq::test::Child;
+
+TEST_CASE("a duplex pipe carries values both ways, in order", "[pipe]") {
+  auto [a, b] = shmq::Pipe<std::string>();
+  CHECK(a.readable());
+  CHECK(a.writable());
+  CHECK_FALSE(a.poll());
+  a.send("one");
+  a.send("two");
+  b.send("back");
+  CHECK(b.poll());
+  CHECK(b.recv() == "one");
+  CHECK(b.recv(1s) == "two");
+  CHECK(a.recv() == "back");
+  CHECK_FALSE(a.poll(10ms));
+  CHECK_THROWS_AS(a.recv(10ms), shmq::TimeoutError);
+  CHECK_THROWS_AS(a.recv(0ms), shmq::TimeoutError);
+}
+
+TEST_CASE("send_bytes and recv_bytes carry a message's encoded bytes", "[pipe]") {
+  auto [a, b] = shmq::Pipe<std::string>();
+  a.send_bytes("raw bytes");
+  a.send("typed");
+  a.send_bytes(shmq::detail::encode_to_string(std::string("encoded")));
+  a.send_bytes("not an encoded string");
+  a.send("after");
+  CHECK(b.recv_bytes() == "raw bytes");
+  CHECK(b.recv_bytes() == shmq::detail::encode_to_string(std::string("typed")));
+  CHECK(b.recv() == "encoded");
+  CHECK_THROWS_AS(b.recv(), shmq::DecodeError);  // dropped, as Queue drops it
+  CHECK(b.recv() == "after");
+  auto [c, d] = shmq::Pipe<int>();
+  CHECK_THROWS_AS(c.send_bytes("abc"), shmq::InvalidArgument);
+  const int v = 42;
+  c.send_bytes(std::string(reinterpret_cast<const char*>(&v), sizeof v));
+  CHECK(d.recv() == 42);
+}
+
+TEST_CASE("a one-way pipe's first end only receives and its second only sends", "[pipe]") {
+  auto [r, w] = shmq::Pipe<int>(false);
+  CHECK(r.readable());
+  CHECK_FALSE(r.writable());
+  CHECK_FALSE(w.readable());
+  CHECK(w.writable());
+  w.send(7);
+  CHECK(r.recv() == 7);
+  CHECK_THROWS_AS(r.send(1), shmq::InvalidArgument);
+  CHECK_THROWS_AS(w.recv(), shmq::InvalidArgument);
+  CHECK_THROWS_AS(w.poll(), shmq::InvalidArgument);
+}
+
+TEST_CASE("after the peer closes, recv drains what was sent, then throws EOFError; send throws BrokenPipeError",
+          "[pipe]") {
+  auto [a, b] = shmq::Pipe<int>();
+  b.send(1);
+  b.send(2);
+  b.close();
+  CHECK(b.closed());
+  CHECK_THROWS_AS(b.send(3), shmq::Closed);
+  CHECK_THROWS_AS(b.recv(), shmq::Closed);
+  CHECK(a.poll());
+  CHECK(a.recv() == 1);
+  CHECK(a.recv() == 2);
+  CHECK(a.poll());  // end of stream is ready
+  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  CHECK_THROWS_AS(a.recv_bytes(), shmq::EOFError);
+  CHECK_THROWS_AS(a.send(4), shmq::BrokenPipeError);
+}
+
+TEST_CASE("copies share an end: closing one closes them all, the last one's destruction closes it",
+          "[pipe]") {
+  auto [a, b] = shmq::Pipe<int>();
+  {
+    Connection<int> copy = b;
+    copy.send(5);
+  }
+  CHECK(a.recv() == 5);  // b still holds the end
+  CHECK_FALSE(a.poll());
+  Connection<int> copy = b;
+  copy.close();
+  CHECK(b.closed());
+  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  {
+    auto [c, d] = shmq::Pipe<int>();
+    auto keep = c;
+    {
+      auto gone = std::move(d);
+    }
+    CHECK_THROWS_AS(keep.recv(), shmq::EOFError);
+  }
+}
+
+TEST_CASE("a child's sends arrive and its exit ends the stream, whether or not the parent closed its copy",
+          "[pipe][process]") {
+  const bool parent_closes = GENERATE(true, false);
+  auto [a, b] = shmq::Pipe<int>();
+  Process p(
+      [](Connection<int> out) {
+        for (int i = 0; i < 100; ++i) out.send(i);
+      },
+      b);
+  p.start();
+  if (parent_closes) b.close();
+  for (int i = 0; i < 100; ++i) REQUIRE(a.recv() == i);
+  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  p.join();
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("the parent closing its copy right after the fork does not end the child's stream",
+          "[pipe][process]") {
+  for (int round = 0; round < 20; ++round) {
+    auto [a, b] = shmq::Pipe<int>();
+    Process p([round](Connection<int> out) { out.send(round); }, b);
+    p.start();
+    b.close();  // at once: the child may not have run a single instruction yet
+    REQUIRE(a.recv() == round);
+    REQUIRE_THROWS_AS(a.recv(), shmq::EOFError);
+    p.join();
+  }
+}
+
+TEST_CASE("a child that never uses its end and exits ends the stream once the parent closed its copy",
+          "[pipe][process]") {
+  auto [a, b] = shmq::Pipe<int>();
+  Process p([](Connection<int>) {}, b);
+  p.start();
+  b.close();
+  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  p.join();
+}
+
+TEST_CASE("a child's request and the parent's reply travel over one duplex pipe", "[pipe][process]") {
+  auto [a, b] = shmq::Pipe<std::string>();
+  Process p(
+      [](Connection<std::string> c) {
+        c.send("ping");
+        if (c.recv() != "pong") throw std::runtime_error("bad reply");
+        c.close();
+      },
+      b);
+  p.start();
+  b.close();
+  CHECK(a.recv() == "ping");
+  a.send("pong");
+  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  p.join();
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("the parent's end closing makes the child's recv throw EOFError and its send BrokenPipeError",
+          "[pipe][process]") {
+  auto [a, b] = shmq::Pipe<int>();
+  Process p(
+      [](Connection<int> c) {
+        if (c.recv() != 1) return 2;
+        try {
+          c.recv();
+          return 3;
+        } catch (const shmq::EOFError&) {
+        }
+        try {
+          c.send(9);
+          return 4;
+        } catch (const shmq::BrokenPipeError&) {
+        }
+        return 0;
+      },
+      b);
+  p.start();
+  b.close();
+  a.send(1);
+  a.close();
+  p.join();
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("a peer SIGKILLed while blocked in recv makes sends fail with BrokenPipeError, never hang",
+          "[pipe][process][fault]") {
+  shmq::QueueOptions small;
+  small.capacity_bytes = 4096;
+  auto [a, b] = shmq::Pipe<int>(true, small);
+  Process p(
+      [](Connection<int> c) {
+        c.send(0);  // used: the parent's unused copy does not count
+        c.recv();
+      },
+      b);
+  p.start();
+  CHECK(a.recv() == 0);
+  p.kill();
+  p.join();
+  // The pipe fills (4096 bytes), then a send waits, looks at the holders and finds none.
+  CHECK_THROWS_AS(
+      [&] {
+        for (;;) a.send(1);
+      }(),
+      shmq::BrokenPipeError);
+}
+
+TEST_CASE("a sender SIGKILLed at a random point: the receiver gets a prefix in order, then EOFError",
+          "[pipe][process][fault]") {
+  std::mt19937 random(std::random_device{}());
+  for (int round = 0; round < 8; ++round) {
+    const bool parent_closes = round % 2 == 0;
+    auto [a, b] = shmq::Pipe<std::vector<int>>();
+    Child child([&] {
+      for (int i = 0;; ++i) b.send(std::vector<int>(1 + i % 50, i));
+    });
+    if (parent_closes) b.close();
+    std::this_thread::sleep_for(std::chrono::microseconds(random() % 3000));  // a random point
+    child.kill(SIGKILL);
+    int expect = 0;
+    try {
+      for (;;) {
+        const std::vector<int> v = a.recv(10s);
+        REQUIRE(v == std::vector<int>(1 + expect % 50, expect));
+        ++expect;
+      }
+    } catch (const shmq::EOFError&) {
+    }
+    child.wait_status();
+  }
+}
+
+TEST_CASE("a receiver SIGKILLed at a random point while the sender is blocked on a full pipe",
+          "[pipe][process][fault]") {
+  std::mt19937 random(std::random_device{}());
+  shmq::QueueOptions small;
+  small.capacity_bytes = 4096;
+  for (int round = 0; round < 6; ++round) {
+    auto [a, b] = shmq::Pipe<int>(true, small);
+    Child child([&] {
+      for (;;) b.recv();
+    });
+    b.close();
+    auto sent = [&] {
+      try {
+        for (int i = 0;; ++i) {
+          a.send(i);
+          if (i == 5000) kill(child.pid(), SIGKILL);
+        }
+      } catch (const shmq::BrokenPipeError&) {
+        return true;
+      }
+    };
+    (void)random;
+    CHECK(sent());
+    child.wait_status();
+  }
+}

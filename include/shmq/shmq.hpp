@@ -2,13 +2,16 @@
 #pragma once
 
 #include "shmq/codec.hpp"
+#include "shmq/connection.hpp"
 #include "shmq/errors.hpp"
 #include "shmq/inspect.hpp"
 #include "shmq/joinable_queue.hpp"
 #include "shmq/manager.hpp"
+#include "shmq/notifier.hpp"
 #include "shmq/pool.hpp"
 #include "shmq/process.hpp"
 #include "shmq/queue.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/simple_queue.hpp"
 #include "shmq/stats.hpp"
+#include "shmq/wait.hpp"
