@@ -52,12 +52,22 @@ std::size_t wait_any(const WaitItem* items, std::size_t n, bool* ready, const De
                           " objects, but one wait sleeps on at most " +
                           std::to_string(kMaxWaitObjects) + " (futex_waitv's limit)");
   }
+  // Every wait ends with this look, after the idle checks (which limit themselves to one /proc
+  // scan per kLongestSleep): so a connection whose peer died is reported even by waits that other
+  // objects always end at once.
+  const auto last_look = [&] {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (items[i].ops->idle != nullptr) items[i].ops->idle(items[i].object);
+    }
+    return look(items, n, ready);
+  };
+  if (deadline.is_now()) return last_look();  // poll(), wait(..., 0): no sleeper to announce
   static SpinBudget spin(kWaitSpinPolls);
-  if (!deadline.is_now()) {
+  {
     for (unsigned i = 0, polls = spin.polls(); i < polls; ++i) {
-      if (const std::size_t count = look(items, n, ready)) {
+      if (look(items, n, ready) != 0) {
         spin.paid_off();
-        return count;
+        return last_look();
       }
       cpu_relax();
     }
@@ -67,7 +77,7 @@ std::size_t wait_any(const WaitItem* items, std::size_t n, bool* ready, const De
   SleeperTicket tickets[kMaxWaitObjects];
   for (;;) {
     // Counted as a sleeper on every EventCount first (each announce_sleeper ends with the seq_cst
-    // fence that pairs with the notifiers'), then one last look: a change published after this
+    // fence that pairs with the notifiers'), then one more look: a change published after this
     // look moved a word we sleep on, so the futex_waitv returns at once.
     for (std::size_t i = 0; i < n; ++i) {
       const WaitOps& ops = *items[i].ops;
@@ -80,13 +90,8 @@ std::size_t wait_any(const WaitItem* items, std::size_t n, bool* ready, const De
       }
       words[i] = {at.value, reinterpret_cast<std::uintptr_t>(at.word), FUTEX_32, 0};
     }
-    std::size_t count = look(items, n, ready);
-    bool ran_out = false;
-    if (count == 0 && !deadline.expired()) {
-      const Deadline until = deadline.capped(kLongestSleep);
-      sleep_on(words, n, until);
-      ran_out = until.expired();
-    }
+    const bool sleep = look(items, n, ready) == 0 && !deadline.expired();
+    if (sleep) sleep_on(words, n, deadline.capped(kLongestSleep));
     for (std::size_t i = 0; i < n; ++i) {
       const WaitOps& ops = *items[i].ops;
       if (EventCount* ev = ops.event(items[i].object)) {
@@ -100,13 +105,8 @@ std::size_t wait_any(const WaitItem* items, std::size_t n, bool* ready, const De
         }
       }
     }
-    if (count != 0) return count;
-    if (ran_out) {
-      for (std::size_t i = 0; i < n; ++i) {
-        if (items[i].ops->idle != nullptr) items[i].ops->idle(items[i].object);
-      }
-    }
-    if ((count = look(items, n, ready)) != 0 || deadline.expired()) return count;
+    const std::size_t count = last_look();
+    if (count != 0 || deadline.expired()) return count;
   }
 }
 

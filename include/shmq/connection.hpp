@@ -133,7 +133,9 @@ class Connection {
         return &static_cast<const detail::PipeEnd*>(end)->in()->ring().not_empty();
       },
       nullptr,
-      [](const void* end) { const_cast<detail::PipeEnd*>(static_cast<const detail::PipeEnd*>(end))->peer_gone(); }};
+      [](const void* end) {
+        const_cast<detail::PipeEnd*>(static_cast<const detail::PipeEnd*>(end))->peer_gone(true);
+      }};
 
   detail::Segment& receiving(const char* call) const {
     check_open(call);
@@ -225,7 +227,6 @@ class Connection {
 
   bool poll_until(const detail::Deadline& deadline) {
     const detail::WaitItem item = wait_item(*this);
-    if (item.ops->ready(item.object) || end_->peer_gone(true)) return true;
     bool ready = false;
     return detail::wait_any(&item, 1, &ready, deadline) != 0;
   }

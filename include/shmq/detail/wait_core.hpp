@@ -36,8 +36,9 @@ struct WaitOps {
   // Used when event() is null: the word to sleep on and its value now, after asking whatever
   // changes it to wake sleepers (Process sets FUTEX_WAITERS on its child's life-sign lock).
   FutexWord (*word)(const void* object) noexcept;
-  // Runs when a bounded sleep ran out (kLongestSleep): looks for changes no wake-up reports, such
-  // as a pipe's peer killed (Connection). May be null. May throw (it reads /proc).
+  // Looks for changes no wake-up reports, such as a pipe's peer killed (Connection): runs before
+  // every wait returns and after every sleep (at most kLongestSleep long), so it must limit its
+  // own cost (Connection scans /proc at most once per kLongestSleep). May be null. May throw.
   void (*idle)(const void* object);
 };
 
