@@ -272,3 +272,18 @@ TEST_CASE("a receiver SIGKILLed at a random point while the sender is blocked on
     child.wait_status();
   }
 }
+
+TEST_CASE("a connection passed as a Pool task's argument sends from the worker", "[pipe][pool]") {
+  auto [a, b] = shmq::Pipe<int>();
+  shmq::Pool pool(1);
+  const int sent = pool.apply(
+      [](Connection<int> c, int n) {
+        for (int i = 0; i < n; ++i) c.send(i);
+        return n;
+      },
+      b, 5);
+  CHECK(sent == 5);
+  for (int i = 0; i < 5; ++i) CHECK(a.recv() == i);
+  // The worker has sent on b and let its copy go; the parent never used its own.
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
+}

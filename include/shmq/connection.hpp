@@ -122,6 +122,7 @@ class Connection {
  private:
   template <class U>
   friend std::pair<Connection<U>, Connection<U>> Pipe(bool, const QueueOptions&);
+  friend struct codec<Connection<T>>;
 
   explicit Connection(std::shared_ptr<detail::PipeEnd> end) : end_(std::move(end)) {}
 
@@ -232,6 +233,35 @@ class Connection {
   }
 
   std::shared_ptr<detail::PipeEnd> end_;
+};
+
+// A Connection travels through queues (as a Pool task's argument, say) by the names of its rings:
+// the process that decodes it becomes a holder of the end (see "End of stream"), and gives its hold
+// up when its last copy goes, as a forked child does when it ends. Decoding opens the rings, which
+// works while the process that made the Pipe still holds a handle to either end.
+template <class T>
+struct codec<Connection<T>> {
+  static std::string name_of(const detail::Segment* segment) {
+    return segment != nullptr ? segment->name() : std::string();
+  }
+  static std::size_t size(const Connection<T>& c) {
+    return codec<std::string>::size(name_of(c.end_->in())) +
+           codec<std::string>::size(name_of(c.end_->out()));
+  }
+  static void encode(const Connection<T>& c, Writer& out) {
+    codec<std::string>::encode(name_of(c.end_->in()), out);
+    codec<std::string>::encode(name_of(c.end_->out()), out);
+  }
+  static Connection<T> decode(Reader& in) {
+    const std::string from = codec<std::string>::decode(in);
+    const std::string to = codec<std::string>::decode(in);
+    if (from.empty() && to.empty()) throw DecodeError("shmq: a Connection with no ring");
+    const auto open = [](const std::string& name) -> std::shared_ptr<detail::Segment> {
+      if (name.empty()) return nullptr;
+      return detail::Segment::open(name, &detail::QueueAccess::type_tag<T>());
+    };
+    return Connection<T>(std::make_shared<detail::PipeEnd>(open(from), open(to)));
+  }
 };
 
 // Python's multiprocessing.Pipe(duplex): two connected ends, each in shared memory (one unnamed
