@@ -67,6 +67,27 @@ def round_trips(r):
     return us[len(us) // 2], us[len(us) * 99 // 100]
 
 
+def pipe_echo(conn, r):
+    for _ in range(r):
+        conn.send(conn.recv())
+
+
+def pipe_round_trips(r):
+    a, b = mp.Pipe()
+    e = mp.Process(target=pipe_echo, args=(b, r))
+    e.start()
+    us = []
+    for i in range(r):
+        t0 = time.perf_counter()
+        a.send(i)
+        if a.recv() != i:
+            sys.exit("python_peer: Pipe round trip returned the wrong value")
+        us.append((time.perf_counter() - t0) * 1e6)
+    e.join()
+    us.sort()
+    return us[len(us) // 2], us[len(us) * 99 // 100]
+
+
 def plus_one(x):
     return x + 1
 
@@ -95,6 +116,9 @@ def main():
         print(json.dumps({"scenario": "1->1 %d B" % size, "msgs_per_s": rate}), flush=True)
     p50s, p99s = zip(*(round_trips(a.round_trips) for _ in range(a.reps)))
     print(json.dumps({"scenario": "round trip 8 B", "p50_us": statistics.median(p50s),
+                      "p99_us": statistics.median(p99s)}), flush=True)
+    p50s, p99s = zip(*(pipe_round_trips(a.round_trips) for _ in range(a.reps)))
+    print(json.dumps({"scenario": "round trip 8 B, Pipe and wait", "p50_us": statistics.median(p50s),
                       "p99_us": statistics.median(p99s)}), flush=True)
     seconds = statistics.median(pool_map(a.items) for _ in range(a.reps))
     print(json.dumps({"scenario": "Pool.map 100k tasks", "seconds": seconds}), flush=True)
