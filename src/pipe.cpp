@@ -19,7 +19,8 @@ namespace {
 std::uint64_t monotonic_ms() noexcept {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 +
+         static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
 }
 
 // This process's start time, read once per process (a forked child reads its own).
@@ -125,8 +126,8 @@ PipeEnd::PipeEnd(std::shared_ptr<Segment> in, std::shared_ptr<Segment> out)
       description_("pipe (" + (in_ ? in_ : out_)->description() + ")") {
   const int slot = claim(*own_, static_cast<std::uint32_t>(getpid()), own_start_ticks());
   if (slot < 0) {
-    throw Error("shmq: " + description_ + ": this end already has " +
-                std::to_string(kHolderSlots) + " holder processes (the most it can record)");
+    throw Error("shmq: " + description_ + ": this end already has " + std::to_string(kHolderSlots) +
+                " holder processes (the most it can record)");
   }
   slot_.store(slot, std::memory_order_relaxed);
   Registry& r = registry();

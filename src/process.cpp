@@ -133,8 +133,8 @@ void Process::start() {
 
 int Process::sentinel() const {
   if (child_.pid() == 0 || closed_) {
-    throw InvalidArgument("shmq: process " + quoted(name_) + (closed_ ? " is closed" : " was never started") +
-                          ": it has no sentinel");
+    throw InvalidArgument("shmq: process " + quoted(name_) +
+                          (closed_ ? " is closed" : " was never started") + ": it has no sentinel");
   }
   if (sentinel_ < 0) {
     throw Error("shmq: process " + quoted(name_) +
@@ -150,7 +150,8 @@ void Process::close() {
                           std::to_string(child_.pid()) + ") is still running: cannot close it");
   }
   if (sentinel_ >= 0) ::close(std::exchange(sentinel_, -1));
-  if (life_sign_ != nullptr) munmap(std::exchange(life_sign_, nullptr), sizeof(detail::RobustMutex));
+  if (life_sign_ != nullptr)
+    munmap(std::exchange(life_sign_, nullptr), sizeof(detail::RobustMutex));
   closed_ = true;
 }
 

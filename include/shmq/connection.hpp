@@ -163,11 +163,9 @@ class Connection {
 
   T recv_until(const detail::Deadline& deadline) {
     std::optional<T> value;
-    receive(
-        [&](const std::byte* at, std::uint32_t bytes) {
-          value.emplace(detail::QueueAccess::decode<T>(at, bytes));
-        },
-        deadline, "recv");
+    receive([&](const std::byte* at,
+                std::uint32_t bytes) { value.emplace(detail::QueueAccess::decode<T>(at, bytes)); },
+            deadline, "recv");
     return std::move(*value);
   }
 
@@ -191,7 +189,8 @@ class Connection {
                        ": end of stream (the other end is gone and everything it sent was "
                        "received)");
       }
-      if (end_->peer_gone()) continue;  // the rings are shut down: the next get drains or ends
+      // At most one /proc scan per kLongestSleep, however often a recv(0) polls.
+      if (end_->peer_gone(true)) continue;  // the rings are shut down: the get drains or ends
       if (deadline.expired()) {
         throw TimeoutError("shmq: " + end_->description() + ": " + call + ": nothing received in " +
                            std::to_string(deadline.timeout().count()) + " ns");
@@ -222,7 +221,7 @@ class Connection {
         throw BrokenPipeError("shmq: " + end_->description() + ": " + call +
                               ": broken pipe (the other end is gone)");
       }
-      end_->peer_gone();  // full for 100 ms: is anybody still receiving?
+      end_->peer_gone(true);  // full for 100 ms: is anybody still receiving?
     }
   }
 

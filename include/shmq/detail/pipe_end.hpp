@@ -65,8 +65,8 @@ class PipeEnd {
   EndTable* own_;
   EndTable* peer_;
   std::string description_;
-  std::atomic<int> slot_{-1};     // this process's slot in own_, or -1
-  std::atomic<int> pending_{-1};  // the slot kept for a child being forked, or -1
+  std::atomic<int> slot_{-1};        // this process's slot in own_, or -1
+  std::atomic<int> pending_{-1};     // the slot kept for a child being forked, or -1
   std::uint64_t pending_owner_ = 0;  // what that slot holds; written under the fork registry lock
   std::atomic<bool> used_{false};
   std::atomic<bool> closed_{false};

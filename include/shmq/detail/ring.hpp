@@ -351,8 +351,7 @@ class Ring {
         if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
       }
       await(
-          h_->not_empty, &h_->empty_waits, spin_,
-          [&] { return readable(); }, deadline);
+          h_->not_empty, &h_->empty_waits, spin_, [&] { return readable(); }, deadline);
     }
   }
 

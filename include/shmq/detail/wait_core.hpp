@@ -52,8 +52,8 @@ inline constexpr std::size_t kMaxWaitObjects = 128;
 
 // Blocks until at least one of the n items is ready or the deadline passes; sets ready[i] for each
 // item ready at the last look and returns how many are. Polls first (bounded, adapted as get's
-// polling is), then sleeps in one futex_waitv on every item's word, at most kLongestSleep at a time.
-// Throws InvalidArgument for more than kMaxWaitObjects items.
+// polling is), then sleeps in one futex_waitv on every item's word, at most kLongestSleep at a
+// time. Throws InvalidArgument for more than kMaxWaitObjects items.
 std::size_t wait_any(const WaitItem* items, std::size_t n, bool* ready, const Deadline& deadline);
 
 }  // namespace shmq::detail
