@@ -5,7 +5,9 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <optional>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -79,7 +81,7 @@ TEST_CASE("after the peer closes, recv drains what was sent, then throws EOFErro
   CHECK(a.recv() == 1);
   CHECK(a.recv() == 2);
   CHECK(a.poll());  // end of stream is ready
-  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
   CHECK_THROWS_AS(a.recv_bytes(), shmq::EOFError);
   CHECK_THROWS_AS(a.send(4), shmq::BrokenPipeError);
 }
@@ -96,7 +98,7 @@ TEST_CASE("copies share an end: closing one closes them all, the last one's dest
   Connection<int> copy = b;
   copy.close();
   CHECK(b.closed());
-  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
   {
     auto [c, d] = shmq::Pipe<int>();
     auto keep = c;
@@ -119,7 +121,7 @@ TEST_CASE("a child's sends arrive and its exit ends the stream, whether or not t
   p.start();
   if (parent_closes) b.close();
   for (int i = 0; i < 100; ++i) REQUIRE(a.recv() == i);
-  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
   p.join();
   CHECK(p.exitcode() == 0);
 }
@@ -132,7 +134,7 @@ TEST_CASE("the parent closing its copy right after the fork does not end the chi
     p.start();
     b.close();  // at once: the child may not have run a single instruction yet
     REQUIRE(a.recv() == round);
-    REQUIRE_THROWS_AS(a.recv(), shmq::EOFError);
+    REQUIRE_THROWS_AS(a.recv(10s), shmq::EOFError);
     p.join();
   }
 }
@@ -143,7 +145,7 @@ TEST_CASE("a child that never uses its end and exits ends the stream once the pa
   Process p([](Connection<int>) {}, b);
   p.start();
   b.close();
-  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
   p.join();
 }
 
@@ -160,7 +162,7 @@ TEST_CASE("a child's request and the parent's reply travel over one duplex pipe"
   b.close();
   CHECK(a.recv() == "ping");
   a.send("pong");
-  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
   p.join();
   CHECK(p.exitcode() == 0);
 }
@@ -286,4 +288,68 @@ TEST_CASE("a connection passed as a Pool task's argument sends from the worker",
   for (int i = 0; i < 5; ++i) CHECK(a.recv() == i);
   // The worker has sent on b and let its copy go; the parent never used its own.
   CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
+}
+
+TEST_CASE("a sender filling the pipe gets BrokenPipeError when the receiver closes", "[pipe][process]") {
+  shmq::QueueOptions small;
+  small.capacity_bytes = 4096;
+  auto [a, b] = shmq::Pipe<int>(true, small);
+  Child sender([&] {
+    try {
+      for (int i = 0;; ++i) a.send(i);  // blocks once 4096 bytes are queued
+    } catch (const shmq::BrokenPipeError&) {
+      return;
+    }
+  });
+  a.close();
+  CHECK(b.recv() == 0);
+  b.close();  // wakes the send if it is blocked; fails it if not
+  CHECK(sender.succeeded());
+}
+
+TEST_CASE("with SIGCHLD ignored a dead child still ends the stream; a stopped one does not",
+          "[pipe][process][fault]") {
+  struct sigaction ignore {}, old{};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGCHLD, &ignore, &old);
+  {
+    auto [a, b] = shmq::Pipe<int>();
+    Child child([&] {
+      b.send(1);
+      pause();
+    });
+    b.close();
+    CHECK(a.recv() == 1);
+    child.kill(SIGSTOP);
+    CHECK_THROWS_AS(a.recv(300ms), shmq::TimeoutError);  // stopped is alive
+    child.kill(SIGKILL);
+    CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);  // reaped by the kernel at once
+  }
+  sigaction(SIGCHLD, &old, nullptr);
+}
+
+TEST_CASE("a pipe made on a thread that has ended works, and ends with its holders", "[pipe][process]") {
+  std::optional<std::pair<Connection<int>, Connection<int>>> ends;
+  std::thread([&] { ends.emplace(shmq::Pipe<int>()); }).join();
+  auto& [a, b] = *ends;
+  Process p([](Connection<int> c) { c.send(3); }, b);
+  p.start();
+  b.close();
+  CHECK(a.recv() == 3);
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
+  p.join();
+}
+
+TEST_CASE("zero, negative and huge arguments: empty messages, timeouts, a message too large",
+          "[pipe]") {
+  shmq::QueueOptions small;
+  small.capacity_bytes = 4096;
+  auto [a, b] = shmq::Pipe<std::string>(true, small);
+  a.send("");
+  CHECK(b.recv(-1s) == "");
+  CHECK_FALSE(b.poll(-1s));
+  CHECK_THROWS_AS(b.recv(-1s), shmq::TimeoutError);
+  CHECK_THROWS_AS(a.send(std::string(5000, 'x')), shmq::MessageTooLarge);
+  CHECK_THROWS_AS(a.send_bytes(std::string(5000, 'x')), shmq::MessageTooLarge);
+  CHECK_FALSE(b.poll());  // nothing was sent
 }
