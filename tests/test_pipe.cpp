@@ -353,3 +353,14 @@ TEST_CASE("zero, negative and huge arguments: empty messages, timeouts, a messag
   CHECK_THROWS_AS(a.send_bytes(std::string(5000, 'x')), shmq::MessageTooLarge);
   CHECK_FALSE(b.poll());  // nothing was sent
 }
+
+TEST_CASE("a child killed right after the fork, before taking over its slot, still ends the stream",
+          "[pipe][process][fault]") {
+  auto [a, b] = shmq::Pipe<int>();
+  Child child([] { pause(); });  // raw fork: the fork handlers ran
+  child.kill(SIGKILL);           // perhaps before its handler took over the parent's kept slot
+  child.wait_status();
+  b.close();
+  // A slot kept for a child that never took it over counts for at most 5 s (kPendingMs).
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
+}
