@@ -1,4 +1,5 @@
-// shmq::wait over every kind of object, Process::sentinel and Process::close.
+// shmq::wait over every kind of object, Process::sentinel and Process::close; the CPU an idle
+// wait and an idle Notifier use.
 #include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -130,6 +131,17 @@ TEST_CASE("an idle wait uses no CPU", "[wait]") {
   CHECK(cpu_seconds() - before < 0.06);
   p.kill();
   p.join();
+}
+
+TEST_CASE("an idle notifier uses no CPU and is destroyed promptly", "[notifier]") {
+  Queue<int> q;
+  const double before = cpu_seconds();
+  {
+    shmq::Notifier n({q});
+    pollfd readable{n.fd(), POLLIN, 0};
+    CHECK(poll(&readable, 1, 500) == 0);
+  }
+  CHECK(cpu_seconds() - before < 0.05);  // 10% of the 500 ms, with room for the helper's polling
 }
 
 TEST_CASE("a waiter killed inside wait leaves nothing stuck", "[wait][fault]") {
