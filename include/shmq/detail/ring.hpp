@@ -154,6 +154,7 @@ void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
   }
   withdraw_sleeper(ev, ticket);
 }
+
 // Holds one of the ring's robust mutexes. Taking over a lock whose holder died counts the
 // recovery: the ring's state needs no repair (see the file comment).
 class RobustLock {
