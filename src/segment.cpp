@@ -2,6 +2,7 @@
 #include "shmq/detail/segment.hpp"
 
 #include "shmq/detail/demangle.hpp"
+#include "shmq/detail/listeners.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -96,7 +97,10 @@ class Mapping {
   }
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() { munmap(base_, bytes_); }
+  ~Mapping() {
+    forget_listeners(base_, kHeaderBytes);  // the Notifier write ends kept for this header
+    munmap(base_, bytes_);
+  }
 
   SharedHeader& header() const noexcept { return *reinterpret_cast<SharedHeader*>(base_); }
   std::byte* ring() const noexcept { return base_ + kHeaderBytes; }

@@ -67,10 +67,28 @@ struct Cursor {
 // only if its epoch is still current. Nothing here is per waiter: a process killed asleep leaves
 // one count, which the next notifier clears with one wake-up that wakes nobody. A notifier killed
 // before its wake-up is covered by bounded sleeps (ring.hpp, kLongestSleep).
+//
+// Listeners: shmq::Notifiers whose descriptor is the read end of a pipe in their process, woken
+// by wake() writing one byte into it (reopened through /proc/PID/fd/FD), so that an event loop
+// wakes at once, with no thread in between (src/listeners.cpp states the protocol). They live in
+// the EventCount's own cache line, which wake() touches anyway; a segment made before them has
+// zeros there, which mean "no listener".
+inline constexpr std::size_t kListenerSlots = 3;
+struct ListenerSlot {
+  // pid << 32 | fd of the pipe's read end in that process, or 0 when free. Claimed by a CAS from
+  // 0 by the notifier, then `pipe` is stored; released by a CAS back to 0 after `pipe` is zeroed,
+  // by the notifier or by any waker that finds the descriptor gone.
+  std::atomic<std::uint64_t> owner;
+  // The pipe's inode number (nonzero), checked by wakers against the descriptor they open; 0
+  // while the slot is being claimed or released. Release stores, acquire loads.
+  std::atomic<std::uint64_t> pipe;
+};
 struct alignas(kCacheLine) EventCount {
   std::atomic<std::uint32_t> seq;    // bumped (release) by every wake-up; sleepers futex-wait on it
   std::atomic<std::uint64_t> sleep;  // epoch << 32 | sleepers; RMW by sleepers and notifiers
+  ListenerSlot listeners[kListenerSlots];
 };
+static_assert(sizeof(EventCount) == kCacheLine, "listeners fill the EventCount's line, no more");
 
 inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
   return static_cast<std::uint32_t>(sleep);
