@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -136,4 +138,152 @@ TEST_CASE("in a forked child an inherited notifier refuses ready() and is destro
   q.put(1);
   CHECK(readable(n.fd(), 10000));
   CHECK(n.ready() == Ready{0});
+}
+
+namespace {
+shmq::detail::EventCount& not_empty_of(const Queue<int>& q) {
+  return shmq::detail::QueueAccess::segment(q).ring().not_empty();
+}
+// The pid each listener slot of the queue's not_empty names (0: free).
+std::vector<pid_t> listener_pids(const Queue<int>& q) {
+  std::vector<pid_t> pids;
+  for (const auto& slot : not_empty_of(q).listeners) {
+    pids.push_back(static_cast<pid_t>(slot.owner.load() >> 32));
+  }
+  return pids;
+}
+std::size_t open_descriptors() {
+  const auto all = std::filesystem::directory_iterator("/proc/self/fd");
+  return static_cast<std::size_t>(std::distance(begin(all), end(all)));
+}
+}  // namespace
+
+TEST_CASE("a producer in another process writes into the notifier's descriptor itself",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), 0, 0});
+  // A wake-up with nothing queued: the helper thread, which rings only for a ready object, has
+  // no reason to; only the producer's own write can make the descriptor readable.
+  Child producer([&] { shmq::detail::notify(not_empty_of(q)); });
+  CHECK(producer.succeeded());
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready().empty());
+  CHECK_FALSE(readable(n.fd(), 50));
+}
+
+TEST_CASE("a producer killed inside its wake-up of a notifier costs at most a bounded delay",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  // What a producer killed inside wake() leaves: the sleepers taken off the count (a new epoch)
+  // and no byte written. The put that follows then sees no sleeper and writes nothing either.
+  Child producer([&] {
+    auto& sleep = not_empty_of(q).sleep;
+    std::uint64_t now = sleep.load();
+    if (shmq::detail::sleepers_of(now) == 0) throw std::runtime_error("the notifier is not counted");
+    sleep.store(std::uint64_t{shmq::detail::epoch_of(now) + 1u} << 32);
+    q.put(7);
+  });
+  CHECK(producer.succeeded());
+  CHECK(readable(n.fd(), 10000));  // the helper thread's look, within kLongestSleep
+  CHECK(n.ready() == Ready{0});
+  CHECK(q.get() == 7);
+}
+
+TEST_CASE("producers killed at random points while a notifier serves their queue wedge nothing",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  for (int round = 0; round < 20; ++round) {
+    Child producer([&] {
+      for (int i = 0;; ++i) q.put(i);
+    });
+    CHECK(readable(n.fd(), 10000));
+    for (int i = 0; i < round * 5; ++i) n.ready();  // a random point in the producer's loop
+    producer.kill(SIGKILL);
+    producer.wait_status();
+    while (q.try_get()) {
+    }
+    n.ready();
+    // Nothing left: a put now must reach the descriptor at once, through the producer's write.
+    CHECK_FALSE(readable(n.fd(), 0));
+    Child next([&] { q.put(-1); });
+    CHECK(next.succeeded());
+    CHECK(readable(n.fd(), 10000));
+    CHECK(n.ready() == Ready{0});
+    CHECK(q.get() == -1);
+  }
+}
+
+TEST_CASE("a notifier's process killed while registered is skipped and its slot released",
+          "[notifier][fault]") {
+  // SIGPIPE at its default: a producer writing into the dead notifier's pipe must not die of it.
+  struct sigaction dfl {}, old {};
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGPIPE, &dfl, &old);
+  Queue<int> q;
+  Queue<int> ack;
+  Child notifier([&] {
+    Notifier n({q});
+    ack.put(1);
+    // Served once, so that the producer keeps a write end to this pipe, and counted again.
+    if (!readable(n.fd(), 10000) || n.ready() != Ready{0}) throw std::runtime_error("not woken");
+    ack.put(2);
+    pause();
+  });
+  CHECK(ack.get() == 1);
+  CHECK(listener_pids(q)[0] == notifier.pid());
+  q.put(1);  // rings the child's pipe, keeping the write end
+  CHECK(ack.get() == 2);
+  notifier.kill(SIGKILL);
+  notifier.wait_status();
+  q.put(2);  // the kept write end finds no reader: EPIPE, not SIGPIPE; the slot is released
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
+  // And the first, uncached path: a new dead notifier, found by its vanished descriptor.
+  Child second([&] {
+    Notifier n({q});
+    ack.put(3);
+    pause();
+  });
+  CHECK(ack.get() == 3);
+  second.kill(SIGKILL);
+  second.wait_status();
+  q.put(3);
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
+  sigaction(SIGPIPE, &old, nullptr);
+}
+
+TEST_CASE("a producer keeps one write end per notifier and closes it with its queue handle",
+          "[notifier]") {
+  const std::size_t before = open_descriptors();
+  {
+    Queue<int> q;
+    Notifier n({q});
+    const std::size_t with_notifier = open_descriptors();
+    for (int i = 0; i < 100; ++i) {
+      q.put(i);
+      CHECK(readable(n.fd(), 10000));
+      CHECK(n.ready() == Ready{0});
+      CHECK(q.get() == i);
+      n.ready();
+    }
+    CHECK(open_descriptors() <= with_notifier + 1);  // the kept write end, not one per put
+  }
+  CHECK(open_descriptors() == before);
+}
+
+TEST_CASE("more notifiers than a queue has slots are all woken", "[notifier]") {
+  Queue<int> q;
+  std::vector<std::unique_ptr<Notifier>> notifiers;
+  for (int i = 0; i < 5; ++i) notifiers.push_back(std::make_unique<Notifier>(std::vector<shmq::Waitable>{q}));
+  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), getpid(), getpid()});
+  Child producer([&] { q.put(1); });
+  CHECK(producer.succeeded());
+  for (auto& n : notifiers) {
+    CHECK(readable(n->fd(), 10000));
+    CHECK(n->ready() == Ready{0});
+  }
+  notifiers.clear();
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
 }
