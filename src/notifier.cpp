@@ -74,12 +74,15 @@ struct Notifier::Helper {
     return slots[i].load(std::memory_order_acquire) >= 0;
   }
 
-  // Makes the descriptor readable, if it is not already.
+  // Makes the descriptor readable (one more byte: a full pipe is readable already).
+  void bell() const noexcept {
+    const char byte = 1;
+    (void)!write(write_fd, &byte, 1);
+  }
+  // The same, unless it is readable already.
   void ring() const noexcept {
     pollfd p{pipe.read_fd, POLLIN, 0};
-    if (poll(&p, 1, 0) == 1) return;
-    const char bell = 1;
-    (void)!write(write_fd, &bell, 1);
+    if (poll(&p, 1, 0) != 1) bell();
   }
 
   // The helper thread: looks at every object (peer checks included) at least every kLongestSleep,
@@ -145,8 +148,8 @@ struct Notifier::Helper {
     for (std::size_t i = 0; i < size(); ++i) {
       if (items[i].ops->ready(items[i].object)) which.push_back(i);
     }
-    if (!which.empty()) ring();
-    if (helper_watches) {  // it sleeps on some object it may have left out while it was ready
+    if (!which.empty()) bell();  // no need to look first: the pipe was just emptied (or is new)
+    if (helper_watches) {        // it sleeps on some object it may have left out while it was ready
       looks.fetch_add(1, std::memory_order_acq_rel);
       detail::notify(control);
     }
