@@ -62,6 +62,18 @@ void release(ListenerSlot& slot, std::uint64_t owner, std::uint64_t inode) noexc
   slot.owner.compare_exchange_strong(owner, 0, std::memory_order_release);
 }
 
+// /proc/PID/fd/FD for a slot's owner word.
+struct ProcPath {
+  char text[48];
+  explicit ProcPath(std::uint64_t owner) noexcept {
+    std::snprintf(text, sizeof text, "/proc/%u/fd/%u", static_cast<unsigned>(owner >> 32),
+                  static_cast<unsigned>(owner));
+  }
+};
+int open_write_end(const ProcPath& path) noexcept {
+  return open(path.text, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+}
+
 // One byte into a write end of a listener's pipe, SIGPIPE blocked; false if the pipe has no
 // reader any more (its notifier is gone).
 bool write_bell(int fd) noexcept {
@@ -110,12 +122,10 @@ void drop(Kept& entry) noexcept {
 // Opens a write end of the pipe a slot names, checked to be that pipe; -1 if it cannot (and
 // releases the slot if the descriptor is gone).
 int open_listener(ListenerSlot& slot, std::uint64_t owner, std::uint64_t inode) noexcept {
-  char path[48];
-  std::snprintf(path, sizeof path, "/proc/%u/fd/%u", static_cast<unsigned>(owner >> 32),
-                static_cast<unsigned>(owner));
+  const ProcPath path(owner);
   struct stat st;
   // stat before open: opening whatever now has that number (a device) could have side effects.
-  if (stat(path, &st) != 0) {
+  if (stat(path.text, &st) != 0) {
     if (errno == ENOENT) release(slot, owner, inode);  // the process or its descriptor is gone
     return -1;                                         // EACCES and the like: not ours to judge
   }
@@ -124,7 +134,7 @@ int open_listener(ListenerSlot& slot, std::uint64_t owner, std::uint64_t inode) 
     release(slot, owner, inode);  // the number names something else now: the pipe is gone
     return -1;
   }
-  const int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  const int fd = open_write_end(path);
   if (fd < 0) return -1;
   // Checked again on what we opened: the descriptor may have changed since the stat.
   if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_ino != inode) {
@@ -173,6 +183,13 @@ void ring(ListenerSlot& slot) noexcept {
 }
 
 }  // namespace
+
+bool reopenable(int read_fd) noexcept {
+  const int fd = open_write_end(ProcPath(key_of(getpid(), read_fd)));
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
 
 int listen(EventCount& ev, const ListenerPipe& pipe) noexcept {
   const std::uint64_t me = key_of(getpid(), pipe.read_fd);

@@ -9,7 +9,6 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -20,21 +19,6 @@
 #include "shmq/detail/ring.hpp"
 
 namespace shmq {
-
-namespace {
-
-// Whether another process could reopen `fd` for writing through /proc (no /proc, or a /proc
-// mounted with hidepid, and there is no direct path: the helper thread then watches everything).
-bool reopenable(int fd) {
-  char path[48];
-  std::snprintf(path, sizeof path, "/proc/%d/fd/%d", static_cast<int>(getpid()), fd);
-  const int w = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  if (w < 0) return false;
-  ::close(w);
-  return true;
-}
-
-}  // namespace
 
 struct Notifier::Helper {
   std::vector<detail::WaitItem> items;  // the objects
@@ -184,7 +168,7 @@ Notifier::Notifier(const std::vector<Waitable>& objects)
   fd_ = ends[0];
   h.write_fd = ends[1];
   struct stat st;
-  const bool direct = fstat(fd_, &st) == 0 && st.st_ino != 0 && reopenable(fd_);
+  const bool direct = fstat(fd_, &st) == 0 && st.st_ino != 0 && detail::reopenable(fd_);
   h.pipe = {fd_, static_cast<std::uint64_t>(st.st_ino)};
   h.slots.reset(new std::atomic<int>[h.size()]);
   h.tickets.reset(new detail::SleeperTicket[h.size()]);

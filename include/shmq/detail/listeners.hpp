@@ -15,6 +15,9 @@ struct ListenerPipe {
   std::uint64_t inode;
 };
 
+// Whether other processes can write into this process's pipe through /proc/PID/fd/read_fd (not
+// with /proc missing or mounted with hidepid): if not, a notifier claims no slot.
+bool reopenable(int read_fd) noexcept;
 // Claims a free slot of `ev` for `pipe`; returns its index, or -1 when every slot is taken.
 int listen(EventCount& ev, const ListenerPipe& pipe) noexcept;
 // Whether slot `slot` of `ev` still names `pipe` (a waker may have released it by mistake only
