@@ -51,20 +51,41 @@ def echo(there, back, r):
         back.put(there.get())
 
 
-def round_trips(r):
-    there, back = mp.Queue(), mp.Queue()
-    e = mp.Process(target=echo, args=(there, back, r))
-    e.start()
+def timed_round_trips(r, echo_process, ask):
+    """p50 and p99 of r round trips; ask(i) sends i to echo_process and returns its answer."""
+    echo_process.start()
     us = []
     for i in range(r):
         t0 = time.perf_counter()
-        there.put(i)
-        if back.get() != i:
-            sys.exit("python_peer: round trip returned the wrong value")
+        if ask(i) != i:
+            sys.exit("python_peer: a round trip returned the wrong value")
         us.append((time.perf_counter() - t0) * 1e6)
-    e.join()
+    echo_process.join()
     us.sort()
     return us[len(us) // 2], us[len(us) * 99 // 100]
+
+
+def round_trips(r):
+    there, back = mp.Queue(), mp.Queue()
+
+    def ask(i):
+        there.put(i)
+        return back.get()
+    return timed_round_trips(r, mp.Process(target=echo, args=(there, back, r)), ask)
+
+
+def pipe_echo(conn, r):
+    for _ in range(r):
+        conn.send(conn.recv())
+
+
+def pipe_round_trips(r):
+    a, b = mp.Pipe()
+
+    def ask(i):
+        a.send(i)
+        return a.recv()
+    return timed_round_trips(r, mp.Process(target=pipe_echo, args=(b, r)), ask)
 
 
 def plus_one(x):
@@ -95,6 +116,9 @@ def main():
         print(json.dumps({"scenario": "1->1 %d B" % size, "msgs_per_s": rate}), flush=True)
     p50s, p99s = zip(*(round_trips(a.round_trips) for _ in range(a.reps)))
     print(json.dumps({"scenario": "round trip 8 B", "p50_us": statistics.median(p50s),
+                      "p99_us": statistics.median(p99s)}), flush=True)
+    p50s, p99s = zip(*(pipe_round_trips(a.round_trips) for _ in range(a.reps)))
+    print(json.dumps({"scenario": "round trip 8 B, Pipe and wait", "p50_us": statistics.median(p50s),
                       "p99_us": statistics.median(p99s)}), flush=True)
     seconds = statistics.median(pool_map(a.items) for _ in range(a.reps))
     print(json.dumps({"scenario": "Pool.map 100k tasks", "seconds": seconds}), flush=True)

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <mqueue.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -318,6 +319,22 @@ std::optional<double> throughput(std::size_t size, long n, int producers, int co
   return double(count) / secs;
 }
 
+// Times r round trips of a long: ask(i) sends i to an echo process and returns its answer.
+template <class Ask>
+std::optional<std::pair<double, double>> timed_round_trips(long r, pid_t echo, Ask&& ask) {
+  std::vector<double> us(static_cast<std::size_t>(r));
+  bool ok = true;
+  for (long i = 0; i < r; ++i) {
+    const auto t0 = Clock::now();
+    ok &= ask(i) == i;
+    us[static_cast<std::size_t>(i)] = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+  }
+  ok &= reap(echo);
+  if (!ok) return std::nullopt;
+  std::sort(us.begin(), us.end());
+  return std::make_pair(us[us.size() / 2], us[us.size() * 99 / 100]);
+}
+
 // R round trips of an 8-byte message over two channels; every round trip is timed.
 template <class Channel>
 std::optional<std::pair<double, double>> round_trips(long r) {
@@ -330,23 +347,15 @@ std::optional<std::pair<double, double>> round_trips(long r) {
     }
     return true;
   });
-  std::vector<double> us(static_cast<std::size_t>(r));
-  std::byte m[8];
-  bool ok = true;
-  for (long i = 0; i < r; ++i) {
+  return timed_round_trips(r, echo, [&](long i) {
+    std::byte m[8];
     std::memcpy(m, &i, 8);
-    const auto t0 = Clock::now();
     there.send(m);
     back.recv(m);
-    us[static_cast<std::size_t>(i)] = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
     long v;
     std::memcpy(&v, m, 8);
-    ok &= v == i;
-  }
-  ok &= reap(echo);
-  if (!ok) return std::nullopt;
-  std::sort(us.begin(), us.end());
-  return std::make_pair(us[us.size() / 2], us[us.size() * 99 / 100]);
+    return v;
+  });
 }
 
 // shmq's batch calls, 1 -> 1, 8-byte messages: put_many of 256 at a time, get_many of up to 4096.
@@ -499,7 +508,7 @@ void batches(long n) {
 
 using RoundTrips = std::vector<std::pair<std::string, std::function<std::optional<std::pair<double, double>>()>>>;
 
-// Runs every round-trip contender once per repetition, in turn, and records each one's medians.
+// Runs every round-trip contender once per repetition, in turn; records each one's median p50 and p99.
 void compare_round_trips(const std::string& scenario, const RoundTrips& cs) {
   std::map<std::string, std::vector<double>> p50, p99;
   for (int rep = 0; rep < settings.reps; ++rep) {
@@ -600,6 +609,119 @@ void event_round_trip(long r) {
   const RoundTrips cs = {
       {"shmq Event set->wait", [r] { return round_trips<EventChannel>(r); }},
       {"shmq Queue<long> put->get", [r] { return round_trips<ShmqChannel<8>>(r); }},
+  };
+  compare_round_trips(scenario, cs);
+}
+
+// ---------------------------------------------------------------- Pipe, wait() and Notifier
+
+// The echo process of the queue-based round trips: gets from `there`, puts on back(value).
+template <class Back>
+pid_t queue_echo(shmq::Queue<long>& there, long r, Back&& back) {
+  return spawn([&] {
+    for (long i = 0; i < r; ++i) {
+      const long v = there.get();
+      back(v).put(v);
+    }
+    return true;
+  });
+}
+
+std::optional<std::pair<double, double>> shmq_queue_round_trips(long r) {
+  shmq::Queue<long> there, back;
+  const pid_t echo = queue_echo(there, r, [&](long) -> shmq::Queue<long>& { return back; });
+  return timed_round_trips(r, echo, [&](long i) {
+    there.put(i);
+    return back.get();
+  });
+}
+
+std::optional<std::pair<double, double>> shmq_pipe_round_trips(long r) {
+  auto [a, b] = shmq::Pipe<long>();
+  const pid_t echo = spawn([&] {
+    for (long i = 0; i < r; ++i) b.send(b.recv());
+    return true;
+  });
+  b.close();
+  return timed_round_trips(r, echo, [&](long i) {
+    a.send(i);
+    return a.recv();
+  });
+}
+
+// The answer comes back on one of 16 queues (i % 16), found by shmq::wait on all of them.
+std::optional<std::pair<double, double>> shmq_wait_round_trips(long r) {
+  shmq::Queue<long> there;
+  std::vector<shmq::Queue<long>> back(16);
+  const std::vector<shmq::Waitable> all(back.begin(), back.end());
+  const pid_t echo = queue_echo(there, r, [&](long v) -> shmq::Queue<long>& { return back[static_cast<std::size_t>(v % 16)]; });
+  return timed_round_trips(r, echo, [&](long i) {
+    there.put(i);
+    const auto ready = shmq::wait(all);
+    return *back[ready.at(0)].try_get();
+  });
+}
+
+// epoll on a Notifier's descriptor watching the answer queue.
+std::optional<std::pair<double, double>> shmq_notifier_round_trips(long r) {
+  shmq::Queue<long> there, back;
+  const pid_t echo = queue_echo(there, r, [&](long) -> shmq::Queue<long>& { return back; });
+  shmq::Notifier n({back});
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event in{};
+  in.events = EPOLLIN;
+  epoll_ctl(ep, EPOLL_CTL_ADD, n.fd(), &in);
+  auto result = timed_round_trips(r, echo, [&](long i) {
+    there.put(i);
+    for (;;) {
+      epoll_event ev;
+      if (epoll_wait(ep, &ev, 1, -1) != 1) continue;
+      n.ready();
+      if (auto v = back.try_get()) return *v;
+    }
+  });
+  close(ep);
+  return result;
+}
+
+// The yardstick for the notifier: OS pipes, the answer's read end in epoll.
+std::optional<std::pair<double, double>> pipe_epoll_round_trips(long r) {
+  int there[2], back[2];
+  if (pipe(there) != 0 || pipe(back) != 0) return std::nullopt;
+  const pid_t echo = spawn([&] {
+    for (long i = 0; i < r; ++i) {
+      long v;
+      if (read(there[0], &v, sizeof v) != sizeof v || write(back[1], &v, sizeof v) != sizeof v) return false;
+    }
+    return true;
+  });
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event in{};
+  in.events = EPOLLIN;
+  epoll_ctl(ep, EPOLL_CTL_ADD, back[0], &in);
+  auto result = timed_round_trips(r, echo, [&](long i) {
+    long v = -1;
+    epoll_event ev;
+    if (write(there[1], &i, sizeof i) != sizeof i || epoll_wait(ep, &ev, 1, -1) != 1 ||
+        read(back[0], &v, sizeof v) != sizeof v) {
+      return -1L;
+    }
+    return v;
+  });
+  close(ep);
+  for (int fd : {there[0], there[1], back[0], back[1]}) close(fd);
+  return result;
+}
+
+void pipes_and_waits(long r) {
+  const std::string scenario = "round trip 8 B, Pipe and wait";
+  if (!selected(scenario)) return;
+  const RoundTrips cs = {
+      {"shmq Queue put/get", [r] { return shmq_queue_round_trips(r); }},
+      {"shmq Pipe send/recv", [r] { return shmq_pipe_round_trips(r); }},
+      {"shmq wait() on 16 queues", [r] { return shmq_wait_round_trips(r); }},
+      {"shmq Notifier + epoll", [r] { return shmq_notifier_round_trips(r); }},
+      {"pipe + epoll", [r] { return pipe_epoll_round_trips(r); }},
   };
   compare_round_trips(scenario, cs);
 }
@@ -752,6 +874,7 @@ int main(int argc, char** argv) {
   ping_pong(settings.quick ? 100 : 100'000);
   lock_uncontended(settings.quick ? 10'000 : 10'000'000);
   event_round_trip(settings.quick ? 100 : 100'000);
+  pipes_and_waits(settings.quick ? 100 : 50'000);
   compare("Pool.map 100k tasks", 0,
           {{"shmq Pool(2).map", [&] { return shmq_pool_map(settings.quick ? 1000 : 100'000); }}}, true);
   if (settings.filter.empty()) python_peer(settings.quick ? 1000 : 200'000, settings.quick ? 100 : 20'000, settings.quick ? 1000 : 100'000);

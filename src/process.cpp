@@ -1,13 +1,20 @@
 // Process: fork, run, report, reap.
 #include "shmq/process.hpp"
 
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <new>
 
 #include "shmq/detail/demangle.hpp"
 #include "shmq/errors.hpp"
@@ -62,7 +69,10 @@ Process::Process(Process&& other) noexcept
     : name_(std::move(other.name_)),
       daemon_(other.daemon_),
       target_(std::move(other.target_)),
-      child_(std::move(other.child_)) {}
+      child_(std::move(other.child_)),
+      life_sign_(std::exchange(other.life_sign_, nullptr)),
+      sentinel_(std::exchange(other.sentinel_, -1)),
+      closed_(other.closed_) {}
 
 Process& Process::operator=(Process&& other) noexcept {
   // The child this object had goes with `old`, whose destructor joins or terminates it.
@@ -71,16 +81,21 @@ Process& Process::operator=(Process&& other) noexcept {
   daemon_ = other.daemon_;
   target_ = std::move(other.target_);
   child_ = std::move(other.child_);
+  life_sign_ = std::exchange(other.life_sign_, nullptr);
+  sentinel_ = std::exchange(other.sentinel_, -1);
+  closed_ = other.closed_;
   return *this;
 }
 
 Process::~Process() {
-  if (child_.pid() == 0 || child_.reap()) return;
-  if (daemon_) {
-    terminate();
-    if (!join(std::chrono::seconds(1))) kill();
+  if (child_.pid() != 0 && !child_.reap()) {
+    if (daemon_) {
+      terminate();
+      if (!join(std::chrono::seconds(1))) kill();
+    }
+    join_until(detail::Deadline::never());
   }
-  join_until(detail::Deadline::never());
+  close();
 }
 
 void Process::start() {
@@ -91,8 +106,83 @@ void Process::start() {
   options.dispositions = {detail::Disposition::reset(SIGTERM)};
   options.unblocked = {SIGTERM};  // nor a mask inherited from a program that blocks it
   if (daemon_) options.on_parent_death = SIGTERM;
-  child_ = detail::Child::spawn("process " + quoted(name_), options,
-                                [this] { return run_target(name_, target_); });
+  void* page = mmap(nullptr, sizeof(detail::RobustMutex), PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (page == MAP_FAILED) {
+    throw Error("shmq: process " + quoted(name_) +
+                ": cannot map its life-sign page: " + std::strerror(errno));
+  }
+  auto* life_sign = new (page) detail::RobustMutex{};
+  try {
+    child_ = detail::Child::spawn("process " + quoted(name_), options, [this, life_sign] {
+      // Held until the child dies; if the lock cannot be taken, wait() sees the end through the
+      // sentinel within kLongestSleep instead.
+      try {
+        detail::try_lock(*life_sign, detail::this_thread_identity());
+      } catch (const Error&) {
+      }
+      return run_target(name_, target_);
+    });
+  } catch (...) {
+    munmap(page, sizeof(detail::RobustMutex));
+    throw;
+  }
+  life_sign_ = life_sign;
+  sentinel_ = fcntl(child_.pidfd(), F_DUPFD_CLOEXEC, 0);  // -1 (no descriptor left): see sentinel()
+}
+
+int Process::sentinel() const {
+  if (child_.pid() == 0 || closed_) {
+    throw InvalidArgument("shmq: process " + quoted(name_) +
+                          (closed_ ? " is closed" : " was never started") + ": it has no sentinel");
+  }
+  if (sentinel_ < 0) {
+    throw Error("shmq: process " + quoted(name_) +
+                ": no descriptor was left for its sentinel when it started (RLIMIT_NOFILE)");
+  }
+  return sentinel_;
+}
+
+void Process::close() {
+  if (closed_) return;
+  if (child_.pid() != 0 && !child_.reap()) {
+    throw InvalidArgument("shmq: process " + quoted(name_) + " (pid " +
+                          std::to_string(child_.pid()) + ") is still running: cannot close it");
+  }
+  if (sentinel_ >= 0) ::close(std::exchange(sentinel_, -1));
+  if (life_sign_ != nullptr)
+    munmap(std::exchange(life_sign_, nullptr), sizeof(detail::RobustMutex));
+  closed_ = true;
+}
+
+// wait()'s view of a Process: ended when the kernel has marked the child's life-sign lock
+// FUTEX_OWNER_DIED, or, while the child has not taken it (just forked, or it could not), when the
+// sentinel is readable.
+const detail::WaitOps Process::kWaitOps{
+    [](const void* object) noexcept {
+      const auto* p = static_cast<const Process*>(object);
+      const std::uint32_t word = p->life_sign_->word.load(std::memory_order_acquire);
+      if ((word & FUTEX_OWNER_DIED) != 0) return true;
+      if ((word & FUTEX_TID_MASK) != 0) return false;
+      pollfd ended{p->sentinel_, POLLIN, 0};
+      return ::poll(&ended, 1, 0) == 1;
+    },
+    [](const void*) noexcept -> detail::EventCount* { return nullptr; },
+    [](const void* object) noexcept {
+      // Asks the kernel to wake us when the child dies: it wakes only if FUTEX_WAITERS is set.
+      auto& word = static_cast<const Process*>(object)->life_sign_->word;
+      std::uint32_t now = word.load(std::memory_order_relaxed);
+      if ((now & FUTEX_TID_MASK) != 0 && (now & (FUTEX_OWNER_DIED | FUTEX_WAITERS)) == 0 &&
+          word.compare_exchange_strong(now, now | FUTEX_WAITERS, std::memory_order_relaxed)) {
+        now |= FUTEX_WAITERS;
+      }
+      return detail::FutexWord{&word, now};
+    },
+    nullptr};
+
+detail::WaitItem wait_item(const Process& p) {
+  p.sentinel();  // throws before start() and after close()
+  return {&p, &Process::kWaitOps};
 }
 
 void Process::join() {

@@ -2,6 +2,7 @@
 #include "shmq/detail/segment.hpp"
 
 #include "shmq/detail/demangle.hpp"
+#include "shmq/detail/listeners.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -96,7 +97,10 @@ class Mapping {
   }
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
-  ~Mapping() { munmap(base_, bytes_); }
+  ~Mapping() {
+    forget_listeners(base_, kHeaderBytes);  // the Notifier write ends kept for this header
+    munmap(base_, bytes_);
+  }
 
   SharedHeader& header() const noexcept { return *reinterpret_cast<SharedHeader*>(base_); }
   std::byte* ring() const noexcept { return base_ + kHeaderBytes; }
@@ -481,19 +485,26 @@ std::string mapped_file(std::string_view name) {
   return "/dev/shm" + shm_path(validate_name(name));
 }
 
-std::optional<std::uint64_t> process_start_ticks(pid_t pid) {
+std::optional<ProcessStat> process_stat(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
   if (!std::getline(stat, line)) return std::nullopt;
-  // Field 22 is starttime; the command name (field 2) may hold spaces and ')', so count from the
-  // last ')'.
+  // Field 3 is the state, field 22 starttime; the command name (field 2) may hold spaces and ')',
+  // so count from the last ')'.
   const auto close = line.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
+  if (close == std::string::npos || close + 2 >= line.size()) return std::nullopt;
+  const char state = line[close + 2];
   const char* p = line.c_str() + close + 1;
   for (int field = 3; field < 22 && p != nullptr; ++field) p = std::strchr(p + 1, ' ');
   unsigned long long ticks = 0;
   if (p == nullptr || std::sscanf(p, " %llu", &ticks) != 1) return std::nullopt;
-  return ticks;
+  return ProcessStat{state, ticks};
+}
+
+std::optional<std::uint64_t> process_start_ticks(pid_t pid) {
+  const auto stat = process_stat(pid);
+  if (!stat) return std::nullopt;
+  return stat->start_ticks;
 }
 
 Segment::Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,

@@ -11,6 +11,7 @@
 #include <new>
 #include <string>
 
+#include "shmq/detail/listeners.hpp"
 #include "shmq/detail/ring.hpp"
 
 #if defined(__SANITIZE_THREAD__)
@@ -50,6 +51,7 @@ void wake(EventCount& ev) noexcept {
     if (sleepers_of(now) == 0) return;  // another notifier woke them first
   } while (!ev.sleep.compare_exchange_weak(now, std::uint64_t{epoch_of(now) + 1u} << 32,
                                            std::memory_order_relaxed));
+  ring_listeners(ev);  // first: an event loop waiting on a Notifier is the usual sleeper here
   ev.seq.fetch_add(1, std::memory_order_release);
   futex(ev.seq, FUTEX_WAKE_BITSET, INT_MAX, nullptr);
 }

@@ -49,3 +49,16 @@ TEST_CASE("the pool_queue demo prints what the seed's third example prints", "[d
   CHECK(text.find(") end\n") != std::string::npos);
 }
 #endif
+
+#ifdef SHMQ_DEMO_DIR
+TEST_CASE("the event_loop demo serves three queues, a connection and a timer from one epoll loop",
+          "[demo][notifier][pipe]") {
+  bool ok = false;
+  const std::string text = run_demo("event_loop", ok);
+  CHECK(ok);
+  CHECK(text.rfind("queue 0: 10 messages, sum 135\nqueue 1: 10 messages, sum 145\n"
+                   "queue 2: 10 messages, sum 155\nconnection: hello event loop, then end of "
+                   "stream\ntimer: ticked\n",
+                   0) == 0);
+}
+#endif

@@ -1,1 +1,289 @@
-// Filled in by its issue's branch.
+// shmq::Notifier: a descriptor for event loops, driven here from poll and epoll.
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "shmq/shmq.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::Notifier;
+using shmq::Process;
+using shmq::Queue;
+using shmq::test::Child;
+
+namespace {
+using Ready = std::vector<std::size_t>;
+
+bool readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  return poll(&p, 1, timeout_ms) == 1;
+}
+}  // namespace
+
+TEST_CASE("a notifier's descriptor is readable while an object is ready, until it is read", "[notifier]") {
+  Queue<int> q1, q2;
+  Notifier n({q1, q2});
+  CHECK_FALSE(readable(n.fd(), 50));
+  CHECK(n.ready().empty());
+  q2.put(1);
+  CHECK(readable(n.fd(), 10000));
+  CHECK(readable(n.fd(), 0));  // stays readable until read
+  CHECK(n.ready() == Ready{1});
+  // Re-armed with q2 still holding its message: readable again (level-triggered per object).
+  CHECK(readable(n.fd(), 10000));
+  CHECK(q2.get() == 1);
+  CHECK(n.ready().empty());
+  CHECK_FALSE(readable(n.fd(), 50));
+  q1.shutdown();
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready() == Ready{0});
+}
+
+TEST_CASE("an epoll loop served by a notifier receives everything from queues and a connection",
+          "[notifier][pipe]") {
+  Queue<int> q1, q2, q3;
+  auto [a, b] = shmq::Pipe<int>();
+  Child producer([&] {
+    for (int i = 0; i < 300; ++i) {
+      (i % 3 == 0 ? q1 : i % 3 == 1 ? q2 : q3).put(i);
+      if (i % 10 == 0) b.send(-i);
+    }
+    b.close();
+  });
+  b.close();
+  Notifier n({q1, q2, q3, a});
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  REQUIRE(ep >= 0);
+  epoll_event in{};
+  in.events = EPOLLIN | EPOLLET;  // each firing is a new write: edge-triggered works
+  REQUIRE(epoll_ctl(ep, EPOLL_CTL_ADD, n.fd(), &in) == 0);
+  std::set<int> got;
+  bool eof = false;
+  Queue<int>* queues[] = {&q1, &q2, &q3};
+  while (!(eof && got.size() == 330)) {
+    epoll_event ev;
+    REQUIRE(epoll_wait(ep, &ev, 1, 10000) == 1);
+    for (std::size_t i : n.ready()) {
+      if (i < 3) {
+        while (auto v = queues[i]->try_get()) got.insert(*v);
+      } else {
+        try {
+          while (a.poll()) got.insert(a.recv() - 1000);
+        } catch (const shmq::EOFError&) {
+          eof = true;
+        }
+      }
+    }
+  }
+  close(ep);
+  CHECK(got.size() == 330);
+  CHECK(producer.succeeded());
+}
+
+TEST_CASE("a notifier fires when a watched process ends or a connection's peer is killed",
+          "[notifier][process][fault]") {
+  Process p([] { pause(); });
+  p.start();
+  auto [a, b] = shmq::Pipe<int>();
+  Child peer([&] {
+    b.send(1);
+    pause();
+  });
+  CHECK(a.recv() == 1);
+  Notifier n({p, a});
+  CHECK_FALSE(readable(n.fd(), 50));
+  p.kill();
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready() == Ready{0});
+  peer.kill(SIGKILL);
+  peer.wait_status();
+  // The process keeps the descriptor firing; each firing, look until the peer's death shows.
+  CHECK(shmq::test::eventually([&] { return readable(n.fd(), 10000) && n.ready() == Ready{0, 1}; }));
+  CHECK_THROWS_AS(a.recv(), shmq::EOFError);
+  p.join();
+}
+
+TEST_CASE("a notifier destroyed while its descriptor is readable stops its helper", "[notifier]") {
+  Queue<int> q;
+  q.put(1);
+  for (int i = 0; i < 50; ++i) {
+    Notifier n({q});
+    if (i % 2 == 0) CHECK(readable(n.fd(), 10000));
+  }
+}
+
+TEST_CASE("in a forked child an inherited notifier refuses ready() and is destroyed safely",
+          "[notifier]") {
+  Queue<int> q;
+  Notifier n({q});
+  Child child([&] {
+    bool refused = false;
+    try {
+      n.ready();
+    } catch (const shmq::InvalidArgument&) {
+      refused = true;
+    }
+    if (!refused) throw std::runtime_error("ready() worked in a child");
+  });
+  CHECK(child.succeeded());
+  q.put(1);
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready() == Ready{0});
+}
+
+namespace {
+shmq::detail::EventCount& not_empty_of(const Queue<int>& q) {
+  return shmq::detail::QueueAccess::segment(q).ring().not_empty();
+}
+// The pid each listener slot of the queue's not_empty names (0: free).
+std::vector<pid_t> listener_pids(const Queue<int>& q) {
+  std::vector<pid_t> pids;
+  for (const auto& slot : not_empty_of(q).listeners) {
+    pids.push_back(static_cast<pid_t>(slot.owner.load() >> 32));
+  }
+  return pids;
+}
+std::size_t open_descriptors() {
+  const auto all = std::filesystem::directory_iterator("/proc/self/fd");
+  return static_cast<std::size_t>(std::distance(begin(all), end(all)));
+}
+}  // namespace
+
+TEST_CASE("a producer in another process writes into the notifier's descriptor itself",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), 0, 0});
+  // A wake-up with nothing queued: the helper thread, which rings only for a ready object, has
+  // no reason to; only the producer's own write can make the descriptor readable.
+  Child producer([&] { shmq::detail::notify(not_empty_of(q)); });
+  CHECK(producer.succeeded());
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready().empty());
+  CHECK_FALSE(readable(n.fd(), 50));
+}
+
+TEST_CASE("a producer killed inside its wake-up of a notifier costs at most a bounded delay",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  // What a producer killed inside wake() leaves: the sleepers taken off the count (a new epoch)
+  // and no byte written. The put that follows then sees no sleeper and writes nothing either.
+  Child producer([&] {
+    auto& sleep = not_empty_of(q).sleep;
+    std::uint64_t now = sleep.load();
+    if (shmq::detail::sleepers_of(now) == 0) throw std::runtime_error("the notifier is not counted");
+    sleep.store(std::uint64_t{shmq::detail::epoch_of(now) + 1u} << 32);
+    q.put(7);
+  });
+  CHECK(producer.succeeded());
+  CHECK(readable(n.fd(), 10000));  // the helper thread's look, within kLongestSleep
+  CHECK(n.ready() == Ready{0});
+  CHECK(q.get() == 7);
+}
+
+TEST_CASE("producers killed at random points while a notifier serves their queue wedge nothing",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  for (int round = 0; round < 20; ++round) {
+    Child producer([&] {
+      for (int i = 0;; ++i) q.put(i);
+    });
+    CHECK(readable(n.fd(), 10000));
+    for (int i = 0; i < round * 5; ++i) n.ready();  // a random point in the producer's loop
+    producer.kill(SIGKILL);
+    producer.wait_status();
+    while (q.try_get()) {
+    }
+    n.ready();
+    // Nothing left: a put now must reach the descriptor at once, through the producer's write.
+    CHECK_FALSE(readable(n.fd(), 0));
+    Child next([&] { q.put(-1); });
+    CHECK(next.succeeded());
+    CHECK(readable(n.fd(), 10000));
+    CHECK(n.ready() == Ready{0});
+    CHECK(q.get() == -1);
+  }
+}
+
+TEST_CASE("a notifier's process killed while registered is skipped and its slot released",
+          "[notifier][fault]") {
+  // SIGPIPE at its default: a producer writing into the dead notifier's pipe must not die of it.
+  struct sigaction dfl {}, old {};
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGPIPE, &dfl, &old);
+  Queue<int> q;
+  Queue<int> ack;
+  Child notifier([&] {
+    Notifier n({q});
+    ack.put(1);
+    // Served once, so that the producer keeps a write end to this pipe, and counted again.
+    if (!readable(n.fd(), 10000) || n.ready() != Ready{0}) throw std::runtime_error("not woken");
+    ack.put(2);
+    pause();
+  });
+  CHECK(ack.get() == 1);
+  CHECK(listener_pids(q)[0] == notifier.pid());
+  q.put(1);  // rings the child's pipe, keeping the write end
+  CHECK(ack.get() == 2);
+  notifier.kill(SIGKILL);
+  notifier.wait_status();
+  q.put(2);  // the kept write end finds no reader: EPIPE, not SIGPIPE; the slot is released
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
+  // And the first, uncached path: a new dead notifier, found by its vanished descriptor.
+  Child second([&] {
+    Notifier n({q});
+    ack.put(3);
+    pause();
+  });
+  CHECK(ack.get() == 3);
+  second.kill(SIGKILL);
+  second.wait_status();
+  q.put(3);
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
+  sigaction(SIGPIPE, &old, nullptr);
+}
+
+TEST_CASE("a producer keeps one write end per notifier and closes it with its queue handle",
+          "[notifier]") {
+  const std::size_t before = open_descriptors();
+  {
+    Queue<int> q;
+    Notifier n({q});
+    const std::size_t with_notifier = open_descriptors();
+    for (int i = 0; i < 100; ++i) {
+      q.put(i);
+      CHECK(readable(n.fd(), 10000));
+      CHECK(n.ready() == Ready{0});
+      CHECK(q.get() == i);
+      n.ready();
+    }
+    CHECK(open_descriptors() <= with_notifier + 1);  // the kept write end, not one per put
+  }
+  CHECK(open_descriptors() == before);
+}
+
+TEST_CASE("more notifiers than a queue has slots are all woken", "[notifier]") {
+  Queue<int> q;
+  std::vector<std::unique_ptr<Notifier>> notifiers;
+  for (int i = 0; i < 5; ++i) notifiers.push_back(std::make_unique<Notifier>(std::vector<shmq::Waitable>{q}));
+  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), getpid(), getpid()});
+  Child producer([&] { q.put(1); });
+  CHECK(producer.succeeded());
+  for (auto& n : notifiers) {
+    CHECK(readable(n->fd(), 10000));
+    CHECK(n->ready() == Ready{0});
+  }
+  notifiers.clear();
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
+}

@@ -155,4 +155,17 @@ class BrokenBarrier : public Error {
   using Error::Error;
 };
 
+// ---- Pipe and Connection (connection.hpp).
+// recv on a Connection whose other end is gone (closed by every holder, or its holders died),
+// after everything sent was received (Python's EOFError).
+class EOFError : public Error {
+ public:
+  using Error::Error;
+};
+// send on a Connection whose other end is gone (Python's BrokenPipeError).
+class BrokenPipeError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace shmq

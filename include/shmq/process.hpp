@@ -13,7 +13,9 @@
 #include <utility>
 
 #include "shmq/detail/deadline.hpp"
+#include "shmq/detail/robust_mutex.hpp"
 #include "shmq/detail/spawn.hpp"
+#include "shmq/detail/wait_core.hpp"
 #include "shmq/errors.hpp"
 
 namespace shmq {
@@ -108,6 +110,20 @@ class Process {
   void terminate();
   void kill();
 
+  // Python's sentinel: a descriptor (a pidfd, close-on-exec) that becomes readable (POLLIN) when
+  // the child ends, for poll/select/epoll; it stays valid, and readable, after the child is
+  // reaped, until close() or the Process's destruction. Throws InvalidArgument before start() or
+  // after close().
+  int sentinel() const;
+  // Python's close(): releases the sentinel and the page the child marks its life on. Throws
+  // InvalidArgument if the child is still running (nothing released then); a Process never started
+  // can be closed. Idempotent. exitcode(), is_alive() and join() keep working afterwards.
+  void close();
+
+  // For shmq::wait and Notifier: ready once the child has ended (wait.hpp). Throws InvalidArgument
+  // before start() or after close().
+  friend detail::WaitItem wait_item(const Process& p);
+
  private:
   using Target = std::function<int()>;
 
@@ -130,10 +146,19 @@ class Process {
 
   bool join_until(const detail::Deadline& deadline);
 
+  static const detail::WaitOps kWaitOps;  // wait_item's; src/process.cpp
+
   std::string name_;
   bool daemon_ = false;
   Target target_;
   detail::Child child_;  // not started while its pid is 0
+  // Made by start(), before the fork, in a MAP_SHARED page: the child takes this robust lock first
+  // thing and holds it until it dies, so that the kernel, which marks a dead holder's lock
+  // FUTEX_OWNER_DIED and wakes a waiter, tells a sleeping wait() of the child's end however it
+  // ends (SIGKILL included). Unmapped by close().
+  detail::RobustMutex* life_sign_ = nullptr;
+  int sentinel_ = -1;  // our own copy of the child's pidfd; -1 before start() and after close()
+  bool closed_ = false;
 };
 
 }  // namespace shmq

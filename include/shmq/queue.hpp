@@ -27,6 +27,10 @@
 
 namespace shmq {
 
+namespace detail {
+struct QueueAccess;  // queue_access.hpp: for Connection and wait
+}  // namespace detail
+
 // A FIFO of T values shared by any number of producer and consumer processes. Every message is
 // delivered exactly once, and messages from one producer arrive in the order it put them.
 //
@@ -236,6 +240,7 @@ class Queue {
   std::size_t max_message_bytes() const noexcept { return segment_->ring().max_payload(); }
 
  protected:
+  friend struct detail::QueueAccess;
   explicit Queue(std::shared_ptr<detail::Segment> segment) : segment_(std::move(segment)) {}
   // For the queues built on this one (JoinableQueue).
   detail::Segment& segment() const noexcept { return *segment_; }

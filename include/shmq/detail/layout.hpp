@@ -30,8 +30,8 @@ namespace shmq::detail {
 
 inline constexpr std::uint64_t kMagic = 0x5348'4d51'5155'4555ULL;  // "SHMQQUEU": marks our segments
 // 2: RobustMutex replaced pthread_mutex_t. 3: JoinableQueue's count derived from tail's count
-// (tasks_base, tasks_done) instead of the unfinished_tasks counter.
-inline constexpr std::uint32_t kLayoutVersion = 3;
+// (tasks_base, tasks_done) instead of the unfinished_tasks counter. 4: pipe_ends (Pipe's holders).
+inline constexpr std::uint32_t kLayoutVersion = 4;
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kFrameHeaderBytes = sizeof(std::uint32_t);
@@ -67,10 +67,28 @@ struct Cursor {
 // only if its epoch is still current. Nothing here is per waiter: a process killed asleep leaves
 // one count, which the next notifier clears with one wake-up that wakes nobody. A notifier killed
 // before its wake-up is covered by bounded sleeps (ring.hpp, kLongestSleep).
+//
+// Listeners: shmq::Notifiers whose descriptor is the read end of a pipe in their process, woken
+// by wake() writing one byte into it (reopened through /proc/PID/fd/FD), so that an event loop
+// wakes at once, with no thread in between (src/listeners.cpp states the protocol). They live in
+// the EventCount's own cache line, which wake() touches anyway; a segment made before them has
+// zeros there, which mean "no listener".
+inline constexpr std::size_t kListenerSlots = 3;
+struct ListenerSlot {
+  // pid << 32 | fd of the pipe's read end in that process, or 0 when free. Claimed by a CAS from
+  // 0 by the notifier, then `pipe` is stored; released by a CAS back to 0 after `pipe` is zeroed,
+  // by the notifier or by any waker that finds the descriptor gone.
+  std::atomic<std::uint64_t> owner;
+  // The pipe's inode number (nonzero), checked by wakers against the descriptor they open; 0
+  // while the slot is being claimed or released. Release stores, acquire loads.
+  std::atomic<std::uint64_t> pipe;
+};
 struct alignas(kCacheLine) EventCount {
   std::atomic<std::uint32_t> seq;    // bumped (release) by every wake-up; sleepers futex-wait on it
   std::atomic<std::uint64_t> sleep;  // epoch << 32 | sleepers; RMW by sleepers and notifiers
+  ListenerSlot listeners[kListenerSlots];
 };
+static_assert(sizeof(EventCount) == kCacheLine, "listeners fill the EventCount's line, no more");
 
 inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
   return static_cast<std::uint32_t>(sleep);
@@ -78,6 +96,31 @@ inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
 inline constexpr std::uint32_t epoch_of(std::uint64_t sleep) noexcept {
   return static_cast<std::uint32_t>(sleep >> 32);
 }
+
+// ---- Pipe ends (connection.hpp): which processes hold an end of a Pipe. A plain queue leaves
+// them zero. An end is gone, and its peer sees end-of-stream, when no live process holds it
+// (detail/pipe_end.hpp states the rule).
+inline constexpr std::size_t kHolderSlots = 32;
+// HolderSlot::owner's flags: the holder has sent or received on the end; the slot is kept by a
+// forking parent (its pid) for the child, which takes it over in its first instructions.
+inline constexpr std::uint64_t kHolderUsed = std::uint64_t{1} << 32;
+inline constexpr std::uint64_t kHolderPending = std::uint64_t{1} << 33;
+struct HolderSlot {
+  // pid | flags, or 0 when free. Claimed by a CAS from 0 (by the holder, or for a child by its
+  // forking parent, pending); taken over by the child with a CAS; cleared by a CAS from the value
+  // checked, by the holder (close) or by any process that finds the holder dead (or a pending
+  // slot expired).
+  std::atomic<std::uint64_t> owner;
+  // A holder's start time in clock ticks after boot (with the pid it names one process for good;
+  // 0 for an instant after a claim: then only the pid is checked). A pending slot's expiry, in
+  // CLOCK_MONOTONIC milliseconds. Relaxed: written before owner's release CAS, or read as a hint.
+  std::atomic<std::uint64_t> stamp;
+};
+struct EndTable {
+  std::atomic<std::uint32_t> gone;       // 0, then 1 for good once no live process holds the end
+  std::atomic<std::uint32_t> ever_used;  // 0, then 1 for good once a holder sent or received
+  HolderSlot slots[kHolderSlots];
+};
 
 // SharedHeader::tasks_base's flag bit: the queue is joinable.
 inline constexpr std::uint64_t kJoinable = std::uint64_t{1} << 32;
@@ -145,6 +188,10 @@ struct SharedHeader {
   // Bumped when task_done() brings the unfinished tasks to 0, and at shutdown; JoinableQueue::join
   // sleeps here. Puts never bump it: they only add tasks.
   EventCount all_tasks_done;
+
+  // ---- Pipe: the holders of the end that receives from this ring ([0]) and of the end that sends
+  //      into it ([1]); zero in a plain queue. Lock-free: see HolderSlot.
+  alignas(kCacheLine) EndTable pipe_ends[2];
 };
 
 static_assert(sizeof(SharedHeader) <= kHeaderBytes, "the header must fit its page");

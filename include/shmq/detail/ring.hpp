@@ -109,6 +109,30 @@ class SpinBudget {
 // waiter so wakes ten times a second, for a few microseconds each.
 inline constexpr std::chrono::milliseconds kLongestSleep{100};
 
+// A sleeper's place on an EventCount: the seq it sleeps on and the epoch it was counted in.
+struct SleeperTicket {
+  std::uint32_t seq;
+  std::uint32_t epoch;
+};
+// Counts the caller as a sleeper on `ev`; the caller then re-checks its condition, sleeps on
+// ev.seq while it holds ticket.seq, and withdraws. Split from await() so that shmq::wait can be
+// counted on many EventCounts and sleep on all of them in one futex_waitv (src/wait.cpp).
+// seq is read before counting ourselves and the fence, so any wake-up after the caller's re-check
+// also moved seq, and the futex wait returns at once instead of sleeping through it.
+inline SleeperTicket announce_sleeper(EventCount& ev) noexcept {
+  const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
+  const std::uint32_t epoch = epoch_of(ev.sleep.fetch_add(1, std::memory_order_relaxed));
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with has_sleepers (Dekker)
+  return {seq, epoch};
+}
+// Takes the caller off the count, unless a notifier already cleared it by starting a new epoch.
+inline void withdraw_sleeper(EventCount& ev, SleeperTicket ticket) noexcept {
+  std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
+  while (epoch_of(now) == ticket.epoch &&
+         !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
+  }
+}
+
 // Waits until ready() or the deadline, or a wake-up: callers loop and re-check under their lock.
 // ready() runs without any lock and must not throw; it may return true spuriously. `sleeps`
 // (optional) counts the times the caller actually went to sleep.
@@ -123,20 +147,12 @@ void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
     cpu_relax();
   }
   spin.wasted();
-  // Read seq before counting ourselves and re-checking, so any wake-up after the re-check also
-  // moved seq and futex_wait returns at once instead of sleeping through it.
-  const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
-  const std::uint32_t epoch = epoch_of(ev.sleep.fetch_add(1, std::memory_order_relaxed));
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const SleeperTicket ticket = announce_sleeper(ev);
   if (!ready()) {
     if (sleeps != nullptr) sleeps->fetch_add(1, std::memory_order_relaxed);
-    futex_wait(ev.seq, seq, deadline.capped(kLongestSleep));
+    futex_wait(ev.seq, ticket.seq, deadline.capped(kLongestSleep));
   }
-  // Off the count, unless a notifier already cleared it by starting a new epoch.
-  std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
-  while (epoch_of(now) == epoch &&
-         !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
-  }
+  withdraw_sleeper(ev, ticket);
 }
 
 // Holds one of the ring's robust mutexes. Taking over a lock whose holder died counts the
@@ -336,9 +352,7 @@ class Ring {
         if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
       }
       await(
-          h_->not_empty, &h_->empty_waits, spin_,
-          [&] { return shutdown_state() != ShutdownState::running || might_have_message(); },
-          deadline);
+          h_->not_empty, &h_->empty_waits, spin_, [&] { return readable(); }, deadline);
     }
   }
 
@@ -401,6 +415,15 @@ class Ring {
     const auto done = static_cast<std::uint32_t>(h_->tasks_done.load(std::memory_order_acquire));
     return Cursor::unpack(h_->tail.load(std::memory_order_acquire)).count - tasks_base() - done;
   }
+
+  // For shmq::wait and Pipe (lock-free, never waits): whether a get would not sleep now — a message
+  // is queued or the queue is shut down (a snapshot; also true on corrupt words, so that the get
+  // reports them); the EventCount a put or a shutdown bumps; the header's pipe ends.
+  bool readable() const noexcept {
+    return shutdown_state() != ShutdownState::running || might_have_message();
+  }
+  EventCount& not_empty() noexcept { return h_->not_empty; }
+  EndTable& pipe_end(int which) noexcept { return h_->pipe_ends[which]; }
 
   ShutdownState shutdown_state() const noexcept {
     const std::uint32_t s = h_->shutdown.load(std::memory_order_acquire);

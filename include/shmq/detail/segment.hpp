@@ -47,6 +47,13 @@ std::string mapped_file(std::string_view name);
 // When process `pid` started, in clock ticks after boot (/proc/PID/stat), or nullopt if there is
 // no such process. With the pid, it names one process for good: pids are recycled, this is not.
 std::optional<std::uint64_t> process_start_ticks(pid_t pid);
+// Process `pid`'s state letter (R, S, Z for a zombie, ...) and start time, or nullopt if there is
+// no such process.
+struct ProcessStat {
+  char state;
+  std::uint64_t start_ticks;
+};
+std::optional<ProcessStat> process_stat(pid_t pid);
 
 // Removes every queue whose name starts with `prefix`; returns how many.
 std::size_t remove_segments_with_prefix(std::string_view prefix);
