@@ -1,1 +1,277 @@
-// Filled in by its issue's branch.
+// Leased gets: a message stays in the queue's lease area until acked, and comes back if its
+// consumer dies, nacks it, drops the lease, or holds it past lease_timeout.
+#include <signal.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shmq/shmq.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::Lease;
+using shmq::Queue;
+using shmq::QueueOptions;
+using shmq::test::Child;
+using shmq::test::eventually;
+using shmq::test::NameGuard;
+using shmq::test::unique_name;
+
+namespace {
+
+QueueOptions leased(std::size_t max_leases, std::size_t capacity = 64 * 1024) {
+  QueueOptions o;
+  o.capacity_bytes = capacity;
+  o.max_leases = max_leases;
+  o.lease_message_bytes = 1024;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("a leased message is gone once acked, and its lease tells its first delivery", "[lease]") {
+  Queue<std::string> q(leased(4));
+  q.put("job");
+  auto lease = q.get_leased();
+  CHECK(lease.value() == "job");
+  CHECK(lease.deliveries() == 1);
+  CHECK(q.empty());  // out of the ring: plain consumers go on
+  CHECK(q.stats().leases.size() == 1);
+  lease.ack();
+  CHECK_FALSE(lease.held());
+  CHECK(q.stats().leases.empty());
+  CHECK_FALSE(q.try_get_leased().has_value());
+  CHECK_FALSE(q.try_get().has_value());
+  CHECK_THROWS_AS(lease.ack(), shmq::InvalidArgument);  // already ended
+}
+
+TEST_CASE("a nacked message comes back first, delivered a second time", "[lease]") {
+  Queue<int> q(leased(4));
+  q.put(1);
+  q.put(2);
+  auto first = q.get_leased();
+  REQUIRE(first.value() == 1);
+  first.nack();
+  auto again = q.get_leased();
+  CHECK(again.value() == 1);  // before 2, which was queued before the nack
+  CHECK(again.deliveries() == 2);
+  again.ack();
+  CHECK(q.get() == 2);
+  CHECK(q.stats().redeliveries == 1);
+}
+
+TEST_CASE("a lease destroyed without an ack (an exception unwinding) is delivered again", "[lease]") {
+  Queue<int> q(leased(4));
+  q.put(7);
+  try {
+    auto lease = q.get_leased();
+    throw std::runtime_error("worker failed");
+  } catch (const std::runtime_error&) {
+  }
+  // A plain get takes a redelivered message too.
+  CHECK(q.get(1s) == 7);
+  CHECK(q.stats().leases.empty());
+}
+
+TEST_CASE("a leased message whose consumer is killed goes to the next consumer", "[lease][process]") {
+  Queue<int> q(leased(4));
+  Queue<int> took;
+  q.put(41);
+  Child consumer([&] {
+    auto lease = q.get_leased();
+    took.put(lease.value());
+    pause();  // killed while holding it
+  });
+  REQUIRE(took.get(10s) == 41);
+  const auto stats = q.stats();
+  REQUIRE(stats.leases.size() == 1);
+  CHECK(stats.leases[0].holder == consumer.pid());
+  CHECK(stats.leases[0].holder_alive);
+  consumer.kill(SIGKILL);
+  consumer.wait_status();
+  CHECK_FALSE(q.stats().leases[0].holder_alive);
+  auto lease = q.get_leased(10s);
+  CHECK(lease.value() == 41);
+  CHECK(lease.deliveries() == 2);
+  lease.ack();
+  CHECK(q.stats().redeliveries == 1);
+}
+
+TEST_CASE("a zombie holder (killed, not yet reaped) counts as dead", "[lease][process]") {
+  Queue<int> q(leased(4));
+  Queue<int> took;
+  q.put(5);
+  Child consumer([&] {
+    auto lease = q.get_leased();
+    took.put(lease.value());
+    pause();
+  });
+  REQUIRE(took.get(10s) == 5);
+  consumer.kill(SIGKILL);
+  REQUIRE(eventually([&] { return shmq::test::process_state(consumer.pid()) == 'Z'; }));
+  CHECK(q.get(10s) == 5);
+  consumer.wait_status();
+}
+
+TEST_CASE("max_leases outstanding: the next leased get waits as on an empty queue", "[lease]") {
+  Queue<int> q(leased(2));
+  for (int i = 0; i < 4; ++i) q.put(i);
+  auto a = q.get_leased();
+  auto b = q.get_leased();
+  CHECK_FALSE(q.try_get_leased().has_value());
+  CHECK_THROWS_AS(q.get_leased_nowait(), shmq::Empty);
+  CHECK_THROWS_AS(q.get_leased(20ms), shmq::Empty);
+  CHECK(q.get() == 2);  // plain gets are not held up
+  std::thread acker([&] {
+    std::this_thread::sleep_for(50ms);  // the get below must wait, then be woken by the ack
+    a.ack();
+  });
+  auto c = q.get_leased(10s);
+  CHECK(c.value() == 3);
+  acker.join();
+  b.ack();
+  c.ack();
+}
+
+TEST_CASE("batch leased gets take what is queued up to the free slots", "[lease]") {
+  Queue<int> q(leased(3));
+  for (int i = 0; i < 5; ++i) q.put(i);
+  std::vector<Lease<int>> out;
+  CHECK(q.get_leased_many(out, 10) == 3);
+  CHECK(q.try_get_leased_many(out, 10) == 0);
+  REQUIRE(out.size() == 3);
+  for (int i = 0; i < 3; ++i) CHECK(out[static_cast<std::size_t>(i)].value() == i);
+  out[1].nack();
+  out.clear();  // the other two are nacked by their destructors
+  CHECK(q.get_leased_many(out, 10, 1s) == 3);
+  std::vector<int> got;
+  for (auto& l : out) {
+    got.push_back(l.value());
+    l.ack();
+  }
+  std::sort(got.begin(), got.end());
+  CHECK(got == std::vector<int>{0, 1, 2});
+  CHECK(q.qsize() == 2);
+}
+
+TEST_CASE("a redelivery is never lost or blocked by a full ring", "[lease]") {
+  QueueOptions o = leased(2, 4096);
+  o.maxsize = 3;
+  Queue<int> q(o);
+  q.put(1);
+  auto lease = q.get_leased();
+  for (int i = 2; i <= 4; ++i) q.put(i);
+  CHECK(q.full());
+  lease.nack();  // the ring is full: the message waits in its slot
+  CHECK(q.get() == 1);
+  CHECK(q.get() == 2);
+}
+
+TEST_CASE("lease_timeout: a stopped holder's message is delivered again and its late ack refused",
+          "[lease][process]") {
+  QueueOptions o = leased(4);
+  o.lease_timeout = 100ms;
+  Queue<int> q(o);
+  Queue<int> report;
+  q.put(9);
+  Child holder([&] {
+    auto lease = q.get_leased();
+    report.put(lease.value());
+    raise(SIGSTOP);
+    try {
+      lease.ack();
+      report.put(0);
+    } catch (const shmq::LeaseExpired& e) {
+      report.put(std::string(e.what()).find("lease_timeout of 100 ms") != std::string::npos ? 1
+                                                                                             : 2);
+    }
+  });
+  REQUIRE(report.get(10s) == 9);
+  REQUIRE(eventually([&] { return shmq::test::process_state(holder.pid()) == 'T'; }));
+  auto again = q.get_leased(10s);
+  CHECK(again.value() == 9);
+  CHECK(again.deliveries() == 2);
+  holder.kill(SIGCONT);
+  CHECK(report.get(10s) == 1);  // refused, saying why
+  CHECK(holder.succeeded());
+  again.ack();
+}
+
+TEST_CASE("max_deliveries: a message nacked that often goes to the dead-letter queue", "[lease]") {
+  NameGuard dead(unique_name("dead"));
+  auto dlq = Queue<int>::create(dead.name());
+  QueueOptions o = leased(4);
+  o.max_deliveries = 2;
+  o.dead_letter_queue = dead.name();
+  Queue<int> q(o);
+  q.put(13);
+  q.put(14);
+  q.get_leased().nack();
+  auto second = q.get_leased();
+  CHECK(second.value() == 13);
+  CHECK(second.deliveries() == 2);
+  second.nack();
+  auto next = q.get_leased();
+  CHECK(next.value() == 14);  // 13 went to the dead-letter queue instead
+  next.ack();
+  CHECK(dlq.get(1s) == 13);
+  CHECK(q.stats().dead_lettered == 1);
+}
+
+TEST_CASE("lease options are checked", "[lease]") {
+  Queue<int> plain;
+  CHECK_THROWS_AS(plain.get_leased(), shmq::InvalidArgument);
+  QueueOptions o = leased(4);
+  o.max_deliveries = 3;
+  CHECK_THROWS_AS(Queue<int>(o), shmq::InvalidArgument);  // no dead_letter_queue
+  o.dead_letter_queue = unique_name("missing");
+  CHECK_THROWS_AS(Queue<int>(o), shmq::NotFound);
+  NameGuard strings(unique_name("strings"));
+  auto other = Queue<std::string>::create(strings.name());
+  o.dead_letter_queue = strings.name();
+  CHECK_THROWS_AS(Queue<int>(o), shmq::Incompatible);
+  QueueOptions too_many = leased(5000);
+  CHECK_THROWS_AS(Queue<int>(too_many), shmq::InvalidArgument);
+  QueueOptions negative = leased(1);
+  negative.lease_timeout = -1ms;
+  CHECK_THROWS_AS(Queue<int>(negative), shmq::InvalidArgument);
+  QueueOptions without;
+  without.lease_timeout = 1s;
+  CHECK_THROWS_AS(Queue<int>(without), shmq::InvalidArgument);
+  // Every message must fit a slot.
+  Queue<std::string> small(leased(2));
+  CHECK(small.max_message_bytes() == 1024);
+  CHECK_THROWS_AS(small.put(std::string(2000, 'x')), shmq::MessageTooLarge);
+}
+
+TEST_CASE("a named leased queue reopens with its leases", "[lease]") {
+  NameGuard name(unique_name("leases"));
+  auto q = Queue<int>::create(name.name(), leased(2));
+  q.put(3);
+  auto lease = q.get_leased();
+  auto again = Queue<int>::open(name.name());
+  CHECK(again.stats().max_leases == 2);
+  CHECK(again.stats().leases.size() == 1);
+  lease.nack();
+  CHECK(again.get_leased().value() == 3);
+}
+
+TEST_CASE("a draining queue ends leased and plain gets only once no lease can come back",
+          "[lease]") {
+  Queue<int> q(leased(2));
+  q.put(1);
+  auto lease = q.get_leased();
+  q.shutdown();
+  CHECK_THROWS_AS(q.get_nowait(), shmq::Empty);  // the lease may still come back
+  lease.nack();
+  CHECK(q.get() == 1);
+  CHECK_THROWS_AS(q.get(), shmq::ShutDown);
+  CHECK_THROWS_AS(q.get_leased(), shmq::ShutDown);
+}

@@ -117,4 +117,12 @@ class TimeoutError : public Error {
   using Error::Error;
 };
 
+// Leased gets (lease.hpp): a Lease's ack() or nack() came too late: the lease was held longer than
+// the queue's lease_timeout (or its holder was taken for dead) and its message was delivered
+// again; this holder no longer has it.
+class LeaseExpired : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace shmq

@@ -5,6 +5,7 @@
 #include <cxxabi.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <iterator>
@@ -22,6 +23,7 @@
 #include "shmq/detail/demangle.hpp"
 #include "shmq/detail/segment.hpp"
 #include "shmq/errors.hpp"
+#include "shmq/lease.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/stats.hpp"
 
@@ -157,6 +159,36 @@ class Queue {
   // or process, and then returns 0. Throws as try_get does (DecodeError as get_many).
   std::size_t try_get_many(std::vector<T>& out, std::size_t max) {
     return get_core(max, appender(out), detail::Deadline::now(), nullptr);
+  }
+
+  // ---- Leased gets (lease.hpp): the message stays in the queue, in its lease area, until the
+  // lease is acked, and is delivered again if this process dies first, nacks it, drops the lease
+  // unacked, or holds it past QueueOptions::lease_timeout. Ready redeliveries come first, then
+  // the ring's messages; leased and plain gets may share a queue. At most max_leases leases are
+  // outstanding: a leased get that finds none free waits as a get on an empty queue (the _nowait
+  // and try_ forms report "empty"). Each form throws as its plain get does (a message that does
+  // not decode is dropped: DecodeError), and InvalidArgument on a queue made with max_leases 0.
+  Lease<T> get_leased() { return std::move(*lease_one(detail::Deadline::never(), "get_leased")); }
+  template <class Rep, class Period>
+  Lease<T> get_leased(const std::chrono::duration<Rep, Period>& timeout) {
+    return std::move(*lease_one(detail::Deadline::after(timeout), "get_leased"));
+  }
+  Lease<T> get_leased_nowait() {
+    return std::move(*lease_one(detail::Deadline::now(), "get_leased_nowait"));
+  }
+  std::optional<Lease<T>> try_get_leased() { return lease_one(detail::Deadline::now(), nullptr); }
+  // Appends to `out` up to `max` leases (at most 64 per lock hold), blocking for the first.
+  std::size_t get_leased_many(std::vector<Lease<T>>& out, std::size_t max) {
+    return lease_core(max, lease_appender(out), detail::Deadline::never(), "get_leased_many");
+  }
+  template <class Rep, class Period>
+  std::size_t get_leased_many(std::vector<Lease<T>>& out, std::size_t max,
+                              const std::chrono::duration<Rep, Period>& timeout) {
+    return lease_core(max, lease_appender(out), detail::Deadline::after(timeout),
+                      "get_leased_many");
+  }
+  std::size_t try_get_leased_many(std::vector<Lease<T>>& out, std::size_t max) {
+    return lease_core(max, lease_appender(out), detail::Deadline::now(), nullptr);
   }
 
   // Zero-copy put: blocks until there is room for a message of `bytes` encoded bytes (however long
@@ -355,14 +387,65 @@ class Queue {
           max, [&](const std::byte* at, std::uint32_t bytes) { take(at, std::size_t{bytes}); },
           deadline);
     } catch (const DecodeError& e) {
-      throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
-                        segment_->type_name() + " and was dropped: " + e.what());
+      throw_dropped(e);
     }
     if (progress.outcome == detail::Outcome::done ||
         (call == nullptr && detail::gave_up(progress.outcome))) {
       return progress.count;
     }
     segment_->throw_get_failure(progress.outcome, deadline, call != nullptr ? call : "try_get");
+  }
+  [[noreturn]] void throw_dropped(const DecodeError& e) const {
+    throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
+                      segment_->type_name() + " and was dropped: " + e.what());
+  }
+
+  std::optional<Lease<T>> lease_one(const detail::Deadline& deadline, const char* call) {
+    std::optional<Lease<T>> lease;
+    lease_core(
+        1, [&](Lease<T>&& got) { lease.emplace(std::move(got)); }, deadline, call);
+    return lease;
+  }
+  static auto lease_appender(std::vector<Lease<T>>& out) {
+    return [&out](Lease<T>&& got) { out.push_back(std::move(got)); };
+  }
+
+  // The one core of every leased get: passes up to `max` leases to keep(Lease<T>&&); as get_core.
+  // A message that does not decode is acked (dropped) and DecodeError thrown; the leases after it
+  // in the batch are nacked (the ring does that).
+  template <class Keep>
+  std::size_t lease_core(std::size_t max, Keep&& keep, const detail::Deadline& deadline,
+                         const char* call) {
+    check_open(call != nullptr ? call : "try_get_leased");
+    detail::LeaseTable* leases = segment_->leases();
+    if (leases == nullptr) {
+      throw InvalidArgument("shmq: " + segment_->description() +
+                            " was made with max_leases 0: it has no leased gets");
+    }
+    const auto progress = segment_->ring().get_leased(
+        max,
+        [&](const detail::LeaseTicket& ticket) {
+          const std::size_t bytes = std::min(
+              leases->slot(ticket.slot).bytes.load(std::memory_order_relaxed), leases->payload());
+          std::optional<T> value;
+          try {
+            value.emplace(decode_message(leases->bytes(ticket.slot), bytes));
+          } catch (const DecodeError& e) {
+            leases->ack(ticket);
+            throw_dropped(e);
+          } catch (...) {
+            leases->nack(ticket);
+            throw;
+          }
+          keep(Lease<T>(segment_, ticket, std::move(*value)));
+        },
+        deadline);
+    if (progress.outcome == detail::Outcome::done ||
+        (call == nullptr && detail::gave_up(progress.outcome))) {
+      return progress.count;
+    }
+    segment_->throw_get_failure(progress.outcome, deadline,
+                                call != nullptr ? call : "try_get_leased");
   }
 
   std::shared_ptr<detail::Segment> segment_;

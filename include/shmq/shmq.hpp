@@ -5,6 +5,7 @@
 #include "shmq/errors.hpp"
 #include "shmq/inspect.hpp"
 #include "shmq/joinable_queue.hpp"
+#include "shmq/lease.hpp"
 #include "shmq/manager.hpp"
 #include "shmq/pool.hpp"
 #include "shmq/process.hpp"

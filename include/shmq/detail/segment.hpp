@@ -10,6 +10,7 @@
 
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/layout.hpp"
+#include "shmq/detail/lease_table.hpp"
 #include "shmq/detail/ring.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/stats.hpp"
@@ -47,6 +48,12 @@ std::string mapped_file(std::string_view name);
 // When process `pid` started, in clock ticks after boot (/proc/PID/stat), or nullopt if there is
 // no such process. With the pid, it names one process for good: pids are recycled, this is not.
 std::optional<std::uint64_t> process_start_ticks(pid_t pid);
+// Its state letter (R, S, Z for a zombie, ...) and start time, from one read of /proc/PID/stat.
+struct ProcessStat {
+  char state;
+  std::uint64_t start_ticks;
+};
+std::optional<ProcessStat> process_stat(pid_t pid);
 
 // Removes every queue whose name starts with `prefix`; returns how many.
 std::size_t remove_segments_with_prefix(std::string_view prefix);
@@ -86,6 +93,8 @@ class Segment {
   const std::string& type_name() const noexcept { return type_name_; }
   Ring& ring() noexcept { return ring_; }
   const Ring& ring() const noexcept { return ring_; }
+  // The lease area, or null when the queue was made with max_leases 0.
+  LeaseTable* leases() const noexcept { return leases_.get(); }
 
   QueueStats stats() const;
   // Throws MessageTooLarge unless a payload of `bytes` can ever fit.
@@ -104,6 +113,7 @@ class Segment {
 
   Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,
           std::unique_ptr<Descriptor> kept);
+  void add_lease_stats(QueueStats& s) const;
 
   std::string name_;
   std::string label_;        // what the Ring's lock and corruption errors quote: the name, or
@@ -112,6 +122,7 @@ class Segment {
   std::unique_ptr<Mapping> mapping_;
   SharedHeader* header_;
   std::string type_name_;
+  std::unique_ptr<LeaseTable> leases_;  // null without a lease area; before ring_, which uses it
   Ring ring_;
   std::unique_ptr<Descriptor> kept_;  // the creator's memfd of an unnamed queue, else null
 };
