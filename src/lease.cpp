@@ -3,11 +3,13 @@
 #include "shmq/detail/lease_table.hpp"
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "shmq/detail/ring.hpp"
 #include "shmq/detail/segment.hpp"
@@ -23,20 +25,45 @@ constexpr std::uint64_t kReclaimPeriodNs = 10'000'000;
 
 }  // namespace
 
-LeaseState this_holder() noexcept {
-  // Per process: a held state naming it, or 0 before the first call. A forked child (another pid)
-  // computes its own; one getpid() a call.
-  static std::atomic<std::uint64_t> cached{0};
+namespace {
+
+// This process's packed held state, cached on a page that every fork (fork, _Fork, clone without
+// CLONE_VM) gives the child zeroed (MADV_WIPEONFORK): a child computes its own on first use, and
+// nobody pays a getpid() a leased get. Where the kernel refuses the advice (before Linux 4.14),
+// the cache is null and every call asks getpid().
+std::atomic<std::uint64_t>* holder_cache() noexcept {
+  static std::atomic<std::uint64_t>* const cache = []() -> std::atomic<std::uint64_t>* {
+    const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    void* p = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    if (madvise(p, page, MADV_WIPEONFORK) != 0) {
+      munmap(p, page);
+      return nullptr;
+    }
+    return new (p) std::atomic<std::uint64_t>(0);
+  }();
+  return cache;
+}
+
+LeaseState compute_holder() noexcept {
   const pid_t pid = getpid();
-  LeaseState me = LeaseState::unpack(cached.load(std::memory_order_relaxed));
-  if (me.kind != LeaseKind::held ||
-      me.pid != (static_cast<std::uint32_t>(pid) & LeaseState::kPidMask)) {
-    const auto ticks = static_cast<std::uint32_t>(process_start_ticks(pid).value_or(0));
-    me = LeaseState{static_cast<std::uint32_t>(pid) & LeaseState::kPidMask,
+  const auto ticks = static_cast<std::uint32_t>(process_start_ticks(pid).value_or(0));
+  return LeaseState{static_cast<std::uint32_t>(pid) & LeaseState::kPidMask,
                     ticks & LeaseState::kTicksMask, 0, 0, LeaseKind::held};
-    cached.store(me.pack(), std::memory_order_relaxed);
+}
+
+}  // namespace
+
+LeaseState this_holder() noexcept {
+  std::atomic<std::uint64_t>* cache = holder_cache();
+  if (cache == nullptr) return compute_holder();
+  // Never 0 once computed: its kind is held.
+  std::uint64_t word = cache->load(std::memory_order_relaxed);
+  if (word == 0) {
+    word = compute_holder().pack();
+    cache->store(word, std::memory_order_relaxed);
   }
-  return me;
+  return LeaseState::unpack(word);
 }
 
 bool holder_alive(const LeaseState& s) noexcept {
@@ -55,7 +82,7 @@ bool holder_alive(const LeaseState& s) noexcept {
 
 std::uint64_t monotonic_ns() noexcept {
   timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
          static_cast<std::uint64_t>(ts.tv_nsec);
 }

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -275,3 +276,28 @@ TEST_CASE("a draining queue ends leased and plain gets only once no lease can co
   CHECK_THROWS_AS(q.get(), shmq::ShutDown);
   CHECK_THROWS_AS(q.get_leased(), shmq::ShutDown);
 }
+
+#ifdef SHMQ_CLI
+TEST_CASE("shmq stat shows outstanding leases with their holders and ages, and the counters",
+          "[lease][cli]") {
+  NameGuard name(unique_name("leases"));
+  auto q = Queue<int>::create(name.name(), leased(4));
+  q.put(1);
+  q.put(2);
+  q.get_leased().nack();  // a redelivery
+  auto held = q.get_leased();
+  std::string out;
+  if (FILE* p = popen((std::string(SHMQ_CLI) + " stat " + name.name() + " 2>&1").c_str(), "r")) {
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+    pclose(p);
+  }
+  INFO(out);
+  CHECK(out.find("leases:              1 outstanding of 4, timeout none") != std::string::npos);
+  CHECK(out.find("held by pid " + std::to_string(getpid()) + " (alive) for ") !=
+        std::string::npos);
+  CHECK(out.find("delivery 2") != std::string::npos);
+  CHECK(out.find("redeliveries:        1") != std::string::npos);
+  held.ack();
+}
+#endif

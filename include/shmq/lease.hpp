@@ -16,6 +16,12 @@ template <class T>
 class Queue;
 
 namespace detail {
+// Only Queue<T> makes leases: the key to Lease's constructor.
+class LeaseKey {
+  template <class T>
+  friend class shmq::Queue;
+  LeaseKey() = default;
+};
 // Why ack() or nack() was refused (LeaseExpired, or InvalidArgument for a lease already ended).
 [[noreturn]] void throw_lease_refused(const Segment& segment, const LeaseTicket& ticket, bool ended,
                                       const char* call);
@@ -69,15 +75,17 @@ class Lease {
   // Gives the message back now, for its next delivery (before the ring's messages). Throws as ack.
   void nack() { finish(&detail::LeaseTable::nack, "nack"); }
 
- private:
-  friend class Queue<T>;
-  Lease(std::shared_ptr<detail::Segment> segment, const detail::LeaseTicket& ticket, T value)
+  // For Queue<T> (the key): the lease `ticket`, its value made in place by decode().
+  template <class Decode>
+  Lease(detail::LeaseKey, std::shared_ptr<detail::Segment> segment,
+        const detail::LeaseTicket& ticket, Decode&& decode)
       : segment_(std::move(segment)),
         ticket_(ticket),
-        holder_(getpid()),
-        value_(std::move(value)),
+        holder_(detail::LeaseState::unpack(ticket.word).pid),
+        value_(decode()),
         held_(true) {}
 
+ private:
   void finish(bool (detail::LeaseTable::*step)(const detail::LeaseTicket&) noexcept,
               const char* call) {
     if (!held_) detail::throw_lease_refused(*segment_, ticket_, true, call);
@@ -87,13 +95,13 @@ class Lease {
     }
   }
   void release() noexcept {
-    if (held_ && holder_ == getpid()) segment_->leases()->nack(ticket_);
+    if (held_ && holder_ == detail::this_holder().pid) segment_->leases()->nack(ticket_);
     held_ = false;
   }
 
   std::shared_ptr<detail::Segment> segment_;
   detail::LeaseTicket ticket_;
-  pid_t holder_;
+  std::uint32_t holder_;  // this_holder().pid of the process that took it
   T value_;
   bool held_;
 };

@@ -403,16 +403,23 @@ class Queue {
   std::optional<Lease<T>> lease_one(const detail::Deadline& deadline, const char* call) {
     std::optional<Lease<T>> lease;
     lease_core(
-        1, [&](Lease<T>&& got) { lease.emplace(std::move(got)); }, deadline, call);
+        1,
+        [&](const detail::LeaseTicket& ticket, auto&& decode) {
+          lease.emplace(detail::LeaseKey{}, segment_, ticket, decode);
+        },
+        deadline, call);
     return lease;
   }
-  static auto lease_appender(std::vector<Lease<T>>& out) {
-    return [&out](Lease<T>&& got) { out.push_back(std::move(got)); };
+  auto lease_appender(std::vector<Lease<T>>& out) {
+    return [this, &out](const detail::LeaseTicket& ticket, auto&& decode) {
+      out.emplace_back(detail::LeaseKey{}, segment_, ticket, decode);
+    };
   }
 
-  // The one core of every leased get: passes up to `max` leases to keep(Lease<T>&&); as get_core.
-  // A message that does not decode is acked (dropped) and DecodeError thrown; the leases after it
-  // in the batch are nacked (the ring does that).
+  // The one core of every leased get: passes up to `max` leases to keep(ticket, decode), which
+  // makes a Lease<T> of each, its value from decode(); as get_core. A message that does not decode
+  // is acked (dropped) and DecodeError thrown; if keep throws anything else, that lease is nacked;
+  // either way the leases after it in the batch are nacked (the ring does that).
   template <class Keep>
   std::size_t lease_core(std::size_t max, Keep&& keep, const detail::Deadline& deadline,
                          const char* call) {
@@ -427,17 +434,15 @@ class Queue {
         [&](const detail::LeaseTicket& ticket) {
           const std::size_t bytes = std::min(
               leases->slot(ticket.slot).bytes.load(std::memory_order_relaxed), leases->payload());
-          std::optional<T> value;
           try {
-            value.emplace(decode_message(leases->bytes(ticket.slot), bytes));
+            keep(ticket, [&] { return decode_message(leases->bytes(ticket.slot), bytes); });
           } catch (const DecodeError& e) {
             leases->ack(ticket);
             throw_dropped(e);
           } catch (...) {
-            leases->nack(ticket);
+            leases->nack(ticket);  // refused if a lease made and dropped already nacked it
             throw;
           }
-          keep(Lease<T>(segment_, ticket, std::move(*value)));
         },
         deadline);
     if (progress.outcome == detail::Outcome::done ||

@@ -50,13 +50,14 @@ namespace shmq::detail {
 class Segment;
 
 // This process as a lease holder: its pid and the low bits of its start time (recomputed after a
-// fork: the child is another holder).
+// fork: the child is another holder). No syscall once known.
 LeaseState this_holder() noexcept;
 // Whether the process that `s` names still runs: its pid exists, is not a zombie and started at
 // the recorded time. A process that /proc does not show to us counts as alive unless kill says
 // it does not exist: never take a live holder's lease.
 bool holder_alive(const LeaseState& s) noexcept;
-// CLOCK_MONOTONIC, shared by every process on the machine.
+// CLOCK_MONOTONIC_COARSE (a few ms of resolution, and a few ns to read), shared by every process
+// on the machine: when a lease was taken, for lease_timeout and `shmq stat`.
 std::uint64_t monotonic_ns() noexcept;
 
 // One lease as a get hands it out: its slot and the state word its holder got.
