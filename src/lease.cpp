@@ -162,12 +162,12 @@ bool LeaseTable::redeliver(std::uint32_t i, std::uint64_t held) noexcept {
   return slot(i).state.compare_exchange_strong(held, s.pack(), std::memory_order_seq_cst);
 }
 
-bool LeaseTable::reclaim_if_due() noexcept {
+void LeaseTable::reclaim_if_due() noexcept {
   const std::uint64_t now = monotonic_ns();
   std::uint64_t due = next_reclaim_ns_.load(std::memory_order_relaxed);
   if (now < due || !next_reclaim_ns_.compare_exchange_strong(due, now + kReclaimPeriodNs,
                                                              std::memory_order_relaxed)) {
-    return false;
+    return;
   }
   bool ready = false;
   for (std::uint32_t i = 0; i < slots_; ++i) {
@@ -185,12 +185,11 @@ bool LeaseTable::reclaim_if_due() noexcept {
     mark_ready();
     notify(h_->not_empty);
   }
-  return ready;
 }
 
-void LeaseTable::check_length(std::uint32_t i) {
+std::uint32_t LeaseTable::checked_length(std::uint32_t i) {
   const std::uint32_t bytes = slot(i).bytes.load(std::memory_order_relaxed);
-  if (bytes <= payload_) return;
+  if (bytes <= payload_) return bytes;
   release_ready(i, state(i));
   throw_corrupt(*queue_, "lease slot " + std::to_string(i) + " claims a message of " +
                              std::to_string(bytes) + " bytes, over its " +

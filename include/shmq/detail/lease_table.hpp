@@ -105,7 +105,8 @@ class LeaseTable {
   // After the lock was taken over from a dead holder: settles the taking slots it left (see the
   // invariants above) against `head`, head's word now.
   void settle_takes(std::uint64_t head) noexcept;
-  // Passes up to `max` ready slots to deliver(slot, state) (which must move each out of ready),
+  // Passes up to `max` ready slots to deliver(slot, state, length) (which must move each out of
+  // ready),
   // first moving any delivered max_deliveries times to the dead-letter queue; returns how many
   // were passed. A slot whose length is hostile is freed and reported (throw_corrupt).
   template <class Deliver>
@@ -124,9 +125,9 @@ class LeaseTable {
         mark_ready();  // left for the next get
         break;
       }
-      check_length(i);
+      const std::uint32_t bytes = checked_length(i);
       h_->redeliveries.fetch_add(1, std::memory_order_relaxed);
-      deliver(i, s);
+      deliver(i, s, bytes);
       ++taken;
     }
     return taken;
@@ -156,10 +157,10 @@ class LeaseTable {
   // Whether any slot is not free: a message that may still come back, which a draining queue
   // must wait for.
   bool any_outstanding() const noexcept;
-  // Lease-free get paths call this when they find nothing to deliver: at most once per
-  // kReclaimPeriod per process, makes ready every held slot whose holder has died or whose lease
-  // has timed out; returns whether it made any ready (or found one the hint missed).
-  bool reclaim_if_due() noexcept;
+  // Every get calls this (under get_lock) before it looks for messages: at most once per 10 ms
+  // per process it makes ready every held slot whose holder has died or whose lease has timed
+  // out, and sets the hint if any slot is ready (one the hint missed included).
+  void reclaim_if_due() noexcept;
   // A taking slot's state for this process, and the slot's move to held once head has moved.
   static std::uint64_t frozen(LeaseState s, LeaseKind kind) noexcept {
     s.kind = kind;
@@ -173,7 +174,8 @@ class LeaseTable {
   // Moves ready slot i to the dead-letter queue (without waiting for room there); false if it
   // could not (the queue is full, missing or refuses it): the slot stays ready, undelivered.
   bool dead_letter(std::uint32_t i, const LeaseState& s) noexcept;
-  void check_length(std::uint32_t i);
+  // Slot i's message length, loaded once and checked against the slot's room.
+  std::uint32_t checked_length(std::uint32_t i);
   // held -> ready for a dead or timed-out holder; false if the slot changed first.
   bool redeliver(std::uint32_t i, std::uint64_t held) noexcept;
 

@@ -308,7 +308,9 @@ class Ring {
           std::size_t taken = 0;
           if (leases_ != nullptr) {
             taken = leases_->take_ready(
-                max, [&](std::uint32_t i, const LeaseState& s) { take_ready(i, s, take); });
+                max, [&](std::uint32_t i, const LeaseState& s, std::uint32_t bytes) {
+                  take_ready(i, s, bytes, take);
+                });
           }
           const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
           const Cursor tail = readable_tail(head);
@@ -357,7 +359,7 @@ class Ring {
           const LeaseState me = this_holder();
           const std::uint64_t now = monotonic_ns();
           std::size_t n = 0;
-          leases.take_ready(want, [&](std::uint32_t i, LeaseState s) {
+          leases.take_ready(want, [&](std::uint32_t i, LeaseState s, std::uint32_t) {
             leases.slot(i).taken_ns.store(now, std::memory_order_relaxed);
             s = LeaseState{me.pid, me.ticks, s.generation, s.deliveries + 1, LeaseKind::held};
             leases.slot(i).state.store(s.pack(), std::memory_order_release);
@@ -530,9 +532,11 @@ class Ring {
 
   // The one waiting loop of every get, plain and leased: takes get_lock, settles what a holder
   // that died with it left (lease_table.hpp), and runs body(lock), which returns how many messages
-  // it took (releasing the lock itself when it does). With nothing taken it checks the lease area
-  // for dead and timed-out holders, then waits for ready() (lock-free, may be spurious). A
-  // draining queue ends the get once nothing is queued and no lease can still come back.
+  // it took (releasing the lock itself when it does); before it, the lease area is checked for
+  // dead and timed-out holders (reclaim_if_due). With nothing taken it waits for ready()
+  // (lock-free, may be spurious); a sleeping get looks again at least every kLongestSleep, so
+  // dead holders are found then too. A draining queue ends the get once nothing is queued and no
+  // lease can still come back.
   template <class Body, class Ready>
   Progress consume(Body&& body, Ready&& ready, const Deadline& deadline) {
     for (;;) {
@@ -541,11 +545,11 @@ class Ring {
         if (!lock) return {Outcome::lock_busy, 0};
         const ShutdownState state = shutdown_state();
         if (state == ShutdownState::immediate) return {Outcome::shut_down, 0};
-        if (leases_ != nullptr && lock.recovered()) {
-          leases_->settle_takes(h_->head.load(std::memory_order_relaxed));
+        if (leases_ != nullptr) {
+          if (lock.recovered()) leases_->settle_takes(h_->head.load(std::memory_order_relaxed));
+          leases_->reclaim_if_due();
         }
         if (const std::size_t taken = body(lock); taken != 0) return {Outcome::done, taken};
-        if (leases_ != nullptr && leases_->reclaim_if_due()) continue;
         if (state == ShutdownState::draining && drained()) return {Outcome::shut_down, 0};
         if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
       }
@@ -565,9 +569,9 @@ class Ring {
   // A plain get of ready slot i, which take_ready passes under get_lock: the slot is freed once
   // take has its bytes, or if they will never decode; any other exception leaves it ready.
   template <class Take>
-  void take_ready(std::uint32_t i, const LeaseState& s, Take& take) {
+  void take_ready(std::uint32_t i, const LeaseState& s, std::uint32_t bytes, Take& take) {
     try {
-      take(leases_->bytes(i), leases_->slot(i).bytes.load(std::memory_order_relaxed));
+      take(leases_->bytes(i), bytes);
     } catch (const DecodeError&) {
       leases_->release_ready(i, s);
       throw;
