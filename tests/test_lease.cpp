@@ -1,11 +1,15 @@
 // Leased gets: a message stays in the queue's lease area until acked, and comes back if its
 // consumer dies, nacks it, drops the lease, or holds it past lease_timeout.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <cstdio>
 #include <optional>
 #include <stdexcept>
@@ -13,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "shmq/detail/layout.hpp"
 #include "shmq/shmq.hpp"
 #include "support.hpp"
 
@@ -301,3 +306,82 @@ TEST_CASE("shmq stat shows outstanding leases with their holders and ages, and t
   held.ack();
 }
 #endif
+
+namespace {
+
+// The lease area of the named queue `name`, mapped: what a taker inside get_leased writes.
+struct LeaseAreaView {
+  void* base = MAP_FAILED;
+  std::size_t bytes = 0;
+  shmq::detail::SharedHeader* header = nullptr;
+  std::byte* area = nullptr;
+  explicit LeaseAreaView(const std::string& name) {
+    const int fd = shm_open(("/shmq." + name).c_str(), O_RDWR, 0);
+    REQUIRE(fd >= 0);
+    struct stat st {};
+    fstat(fd, &st);
+    bytes = static_cast<std::size_t>(st.st_size);
+    base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    REQUIRE(base != MAP_FAILED);
+    header = static_cast<shmq::detail::SharedHeader*>(base);
+    area = static_cast<std::byte*>(base) + shmq::detail::kHeaderBytes + header->capacity_bytes;
+  }
+  ~LeaseAreaView() { munmap(base, bytes); }
+  shmq::detail::LeaseSlot& slot(std::uint32_t i) const {
+    return *reinterpret_cast<shmq::detail::LeaseSlot*>(
+        area + i * shmq::detail::lease_stride(header->lease_payload));
+  }
+};
+
+// A child that dies holding the consumers' lock with slot 0 taking, as a leased get killed
+// between its steps leaves it: before its commit (head not moved: from_head is head) or after
+// it (from_head is an older head).
+void die_inside_a_take(Queue<int>& q, const std::string& name, bool committed) {
+  Child taker([&] {
+    LeaseAreaView view(name);
+    q.get_with([&](const std::byte*, std::size_t) {  // runs holding the consumers' lock
+      shmq::detail::LeaseSlot& slot = view.slot(0);
+      const int value = 99;
+      std::memcpy(reinterpret_cast<std::byte*>(&slot) + sizeof(shmq::detail::LeaseSlot), &value,
+                  sizeof value);
+      slot.bytes.store(sizeof value);
+      const std::uint64_t head = view.header->head.load();
+      slot.from_head.store(committed ? head + 1 : head);
+      shmq::detail::LeaseState s;
+      s.pid = static_cast<std::uint32_t>(getpid());
+      s.deliveries = 1;
+      s.kind = shmq::detail::LeaseKind::taking;
+      slot.state.store(s.pack());
+      raise(SIGKILL);
+    });
+  });
+  taker.wait_status();
+}
+
+}  // namespace
+
+TEST_CASE("a taker killed inside get_leased before its commit leaves the message in the ring only",
+          "[lease][process]") {
+  NameGuard name(unique_name("taking"));
+  auto q = Queue<int>::create(name.name(), leased(2));
+  q.put(1);
+  die_inside_a_take(q, name.name(), false);
+  CHECK(q.get(1s) == 1);  // the next get settles the slot: freed, never delivered
+  CHECK(q.stats().leases.empty());
+  CHECK(q.stats().lock_recoveries == 1);
+  CHECK_FALSE(q.try_get().has_value());
+}
+
+TEST_CASE("a taker killed inside get_leased after its commit has its message delivered again",
+          "[lease][process]") {
+  NameGuard name(unique_name("taken"));
+  auto q = Queue<int>::create(name.name(), leased(2));
+  q.put(1);
+  die_inside_a_take(q, name.name(), true);
+  auto lease = q.get_leased(1s);  // the slot's message, ready again, comes before the ring's
+  CHECK(lease.value() == 99);
+  CHECK(lease.deliveries() == 2);
+  lease.ack();
+  CHECK(q.get(1s) == 1);
+}
