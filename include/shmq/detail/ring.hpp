@@ -632,11 +632,17 @@ class Ring {
     std::uint32_t payload;
     std::memcpy(&payload, data_ + at.offset, kFrameHeaderBytes);
     if (payload > max_payload() || frame_bytes(payload) > queued) {
-      throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
-                                 std::to_string(at.offset) + " overruns the " +
-                                 std::to_string(queued) + " bytes queued");
+      throw_bad_frame(at, payload, queued);
     }
     return payload;
+  }
+  // Out of line, as throw_bad_cursors.
+  [[noreturn]] __attribute__((noinline, cold)) void throw_bad_frame(Cursor at,
+                                                                    std::uint32_t payload,
+                                                                    std::uint32_t queued) const {
+    throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
+                               std::to_string(at.offset) + " overruns the " +
+                               std::to_string(queued) + " bytes queued");
   }
 
   // Publishes the frames written in [tail, end) (if any), and wakes the consumers asleep, if any.
