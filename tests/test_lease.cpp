@@ -134,6 +134,8 @@ TEST_CASE("max_leases outstanding: the next leased get waits as on an empty queu
   CHECK_FALSE(q.try_get_leased().has_value());
   CHECK_THROWS_AS(q.get_leased_nowait(), shmq::Empty);
   CHECK_THROWS_AS(q.get_leased(20ms), shmq::Empty);
+  CHECK_THROWS_AS(q.get_leased(0ms), shmq::Empty);
+  CHECK_THROWS_AS(q.get_leased(-5ms), shmq::Empty);
   CHECK(q.get() == 2);  // plain gets are not held up
   std::thread acker([&] {
     std::this_thread::sleep_for(50ms);  // the get below must wait, then be woken by the ack
@@ -229,6 +231,27 @@ TEST_CASE("max_deliveries: a message nacked that often goes to the dead-letter q
   next.ack();
   CHECK(dlq.get(1s) == 13);
   CHECK(q.stats().dead_lettered == 1);
+}
+
+TEST_CASE("a full dead-letter queue keeps the message in its slot, undelivered, until it has room",
+          "[lease]") {
+  NameGuard dead(unique_name("dead"));
+  auto dlq = Queue<int>::create(dead.name(), QueueOptions{1});
+  dlq.put(0);  // full
+  QueueOptions o = leased(4);
+  o.max_deliveries = 1;
+  o.dead_letter_queue = dead.name();
+  Queue<int> q(o);
+  q.put(21);
+  q.get_leased().nack();
+  CHECK_FALSE(q.try_get_leased().has_value());  // not delivered a second time
+  CHECK_FALSE(q.try_get().has_value());
+  CHECK(q.stats().leases.size() == 1);
+  CHECK(dlq.get() == 0);
+  // The next get that looks (at most 10 ms later) moves it.
+  CHECK(eventually([&] { return !q.try_get().has_value() && dlq.qsize() == 1; }));
+  CHECK(dlq.get() == 21);
+  CHECK(q.stats().leases.empty());
 }
 
 TEST_CASE("lease options are checked", "[lease]") {
