@@ -162,8 +162,7 @@ bool LeaseTable::redeliver(std::uint32_t i, std::uint64_t held) noexcept {
   return slot(i).state.compare_exchange_strong(held, s.pack(), std::memory_order_seq_cst);
 }
 
-void LeaseTable::reclaim_if_due() noexcept {
-  const std::uint64_t now = monotonic_ns();
+void LeaseTable::reclaim(std::uint64_t now) noexcept {
   std::uint64_t due = next_reclaim_ns_.load(std::memory_order_relaxed);
   if (now < due || !next_reclaim_ns_.compare_exchange_strong(due, now + kReclaimPeriodNs,
                                                              std::memory_order_relaxed)) {

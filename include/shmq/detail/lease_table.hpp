@@ -160,7 +160,10 @@ class LeaseTable {
   // Every get calls this (under get_lock) before it looks for messages: at most once per 10 ms
   // per process it makes ready every held slot whose holder has died or whose lease has timed
   // out, and sets the hint if any slot is ready (one the hint missed included).
-  void reclaim_if_due() noexcept;
+  // `now` is monotonic_ns(), which the caller needs anyway.
+  void reclaim_if_due(std::uint64_t now) noexcept {
+    if (now >= next_reclaim_ns_.load(std::memory_order_relaxed)) reclaim(now);
+  }
   // A taking slot's state for this process, and the slot's move to held once head has moved.
   static std::uint64_t frozen(LeaseState s, LeaseKind kind) noexcept {
     s.kind = kind;
@@ -176,6 +179,7 @@ class LeaseTable {
   bool dead_letter(std::uint32_t i, const LeaseState& s) noexcept;
   // Slot i's message length, loaded once and checked against the slot's room.
   std::uint32_t checked_length(std::uint32_t i);
+  void reclaim(std::uint64_t now) noexcept;
   // held -> ready for a dead or timed-out holder; false if the slot changed first.
   bool redeliver(std::uint32_t i, std::uint64_t held) noexcept;
 

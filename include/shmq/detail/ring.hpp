@@ -304,7 +304,7 @@ class Ring {
   Progress get_many(std::size_t max, Take&& take, const Deadline& deadline) {
     if (max == 0) return {Outcome::done, 0};
     return consume(
-        [&](RobustLock& lock) -> std::size_t {
+        [&](RobustLock& lock, std::uint64_t) -> std::size_t {
           std::size_t taken = 0;
           if (leases_ != nullptr) {
             taken = leases_->take_ready(
@@ -353,11 +353,10 @@ class Ring {
     if (max == 0) return {Outcome::done, 0};
     LeaseTable& leases = *leases_;
     return consume(
-        [&](RobustLock& lock) -> std::size_t {
+        [&](RobustLock& lock, std::uint64_t now) -> std::size_t {
           std::array<LeaseTicket, kMaxLeaseBatch> got;
           const std::size_t want = std::min(max, kMaxLeaseBatch);
           const LeaseState me = this_holder();
-          const std::uint64_t now = monotonic_ns();
           std::size_t n = 0;
           leases.take_ready(want, [&](std::uint32_t i, LeaseState s, std::uint32_t) {
             leases.slot(i).taken_ns.store(now, std::memory_order_relaxed);
@@ -532,7 +531,8 @@ class Ring {
 
   // The one waiting loop of every get, plain and leased: takes get_lock, settles what a holder
   // that died with it left (lease_table.hpp), and runs body(lock), which returns how many messages
-  // it took (releasing the lock itself when it does); before it, the lease area is checked for
+  // it took (releasing the lock itself when it does), given monotonic_ns() when the queue has a
+  // lease area (0 otherwise); before it, the lease area is checked for
   // dead and timed-out holders (reclaim_if_due). With nothing taken it waits for ready()
   // (lock-free, may be spurious); a sleeping get looks again at least every kLongestSleep, so
   // dead holders are found then too. A draining queue ends the get once nothing is queued and no
@@ -545,11 +545,13 @@ class Ring {
         if (!lock) return {Outcome::lock_busy, 0};
         const ShutdownState state = shutdown_state();
         if (state == ShutdownState::immediate) return {Outcome::shut_down, 0};
+        std::uint64_t now = 0;
         if (leases_ != nullptr) {
           if (lock.recovered()) leases_->settle_takes(h_->head.load(std::memory_order_relaxed));
-          leases_->reclaim_if_due();
+          now = monotonic_ns();
+          leases_->reclaim_if_due(now);
         }
-        if (const std::size_t taken = body(lock); taken != 0) return {Outcome::done, taken};
+        if (const std::size_t taken = body(lock, now); taken != 0) return {Outcome::done, taken};
         if (state == ShutdownState::draining && drained()) return {Outcome::shut_down, 0};
         if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
       }
