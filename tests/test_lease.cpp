@@ -86,16 +86,26 @@ TEST_CASE("a lease destroyed without an ack (an exception unwinding) is delivere
   CHECK(q.stats().leases.empty());
 }
 
-TEST_CASE("a leased message whose consumer is killed goes to the next consumer", "[lease][process]") {
-  Queue<int> q(leased(4));
+namespace {
+
+// A child holding a lease on the next message of `q`, which it reports, until it is killed.
+Child holding_a_lease(Queue<int>& q, int expected) {
   Queue<int> took;
-  q.put(41);
-  Child consumer([&] {
+  Child holder([&] {
     auto lease = q.get_leased();
     took.put(lease.value());
-    pause();  // killed while holding it
+    pause();
   });
-  REQUIRE(took.get(10s) == 41);
+  REQUIRE(took.get(10s) == expected);
+  return holder;
+}
+
+}  // namespace
+
+TEST_CASE("a leased message whose consumer is killed goes to the next consumer", "[lease][process]") {
+  Queue<int> q(leased(4));
+  q.put(41);
+  Child consumer = holding_a_lease(q, 41);
   const auto stats = q.stats();
   REQUIRE(stats.leases.size() == 1);
   CHECK(stats.leases[0].holder == consumer.pid());
@@ -112,14 +122,8 @@ TEST_CASE("a leased message whose consumer is killed goes to the next consumer",
 
 TEST_CASE("a zombie holder (killed, not yet reaped) counts as dead", "[lease][process]") {
   Queue<int> q(leased(4));
-  Queue<int> took;
   q.put(5);
-  Child consumer([&] {
-    auto lease = q.get_leased();
-    took.put(lease.value());
-    pause();
-  });
-  REQUIRE(took.get(10s) == 5);
+  Child consumer = holding_a_lease(q, 5);
   consumer.kill(SIGKILL);
   REQUIRE(eventually([&] { return shmq::test::process_state(consumer.pid()) == 'Z'; }));
   CHECK(q.get(10s) == 5);
