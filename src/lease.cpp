@@ -31,7 +31,7 @@ namespace {
 // CLONE_VM) gives the child zeroed (MADV_WIPEONFORK): a child computes its own on first use, and
 // nobody pays a getpid() a leased get. Where the kernel refuses the advice (before Linux 4.14),
 // the cache is null and every call asks getpid().
-std::atomic<std::uint64_t>* holder_cache() noexcept {
+std::atomic<std::uint64_t>* make_holder_cache() noexcept {
   static std::atomic<std::uint64_t>* const cache = []() -> std::atomic<std::uint64_t>* {
     const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     void* p = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -45,25 +45,21 @@ std::atomic<std::uint64_t>* holder_cache() noexcept {
   return cache;
 }
 
-LeaseState compute_holder() noexcept {
-  const pid_t pid = getpid();
-  const auto ticks = static_cast<std::uint32_t>(process_start_ticks(pid).value_or(0));
-  return LeaseState{static_cast<std::uint32_t>(pid) & LeaseState::kPidMask,
-                    ticks & LeaseState::kTicksMask, 0, 0, LeaseKind::held};
-}
-
 }  // namespace
 
-LeaseState this_holder() noexcept {
-  std::atomic<std::uint64_t>* cache = holder_cache();
-  if (cache == nullptr) return compute_holder();
-  // Never 0 once computed: its kind is held.
-  std::uint64_t word = cache->load(std::memory_order_relaxed);
-  if (word == 0) {
-    word = compute_holder().pack();
+std::atomic<std::uint64_t>* const holder_cache = make_holder_cache();
+
+std::uint64_t compute_this_holder() noexcept {
+  const pid_t pid = getpid();
+  const auto ticks = static_cast<std::uint32_t>(process_start_ticks(pid).value_or(0));
+  const std::uint64_t word = LeaseState{static_cast<std::uint32_t>(pid) & LeaseState::kPidMask,
+                                        ticks & LeaseState::kTicksMask, 0, 0, LeaseKind::held}
+                                 .pack();
+  // make_holder_cache(), not holder_cache: this may run before the static initialisers.
+  if (std::atomic<std::uint64_t>* cache = make_holder_cache()) {
     cache->store(word, std::memory_order_relaxed);
   }
-  return LeaseState::unpack(word);
+  return word;
 }
 
 bool holder_alive(const LeaseState& s) noexcept {

@@ -77,9 +77,9 @@ class Lease {
 
   // For Queue<T> (the key): the lease `ticket`, its value made in place by decode().
   template <class Decode>
-  Lease(detail::LeaseKey, std::shared_ptr<detail::Segment> segment,
+  Lease(detail::LeaseKey, const std::shared_ptr<detail::Segment>& segment,
         const detail::LeaseTicket& ticket, Decode&& decode)
-      : segment_(std::move(segment)),
+      : segment_(segment),
         ticket_(ticket),
         holder_(detail::LeaseState::unpack(ticket.word).pid),
         value_(decode()),

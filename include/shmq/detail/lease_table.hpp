@@ -49,9 +49,23 @@ namespace shmq::detail {
 
 class Segment;
 
+// This process's holder word, cached on a page that every fork wipes (lease.cpp); null where the
+// kernel refuses that, or before lease.cpp's static initialisers ran.
+extern std::atomic<std::uint64_t>* const holder_cache;
+// this_holder()'s word computed (one getpid, one /proc read) and cached.
+std::uint64_t compute_this_holder() noexcept;
 // This process as a lease holder: its pid and the low bits of its start time (recomputed after a
-// fork: the child is another holder). No syscall once known.
-LeaseState this_holder() noexcept;
+// fork: the child is another holder), as a held state word of generation 0. Inline: no call and
+// no syscall once known, on every leased get.
+inline LeaseState this_holder() noexcept {
+  if (holder_cache != nullptr) {
+    // Never 0 once computed: its kind is held.
+    if (const std::uint64_t word = holder_cache->load(std::memory_order_relaxed); word != 0) {
+      return LeaseState::unpack(word);
+    }
+  }
+  return LeaseState::unpack(compute_this_holder());
+}
 // Whether the process that `s` names still runs: its pid exists, is not a zombie and started at
 // the recorded time. A process that /proc does not show to us counts as alive unless kill says
 // it does not exist: never take a live holder's lease.

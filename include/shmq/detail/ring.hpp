@@ -598,9 +598,9 @@ class Ring {
     const std::size_t first = n;
     std::uint32_t queued = used_bytes(head, tail);
     try {
-      for (std::uint32_t i = leases.free_slot(0);
-           n < want && end.count != tail.count && i != leases.slots();
-           i = leases.free_slot(i + 1)) {
+      // The next free slot is looked for only when another frame will go into it.
+      for (std::uint32_t i = 0; n < want && end.count != tail.count; ++i) {
+        if ((i = leases.free_slot(i)) == leases.slots()) break;
         const std::uint32_t payload = frame_payload(end, queued);
         LeaseSlot& slot = leases.slot(i);
         std::memcpy(leases.bytes(i), data_ + end.offset + kFrameHeaderBytes, payload);
