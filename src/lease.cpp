@@ -76,13 +76,6 @@ bool holder_alive(const LeaseState& s) noexcept {
   }
 }
 
-std::uint64_t monotonic_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
 LeaseTable::LeaseTable(SharedHeader& header, std::byte* area, std::uint32_t slots,
                        std::uint32_t payload, std::uint64_t timeout_ns,
                        std::uint32_t max_deliveries, std::string dead_letter_queue,

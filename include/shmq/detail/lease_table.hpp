@@ -34,6 +34,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <array>
 #include <atomic>
@@ -71,8 +72,14 @@ inline LeaseState this_holder() noexcept {
 // it does not exist: never take a live holder's lease.
 bool holder_alive(const LeaseState& s) noexcept;
 // CLOCK_MONOTONIC_COARSE (a few ms of resolution, and a few ns to read), shared by every process
-// on the machine: when a lease was taken, for lease_timeout and `shmq stat`.
-std::uint64_t monotonic_ns() noexcept;
+// on the machine: when a lease was taken, for lease_timeout and `shmq stat`. Inline: every leased
+// get reads it.
+inline std::uint64_t monotonic_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
 
 // One lease as a get hands it out: its slot and the state word its holder got.
 struct LeaseTicket {
@@ -179,9 +186,9 @@ class LeaseTable {
     if (now >= next_reclaim_ns_.load(std::memory_order_relaxed)) reclaim(now);
   }
   // A taking slot's state for this process, and the slot's move to held once head has moved.
-  static std::uint64_t frozen(LeaseState s, LeaseKind kind) noexcept {
-    s.kind = kind;
-    return s.pack();
+  static std::uint64_t frozen(std::uint64_t word, LeaseKind kind) noexcept {
+    constexpr std::uint64_t kKindBits = std::uint64_t{3} << 62;
+    return (word & ~kKindBits) | std::uint64_t{static_cast<std::uint32_t>(kind)} << 62;
   }
 
  private:

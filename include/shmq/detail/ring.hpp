@@ -621,7 +621,7 @@ class Ring {
     if (n == first) return n;
     release_frames(head, end);  // the commit: the messages are the slots' from here on
     for (std::size_t j = first; j < n; ++j) {
-      got[j].word = LeaseTable::frozen(LeaseState::unpack(got[j].word), LeaseKind::held);
+      got[j].word = LeaseTable::frozen(got[j].word, LeaseKind::held);
       leases.slot(got[j].slot).state.store(got[j].word, std::memory_order_release);
     }
     lock.unlock();
