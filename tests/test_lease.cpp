@@ -258,6 +258,54 @@ TEST_CASE("a full dead-letter queue keeps the message in its slot, undelivered, 
   CHECK(q.stats().leases.empty());
 }
 
+namespace {
+// A message type whose negative values do not decode: a poison message.
+struct Poisonable {
+  int v;
+};
+}  // namespace
+
+template <>
+struct shmq::codec<Poisonable> {
+  static std::size_t size(const Poisonable&) { return sizeof(int); }
+  static void encode(const Poisonable& p, Writer& w) { w.write(&p.v, sizeof p.v); }
+  static Poisonable decode(Reader& r) {
+    Poisonable p{};
+    r.read(&p.v, sizeof p.v);
+    if (p.v < 0) throw shmq::DecodeError("negative");
+    return p;
+  }
+};
+
+TEST_CASE("a leased message that does not decode is dropped; the batch's later leases come back",
+          "[lease]") {
+  Queue<Poisonable> q(leased(4));
+  q.put({-1});
+  CHECK_THROWS_AS(q.get_leased(), shmq::DecodeError);
+  q.put({-1});
+  CHECK_THROWS_AS(q.try_get_leased(), shmq::DecodeError);
+  q.put({2});
+  auto next = q.get_leased();
+  CHECK(next.value().v == 2);
+  CHECK(next.deliveries() == 1);
+  next.ack();
+
+  q.put({3});
+  q.put({-1});
+  q.put({4});
+  std::vector<Lease<Poisonable>> out;
+  CHECK_THROWS_AS(q.get_leased_many(out, 3), shmq::DecodeError);
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].value().v == 3);
+  out[0].ack();
+  auto again = q.get_leased();  // nacked when the batch threw
+  CHECK(again.value().v == 4);
+  CHECK(again.deliveries() == 2);
+  again.ack();
+  CHECK_FALSE(q.try_get_leased().has_value());
+  CHECK(q.stats().leases.empty());  // the poison messages were acked, not left held
+}
+
 TEST_CASE("lease options are checked", "[lease]") {
   Queue<int> plain;
   CHECK_THROWS_AS(plain.get_leased(), shmq::InvalidArgument);
