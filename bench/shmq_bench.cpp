@@ -100,6 +100,35 @@ struct ShmqChannel {
   }
 };
 
+// Leased gets (issue 15): plain get against get_leased + ack, both decoding the value, on queues
+// that differ only in the lease area.
+template <std::size_t S, bool kLeased>
+struct ShmqLeaseChannel {
+  using Message = typename ShmqChannel<S>::Message;
+  static shmq::QueueOptions options() {
+    shmq::QueueOptions o;
+    o.capacity_bytes = kRingBytes;
+    if (kLeased) {
+      o.max_leases = 16;
+      o.lease_message_bytes = S;
+    }
+    return o;
+  }
+  shmq::Queue<Message> q{options()};
+  explicit ShmqLeaseChannel(std::size_t) {}
+  void send(const std::byte* m) { q.put(*reinterpret_cast<const Message*>(m)); }
+  void recv(std::byte* m) {
+    if constexpr (kLeased) {
+      auto lease = q.get_leased();
+      std::memcpy(m, &lease.value(), S);
+      lease.ack();
+    } else {
+      const Message v = q.get();
+      std::memcpy(m, &v, S);
+    }
+  }
+};
+
 struct BoostChannel {
   std::string name = unique("boost");
   std::size_t size;
@@ -487,6 +516,15 @@ void one_to_one(long n) {
   compare(scenario, S, cs);
 }
 
+template <std::size_t S>
+void leased_gets(long n) {
+  compare("1->1 " + std::to_string(S) + " B, leased", S,
+          {
+              {"shmq get", [n] { return throughput<ShmqLeaseChannel<S, false>>(S, n, 1, 1); }},
+              {"shmq get_leased+ack", [n] { return throughput<ShmqLeaseChannel<S, true>>(S, n, 1, 1); }},
+          });
+}
+
 void four_to_four(long n) {
   compare("4->4 8 B", 8,
           {
@@ -870,6 +908,8 @@ int main(int argc, char** argv) {
   one_to_one<4096>(200 * k);
   one_to_one<65536>(20 * k);
   batches(5000 * k);
+  leased_gets<8>(2000 * k);
+  leased_gets<4096>(200 * k);
   four_to_four(500 * k);
   ping_pong(settings.quick ? 100 : 100'000);
   lock_uncontended(settings.quick ? 10'000 : 10'000'000);

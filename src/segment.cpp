@@ -78,10 +78,33 @@ int native_error(const bip::interprocess_exception& e) {
 // view per object and cannot place the second view atomically inside a reservation; that is why
 // the mapping is made here with mmap, while the segment itself is made and opened through
 // boost::interprocess::shared_memory_object.)
+// What a queue's lease area holds (its header's lease fields, validated; see layout.hpp).
+struct LeaseGeometry {
+  std::uint32_t slots = 0;
+  std::uint32_t payload = 0;
+  std::uint64_t timeout_ns = 0;
+  std::uint32_t max_deliveries = 0;
+  std::string dead_letter_queue;
+
+  // Bytes of the area in the file, after the ring: whole pages, none without slots.
+  std::size_t area_bytes() const noexcept {
+    if (slots == 0) return 0;
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    return (slots * lease_stride(payload) + page - 1) / page * page;
+  }
+};
+
+// The header, ring and lease area mapped once, then the ring mapped again right after itself,
+// and the lease area after that:
+//
+//   base: [ header | ring ][ ring again ][ lease area ]
+//
 class Mapping {
  public:
-  Mapping(int fd, std::size_t capacity, const std::string& what)
-      : bytes_(kHeaderBytes + 2 * capacity), capacity_(capacity) {
+  Mapping(int fd, std::size_t capacity, LeaseGeometry leases, const std::string& what)
+      : bytes_(kHeaderBytes + 2 * capacity + leases.area_bytes()),
+        capacity_(capacity),
+        leases_(std::move(leases)) {
     void* reserved =
         mmap(nullptr, bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (reserved == MAP_FAILED) fail(errno, what);
@@ -89,7 +112,10 @@ class Mapping {
     const int prot = PROT_READ | PROT_WRITE;
     if (mmap(base_, kHeaderBytes + capacity, prot, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
         mmap(base_ + kHeaderBytes + capacity, capacity, prot, MAP_SHARED | MAP_FIXED, fd,
-             static_cast<off_t>(kHeaderBytes)) == MAP_FAILED) {
+             static_cast<off_t>(kHeaderBytes)) == MAP_FAILED ||
+        (leases_.slots != 0 &&
+         mmap(lease_area(), leases_.area_bytes(), prot, MAP_SHARED | MAP_FIXED, fd,
+              static_cast<off_t>(kHeaderBytes + capacity)) == MAP_FAILED)) {
       const int err = errno;
       munmap(base_, bytes_);
       fail(err, what);
@@ -105,6 +131,8 @@ class Mapping {
   SharedHeader& header() const noexcept { return *reinterpret_cast<SharedHeader*>(base_); }
   std::byte* ring() const noexcept { return base_ + kHeaderBytes; }
   std::size_t capacity() const noexcept { return capacity_; }
+  std::byte* lease_area() const noexcept { return base_ + kHeaderBytes + 2 * capacity_; }
+  const LeaseGeometry& leases() const noexcept { return leases_; }
 
  private:
   [[noreturn]] static void fail(int err, const std::string& what) {
@@ -114,6 +142,7 @@ class Mapping {
   std::byte* base_ = nullptr;
   std::size_t bytes_;
   std::size_t capacity_;
+  LeaseGeometry leases_;
 };
 
 namespace {
@@ -151,7 +180,60 @@ class RemoveUnlessReleased {
 struct CheckedOptions {
   std::uint32_t capacity;
   std::uint32_t maxsize;
+  LeaseGeometry leases;
 };
+
+// The lease options, checked against the ring's capacity.
+LeaseGeometry check_lease_options(const QueueOptions& o, std::uint32_t capacity,
+                                  const std::string& where) {
+  const std::uint32_t ring_payload = capacity - static_cast<std::uint32_t>(kFrameHeaderBytes);
+  if (o.max_leases == 0) {
+    if (o.lease_timeout.count() != 0 || o.max_deliveries != 0 || !o.dead_letter_queue.empty() ||
+        o.lease_message_bytes != 0) {
+      throw InvalidArgument(where +
+                            "lease_timeout, max_deliveries, dead_letter_queue and "
+                            "lease_message_bytes need max_leases (leased gets) above 0");
+    }
+    return {};
+  }
+  if (o.max_leases > kMaxLeaseSlots) {
+    throw InvalidArgument(where + "max_leases of " + std::to_string(o.max_leases) + " exceeds " +
+                          std::to_string(kMaxLeaseSlots));
+  }
+  if (o.lease_message_bytes > ring_payload) {
+    throw InvalidArgument(
+        where + "lease_message_bytes of " + std::to_string(o.lease_message_bytes) +
+        " exceeds the ring's largest message of " + std::to_string(ring_payload) + " bytes");
+  }
+  LeaseGeometry g;
+  g.slots = static_cast<std::uint32_t>(o.max_leases);
+  g.payload =
+      o.lease_message_bytes != 0 ? static_cast<std::uint32_t>(o.lease_message_bytes) : ring_payload;
+  if (std::size_t{g.slots} * lease_stride(g.payload) > kMaxLeaseAreaBytes) {
+    throw InvalidArgument(where + "max_leases of " + std::to_string(g.slots) +
+                          " slots of messages up to " + std::to_string(g.payload) +
+                          " bytes (lease_message_bytes) need over 1 GiB");
+  }
+  if (o.lease_timeout.count() < 0) {
+    throw InvalidArgument(where + "lease_timeout of " + std::to_string(o.lease_timeout.count()) +
+                          " ms is negative");
+  }
+  g.timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(o.lease_timeout).count());
+  if (o.max_deliveries > LeaseState::kMaxDeliveries - 1) {
+    throw InvalidArgument(where + "max_deliveries of " + std::to_string(o.max_deliveries) +
+                          " exceeds " + std::to_string(LeaseState::kMaxDeliveries - 1));
+  }
+  if (o.max_deliveries != 0 && o.dead_letter_queue.empty()) {
+    throw InvalidArgument(where + "max_deliveries needs a dead_letter_queue to send messages to");
+  }
+  if (o.dead_letter_queue.size() >= kTypeNameBytes) {
+    throw InvalidArgument(where + "dead_letter_queue's name is longer than " +
+                          std::to_string(kTypeNameBytes - 1) + " bytes");
+  }
+  g.max_deliveries = o.max_deliveries;
+  g.dead_letter_queue = o.dead_letter_queue;
+  return g;
+}
 
 // `what` names the queue in messages: "queue 'jobs'", "unnamed queue (pid 1234, #3)".
 CheckedOptions check_options(const QueueOptions& o, const std::string& what) {
@@ -179,7 +261,8 @@ CheckedOptions check_options(const QueueOptions& o, const std::string& what) {
   }
   const std::size_t pages =
       (std::max(o.capacity_bytes, kMinCapacity) + page_size() - 1) / page_size();
-  return {static_cast<std::uint32_t>(pages * page_size()), static_cast<std::uint32_t>(o.maxsize)};
+  const auto capacity = static_cast<std::uint32_t>(pages * page_size());
+  return {capacity, static_cast<std::uint32_t>(o.maxsize), check_lease_options(o, capacity, where)};
 }
 
 void init_header(SharedHeader& h, const CheckedOptions& sizes, const QueueOptions& o,
@@ -198,6 +281,12 @@ void init_header(SharedHeader& h, const CheckedOptions& sizes, const QueueOption
                                      std::chrono::system_clock::now().time_since_epoch())
                                      .count());
   std::snprintf(h.type_name, sizeof h.type_name, "%s", type.name.c_str());
+  h.lease_slots = sizes.leases.slots;
+  h.lease_payload = sizes.leases.payload;
+  h.lease_timeout_ns = sizes.leases.timeout_ns;
+  h.max_deliveries = sizes.leases.max_deliveries;
+  std::snprintf(h.dead_letter_queue, sizeof h.dead_letter_queue, "%s",
+                sizes.leases.dead_letter_queue.c_str());
   h.magic.store(kMagic, std::memory_order_release);  // last: publishes everything above
 }
 
@@ -234,24 +323,15 @@ void reserve(int fd, std::size_t bytes, const std::string& what) {
 std::unique_ptr<Mapping> initialise(int fd, const CheckedOptions& sizes,
                                     const QueueOptions& options, const TypeTag& type,
                                     const std::string& what) {
-  auto mapping = std::make_unique<Mapping>(fd, sizes.capacity, what);
+  auto mapping = std::make_unique<Mapping>(fd, sizes.capacity, sizes.leases, what);
   init_header(mapping->header(), sizes, options, type);
   return mapping;
 }
 
-// Everything an opener checks before trusting the header; `capacity` comes from fstat.
-void validate_header(const SharedHeader& h, std::size_t capacity, const TypeTag* type,
-                     const std::string& what) {
+// What an opener checks of the header besides its geometry (checked by geometry(), which made
+// the mapping).
+void validate_header(const SharedHeader& h, const TypeTag* type, const std::string& what) {
   const std::string where = "shmq: " + what + " is incompatible: ";
-  if (h.layout_version != kLayoutVersion) {
-    throw Incompatible(where + "layout version " + std::to_string(h.layout_version) +
-                       ", this library reads version " + std::to_string(kLayoutVersion));
-  }
-  if (h.header_bytes != kHeaderBytes || h.capacity_bytes != capacity) {
-    throw Incompatible(where + "its header claims " + std::to_string(h.header_bytes) + " + " +
-                       std::to_string(h.capacity_bytes) + " bytes, its file holds " +
-                       std::to_string(kHeaderBytes) + " + " + std::to_string(capacity));
-  }
   if (h.maxsize > INT32_MAX || h.spin_polls > kMaxSpinPolls) {
     throw Incompatible(where + "maxsize " + std::to_string(h.maxsize) + " or spin_polls " +
                        std::to_string(h.spin_polls) + " is out of range");
@@ -262,6 +342,62 @@ void validate_header(const SharedHeader& h, std::size_t capacity, const TypeTag*
                        hex(h.type_fingerprint) + "), not " + type->name + " (" +
                        hex(type->fingerprint) + ")");
   }
+}
+
+// The header page alone, read-only: what an opener reads before it knows the segment's geometry.
+class HeaderView {
+ public:
+  HeaderView(int fd, const std::string& what)
+      : p_(mmap(nullptr, kHeaderBytes, PROT_READ, MAP_SHARED, fd, 0)) {
+    if (p_ == MAP_FAILED) throw Error("shmq: cannot map " + what + ": " + errno_text(errno));
+  }
+  HeaderView(const HeaderView&) = delete;
+  HeaderView& operator=(const HeaderView&) = delete;
+  ~HeaderView() { munmap(p_, kHeaderBytes); }
+  const SharedHeader& header() const noexcept { return *static_cast<const SharedHeader*>(p_); }
+
+ private:
+  void* p_;
+};
+
+// The ring's capacity and the lease area a published header describes, checked against each other
+// and against the file's `size`: whatever the header says, the mapping made from them matches the
+// file. Read once: a peer changing the header later cannot change this process's copies.
+std::pair<std::size_t, LeaseGeometry> geometry(const SharedHeader& h, std::size_t size,
+                                               const std::string& what) {
+  const std::string where = "shmq: " + what + " is incompatible: ";
+  if (h.layout_version != kLayoutVersion) {
+    throw Incompatible(where + "layout version " + std::to_string(h.layout_version) +
+                       ", this library reads version " + std::to_string(kLayoutVersion));
+  }
+  const std::uint64_t capacity = h.capacity_bytes;
+  LeaseGeometry leases;
+  leases.slots = h.lease_slots;
+  leases.payload = h.lease_payload;
+  leases.timeout_ns = h.lease_timeout_ns;
+  leases.max_deliveries = h.max_deliveries;
+  const char* dlq = h.dead_letter_queue;
+  const std::size_t dlq_length = strnlen(dlq, sizeof h.dead_letter_queue);
+  const bool leases_fit =
+      leases.slots <= kMaxLeaseSlots && leases.max_deliveries < LeaseState::kMaxDeliveries &&
+      dlq_length < sizeof h.dead_letter_queue &&
+      (leases.slots == 0 ||
+       (capacity >= kFrameHeaderBytes && leases.payload <= capacity - kFrameHeaderBytes &&
+        leases.slots * lease_stride(leases.payload) <= kMaxLeaseAreaBytes));
+  if (!leases_fit) {
+    throw Incompatible(where + "its lease fields are out of range (" +
+                       std::to_string(leases.slots) + " slots of " +
+                       std::to_string(leases.payload) + " bytes)");
+  }
+  if (leases.slots == 0) leases = LeaseGeometry{};
+  leases.dead_letter_queue.assign(dlq, dlq_length);
+  if (h.header_bytes != kHeaderBytes || capacity < kMinCapacity || capacity > kMaxCapacity ||
+      capacity % page_size() != 0 || kHeaderBytes + capacity + leases.area_bytes() != size) {
+    throw Incompatible(where + "its header claims " + std::to_string(h.header_bytes) + " + " +
+                       std::to_string(capacity) + " + " + std::to_string(leases.area_bytes()) +
+                       " bytes (header, ring, lease area), its file holds " + std::to_string(size));
+  }
+  return {static_cast<std::size_t>(capacity), std::move(leases)};
 }
 
 // Whether an opener may find a segment whose creator has not yet published its header: a named
@@ -282,14 +418,16 @@ std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publicat
     }
     const auto size = static_cast<std::size_t>(st.st_size);
     if (size != 0) {  // the creator sets the whole size in one posix_fallocate
-      const std::size_t capacity = size > kHeaderBytes ? size - kHeaderBytes : 0;
-      if (capacity < kMinCapacity || capacity > kMaxCapacity || capacity % page_size() != 0) {
+      if (size < kHeaderBytes + kMinCapacity || (size - kHeaderBytes) % page_size() != 0) {
         throw Incompatible("shmq: " + what + " is not a shmq queue: a segment of " +
                            std::to_string(size) + " bytes");
       }
-      auto mapping = std::make_unique<Mapping>(fd, capacity, what);
-      const std::uint64_t magic = mapping->header().magic.load(std::memory_order_acquire);
-      if (magic == kMagic) return mapping;
+      const HeaderView view(fd, what);
+      const std::uint64_t magic = view.header().magic.load(std::memory_order_acquire);
+      if (magic == kMagic) {
+        const auto [capacity, leases] = geometry(view.header(), size, what);
+        return std::make_unique<Mapping>(fd, capacity, leases, what);
+      }
       if (magic != 0) {
         throw Incompatible("shmq: " + what + " is not a shmq queue (magic " + hex(magic) + ")");
       }
@@ -507,6 +645,23 @@ std::optional<std::uint64_t> process_start_ticks(pid_t pid) {
   return stat->start_ticks;
 }
 
+namespace {
+
+// A queue's dead-letter queue must exist when the queue is made, carry the same type, and not be
+// the queue itself (`name`, empty for an unnamed queue, which cannot yet be named).
+void check_dead_letter_queue(const LeaseGeometry& leases, const std::string& name,
+                             const TypeTag& type, const std::string& what) {
+  if (leases.dead_letter_queue.empty()) return;
+  std::string_view target = leases.dead_letter_queue;
+  if (target.front() == '/') target.remove_prefix(1);
+  if (!name.empty() && target == name) {
+    throw InvalidArgument("shmq: " + what + " cannot be its own dead_letter_queue");
+  }
+  (void)Segment::open(leases.dead_letter_queue, &type);  // throws NotFound or Incompatible
+}
+
+}  // namespace
+
 Segment::Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,
                  std::unique_ptr<Descriptor> kept)
     : name_(std::move(name)),
@@ -515,8 +670,16 @@ Segment::Segment(std::string name, std::string label, std::unique_ptr<Mapping> m
       mapping_(std::move(mapping)),
       header_(&mapping_->header()),
       type_name_(header_->type_name, strnlen(header_->type_name, sizeof header_->type_name)),
+      leases_(mapping_->leases().slots == 0
+                  ? nullptr
+                  : std::make_unique<LeaseTable>(
+                        *header_, mapping_->lease_area(), mapping_->leases().slots,
+                        mapping_->leases().payload, mapping_->leases().timeout_ns,
+                        mapping_->leases().max_deliveries, mapping_->leases().dead_letter_queue,
+                        description_)),
       ring_(*header_, mapping_->ring(), static_cast<std::uint32_t>(mapping_->capacity()),
-            static_cast<std::uint32_t>(header_->maxsize), header_->spin_polls, description_),
+            static_cast<std::uint32_t>(header_->maxsize), header_->spin_polls, description_,
+            leases_.get()),
       kept_(std::move(kept)) {}
 
 Segment::~Segment() = default;
@@ -526,6 +689,7 @@ std::shared_ptr<Segment> Segment::create(std::string_view raw_name, const QueueO
   const std::string name = validate_name(raw_name);
   const std::string what = described(name);
   const CheckedOptions sizes = check_options(options, what);
+  check_dead_letter_queue(sizes.leases, name, type, what);
   bip::shared_memory_object shm;
   try {
     shm = bip::shared_memory_object(bip::create_only, shm_path(name).c_str(), bip::read_write,
@@ -536,7 +700,7 @@ std::shared_ptr<Segment> Segment::create(std::string_view raw_name, const QueueO
   }
   RemoveUnlessReleased undo(name);  // whatever fails below leaves nothing at the name
   const int fd = shm.get_mapping_handle().handle;
-  reserve(fd, kHeaderBytes + sizes.capacity, what + " in /dev/shm");
+  reserve(fd, kHeaderBytes + sizes.capacity + sizes.leases.area_bytes(), what + " in /dev/shm");
   auto mapping = initialise(fd, sizes, options, type, what);
   auto segment = std::shared_ptr<Segment>(new Segment(name, name, std::move(mapping), nullptr));
   undo.release();
@@ -548,9 +712,10 @@ std::shared_ptr<Segment> Segment::create_anonymous(const QueueOptions& options,
   UnnamedId id = new_unnamed_id();
   const std::string what = unnamed_label(id);
   const CheckedOptions sizes = check_options(options, what);
+  check_dead_letter_queue(sizes.leases, "", type, what);
   UniqueFd memfd(make_memfd(id));
   if (memfd.get() < 0) throw_descriptor_error(errno, "create", what);
-  reserve(memfd.get(), kHeaderBytes + sizes.capacity, what);
+  reserve(memfd.get(), kHeaderBytes + sizes.capacity + sizes.leases.area_bytes(), what);
   // Sealed at its size: no process can shrink it under another's mapping (which would SIGBUS it),
   // grow it, or change the seals.
   if (fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
@@ -635,7 +800,7 @@ std::shared_ptr<Segment> Segment::open(std::string_view raw_name, const TypeTag*
     const std::string what = unnamed_label(id);
     const UniqueFd fd = open_unnamed(id, what);
     auto mapping = map_published(fd.get(), what, Publication::done);
-    validate_header(mapping->header(), mapping->capacity(), type, what);
+    validate_header(mapping->header(), type, what);
     return std::shared_ptr<Segment>(
         new Segment(std::string(raw_name), what, std::move(mapping), nullptr));
   }
@@ -643,7 +808,7 @@ std::shared_ptr<Segment> Segment::open(std::string_view raw_name, const TypeTag*
   const std::string what = described(name);
   const bip::shared_memory_object shm = open_file(name);
   auto mapping = map_published(shm.get_mapping_handle().handle, what, Publication::may_be_pending);
-  validate_header(mapping->header(), mapping->capacity(), type, what);
+  validate_header(mapping->header(), type, what);
   return std::shared_ptr<Segment>(new Segment(name, name, std::move(mapping), nullptr));
 }
 
@@ -661,7 +826,7 @@ std::shared_ptr<Segment> Segment::open_or_create(std::string_view raw_name,
       const int fd = shm.get_mapping_handle().handle;
       check_ownership(fd, options, what);
       auto mapping = map_published(fd, what, Publication::may_be_pending);
-      validate_header(mapping->header(), mapping->capacity(), &type, what);
+      validate_header(mapping->header(), &type, what);
       return std::shared_ptr<Segment>(new Segment(name, name, std::move(mapping), nullptr));
     } catch (const NotFound&) {
       // Removed between our create and our open: race again.
@@ -703,7 +868,34 @@ QueueStats Segment::stats() const {
   s.sleeping_consumers = sleepers_of(h.not_empty.sleep.load(relaxed));
   s.put_lock_holder = static_cast<pid_t>(h.put_lock.word.load(relaxed) & FUTEX_TID_MASK);
   s.get_lock_holder = static_cast<pid_t>(h.get_lock.word.load(relaxed) & FUTEX_TID_MASK);
+  if (leases_ != nullptr) add_lease_stats(s);
   return s;
+}
+
+void Segment::add_lease_stats(QueueStats& s) const {
+  const LeaseTable& leases = *leases_;
+  s.max_leases = leases.slots();
+  s.lease_timeout_ns = leases.timeout_ns();
+  s.max_deliveries = leases.max_deliveries();
+  s.dead_letter_queue = leases.dead_letter_queue();
+  s.redeliveries = header_->redeliveries.load(std::memory_order_relaxed);
+  s.dead_lettered = header_->dead_lettered.load(std::memory_order_relaxed);
+  const std::uint64_t now = monotonic_ns();
+  for (std::uint32_t i = 0; i < leases.slots(); ++i) {
+    const LeaseState state = leases.state(i);
+    if (state.kind == LeaseKind::free) continue;
+    QueueStats::Lease lease;
+    lease.slot = i;
+    lease.deliveries = state.deliveries;
+    lease.waiting = state.kind == LeaseKind::ready;
+    if (!lease.waiting) {
+      lease.holder = static_cast<pid_t>(state.pid);
+      lease.holder_alive = holder_alive(state);
+      const std::uint64_t taken = leases.slot(i).taken_ns.load(std::memory_order_relaxed);
+      lease.age_ns = now > taken ? now - taken : 0;
+    }
+    s.leases.push_back(lease);
+  }
 }
 
 std::size_t remove_segments_with_prefix(std::string_view prefix) {

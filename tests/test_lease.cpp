@@ -1,1 +1,462 @@
-// Filled in by its issue's branch.
+// Leased gets: a message stays in the queue's lease area until acked, and comes back if its
+// consumer dies, nacks it, drops the lease, or holds it past lease_timeout.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <cstdio>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shmq/detail/layout.hpp"
+#include "shmq/shmq.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::Lease;
+using shmq::Queue;
+using shmq::QueueOptions;
+using shmq::test::Child;
+using shmq::test::eventually;
+using shmq::test::NameGuard;
+using shmq::test::unique_name;
+
+namespace {
+
+QueueOptions leased(std::size_t max_leases, std::size_t capacity = 64 * 1024) {
+  QueueOptions o;
+  o.capacity_bytes = capacity;
+  o.max_leases = max_leases;
+  o.lease_message_bytes = 1024;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("a leased message is gone once acked, and its lease tells its first delivery", "[lease]") {
+  Queue<std::string> q(leased(4));
+  q.put("job");
+  auto lease = q.get_leased();
+  CHECK(lease.value() == "job");
+  CHECK(lease.deliveries() == 1);
+  CHECK(q.empty());  // out of the ring: plain consumers go on
+  CHECK(q.stats().leases.size() == 1);
+  lease.ack();
+  CHECK_FALSE(lease.held());
+  CHECK(q.stats().leases.empty());
+  CHECK_FALSE(q.try_get_leased().has_value());
+  CHECK_FALSE(q.try_get().has_value());
+  CHECK_THROWS_AS(lease.ack(), shmq::InvalidArgument);  // already ended
+}
+
+TEST_CASE("a nacked message comes back first, delivered a second time", "[lease]") {
+  Queue<int> q(leased(4));
+  q.put(1);
+  q.put(2);
+  auto first = q.get_leased();
+  REQUIRE(first.value() == 1);
+  first.nack();
+  auto again = q.get_leased();
+  CHECK(again.value() == 1);  // before 2, which was queued before the nack
+  CHECK(again.deliveries() == 2);
+  again.ack();
+  CHECK(q.get() == 2);
+  CHECK(q.stats().redeliveries == 1);
+}
+
+TEST_CASE("a lease destroyed without an ack (an exception unwinding) is delivered again", "[lease]") {
+  Queue<int> q(leased(4));
+  q.put(7);
+  try {
+    auto lease = q.get_leased();
+    throw std::runtime_error("worker failed");
+  } catch (const std::runtime_error&) {
+  }
+  // A plain get takes a redelivered message too.
+  CHECK(q.get(1s) == 7);
+  CHECK(q.stats().leases.empty());
+}
+
+namespace {
+
+// A child holding a lease on the next message of `q`, which it reports, until it is killed.
+Child holding_a_lease(Queue<int>& q, int expected) {
+  Queue<int> took;
+  Child holder([&] {
+    auto lease = q.get_leased();
+    took.put(lease.value());
+    pause();
+  });
+  REQUIRE(took.get(10s) == expected);
+  return holder;
+}
+
+}  // namespace
+
+TEST_CASE("a leased message whose consumer is killed goes to the next consumer", "[lease][process]") {
+  Queue<int> q(leased(4));
+  q.put(41);
+  Child consumer = holding_a_lease(q, 41);
+  const auto stats = q.stats();
+  REQUIRE(stats.leases.size() == 1);
+  CHECK(stats.leases[0].holder == consumer.pid());
+  CHECK(stats.leases[0].holder_alive);
+  consumer.kill(SIGKILL);
+  consumer.wait_status();
+  CHECK_FALSE(q.stats().leases[0].holder_alive);
+  auto lease = q.get_leased(10s);
+  CHECK(lease.value() == 41);
+  CHECK(lease.deliveries() == 2);
+  lease.ack();
+  CHECK(q.stats().redeliveries == 1);
+}
+
+TEST_CASE("a zombie holder (killed, not yet reaped) counts as dead", "[lease][process]") {
+  Queue<int> q(leased(4));
+  q.put(5);
+  Child consumer = holding_a_lease(q, 5);
+  consumer.kill(SIGKILL);
+  REQUIRE(eventually([&] { return shmq::test::process_state(consumer.pid()) == 'Z'; }));
+  CHECK(q.get(10s) == 5);
+  consumer.wait_status();
+}
+
+TEST_CASE("max_leases outstanding: the next leased get waits as on an empty queue", "[lease]") {
+  Queue<int> q(leased(2));
+  for (int i = 0; i < 4; ++i) q.put(i);
+  auto a = q.get_leased();
+  auto b = q.get_leased();
+  CHECK_FALSE(q.try_get_leased().has_value());
+  CHECK_THROWS_AS(q.get_leased_nowait(), shmq::Empty);
+  CHECK_THROWS_AS(q.get_leased(20ms), shmq::Empty);
+  CHECK_THROWS_AS(q.get_leased(0ms), shmq::Empty);
+  CHECK_THROWS_AS(q.get_leased(-5ms), shmq::Empty);
+  CHECK(q.get() == 2);  // plain gets are not held up
+  std::thread acker([&] {
+    std::this_thread::sleep_for(50ms);  // the get below must wait, then be woken by the ack
+    a.ack();
+  });
+  auto c = q.get_leased(10s);
+  CHECK(c.value() == 3);
+  acker.join();
+  b.ack();
+  c.ack();
+}
+
+TEST_CASE("batch leased gets take what is queued up to the free slots", "[lease]") {
+  Queue<int> q(leased(3));
+  for (int i = 0; i < 5; ++i) q.put(i);
+  std::vector<Lease<int>> out;
+  CHECK(q.get_leased_many(out, 10) == 3);
+  CHECK(q.try_get_leased_many(out, 10) == 0);
+  REQUIRE(out.size() == 3);
+  for (int i = 0; i < 3; ++i) CHECK(out[static_cast<std::size_t>(i)].value() == i);
+  out[1].nack();
+  out.clear();  // the other two are nacked by their destructors
+  CHECK(q.get_leased_many(out, 10, 1s) == 3);
+  std::vector<int> got;
+  for (auto& l : out) {
+    got.push_back(l.value());
+    l.ack();
+  }
+  std::sort(got.begin(), got.end());
+  CHECK(got == std::vector<int>{0, 1, 2});
+  CHECK(q.qsize() == 2);
+}
+
+TEST_CASE("a redelivery is never lost or blocked by a full ring", "[lease]") {
+  QueueOptions o = leased(2, 4096);
+  o.maxsize = 3;
+  Queue<int> q(o);
+  q.put(1);
+  auto lease = q.get_leased();
+  for (int i = 2; i <= 4; ++i) q.put(i);
+  CHECK(q.full());
+  lease.nack();  // the ring is full: the message waits in its slot
+  CHECK(q.get() == 1);
+  CHECK(q.get() == 2);
+}
+
+TEST_CASE("lease_timeout: a stopped holder's message is delivered again and its late ack refused",
+          "[lease][process]") {
+  QueueOptions o = leased(4);
+  o.lease_timeout = 100ms;
+  Queue<int> q(o);
+  Queue<int> report;
+  q.put(9);
+  Child holder([&] {
+    auto lease = q.get_leased();
+    report.put(lease.value());
+    raise(SIGSTOP);
+    try {
+      lease.ack();
+      report.put(0);
+    } catch (const shmq::LeaseExpired& e) {
+      report.put(std::string(e.what()).find("lease_timeout of 100 ms") != std::string::npos ? 1
+                                                                                             : 2);
+    }
+  });
+  REQUIRE(report.get(10s) == 9);
+  REQUIRE(eventually([&] { return shmq::test::process_state(holder.pid()) == 'T'; }));
+  auto again = q.get_leased(10s);
+  CHECK(again.value() == 9);
+  CHECK(again.deliveries() == 2);
+  holder.kill(SIGCONT);
+  CHECK(report.get(10s) == 1);  // refused, saying why
+  CHECK(holder.succeeded());
+  again.ack();
+}
+
+TEST_CASE("max_deliveries: a message nacked that often goes to the dead-letter queue", "[lease]") {
+  NameGuard dead(unique_name("dead"));
+  auto dlq = Queue<int>::create(dead.name());
+  QueueOptions o = leased(4);
+  o.max_deliveries = 2;
+  o.dead_letter_queue = dead.name();
+  Queue<int> q(o);
+  q.put(13);
+  q.put(14);
+  q.get_leased().nack();
+  auto second = q.get_leased();
+  CHECK(second.value() == 13);
+  CHECK(second.deliveries() == 2);
+  second.nack();
+  auto next = q.get_leased();
+  CHECK(next.value() == 14);  // 13 went to the dead-letter queue instead
+  next.ack();
+  CHECK(dlq.get(1s) == 13);
+  CHECK(q.stats().dead_lettered == 1);
+}
+
+TEST_CASE("a full dead-letter queue keeps the message in its slot, undelivered, until it has room",
+          "[lease]") {
+  NameGuard dead(unique_name("dead"));
+  auto dlq = Queue<int>::create(dead.name(), QueueOptions{1});
+  dlq.put(0);  // full
+  QueueOptions o = leased(4);
+  o.max_deliveries = 1;
+  o.dead_letter_queue = dead.name();
+  Queue<int> q(o);
+  q.put(21);
+  q.get_leased().nack();
+  CHECK_FALSE(q.try_get_leased().has_value());  // not delivered a second time
+  CHECK_FALSE(q.try_get().has_value());
+  CHECK(q.stats().leases.size() == 1);
+  CHECK(dlq.get() == 0);
+  // The next get that looks (at most 10 ms later) moves it.
+  CHECK(eventually([&] { return !q.try_get().has_value() && dlq.qsize() == 1; }));
+  CHECK(dlq.get() == 21);
+  CHECK(q.stats().leases.empty());
+}
+
+namespace {
+// A message type whose negative values do not decode: a poison message.
+struct Poisonable {
+  int v;
+};
+}  // namespace
+
+template <>
+struct shmq::codec<Poisonable> {
+  static std::size_t size(const Poisonable&) { return sizeof(int); }
+  static void encode(const Poisonable& p, Writer& w) { w.write(&p.v, sizeof p.v); }
+  static Poisonable decode(Reader& r) {
+    Poisonable p{};
+    r.read(&p.v, sizeof p.v);
+    if (p.v < 0) throw shmq::DecodeError("negative");
+    return p;
+  }
+};
+
+TEST_CASE("a leased message that does not decode is dropped; the batch's later leases come back",
+          "[lease]") {
+  Queue<Poisonable> q(leased(4));
+  q.put({-1});
+  CHECK_THROWS_AS(q.get_leased(), shmq::DecodeError);
+  q.put({-1});
+  CHECK_THROWS_AS(q.try_get_leased(), shmq::DecodeError);
+  q.put({2});
+  auto next = q.get_leased();
+  CHECK(next.value().v == 2);
+  CHECK(next.deliveries() == 1);
+  next.ack();
+
+  q.put({3});
+  q.put({-1});
+  q.put({4});
+  std::vector<Lease<Poisonable>> out;
+  CHECK_THROWS_AS(q.get_leased_many(out, 3), shmq::DecodeError);
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].value().v == 3);
+  out[0].ack();
+  auto again = q.get_leased();  // nacked when the batch threw
+  CHECK(again.value().v == 4);
+  CHECK(again.deliveries() == 2);
+  again.ack();
+  CHECK_FALSE(q.try_get_leased().has_value());
+  CHECK(q.stats().leases.empty());  // the poison messages were acked, not left held
+}
+
+TEST_CASE("lease options are checked", "[lease]") {
+  Queue<int> plain;
+  CHECK_THROWS_AS(plain.get_leased(), shmq::InvalidArgument);
+  QueueOptions o = leased(4);
+  o.max_deliveries = 3;
+  CHECK_THROWS_AS(Queue<int>(o), shmq::InvalidArgument);  // no dead_letter_queue
+  o.dead_letter_queue = unique_name("missing");
+  CHECK_THROWS_AS(Queue<int>(o), shmq::NotFound);
+  NameGuard strings(unique_name("strings"));
+  auto other = Queue<std::string>::create(strings.name());
+  o.dead_letter_queue = strings.name();
+  CHECK_THROWS_AS(Queue<int>(o), shmq::Incompatible);
+  QueueOptions too_many = leased(5000);
+  CHECK_THROWS_AS(Queue<int>(too_many), shmq::InvalidArgument);
+  QueueOptions negative = leased(1);
+  negative.lease_timeout = -1ms;
+  CHECK_THROWS_AS(Queue<int>(negative), shmq::InvalidArgument);
+  QueueOptions without;
+  without.lease_timeout = 1s;
+  CHECK_THROWS_AS(Queue<int>(without), shmq::InvalidArgument);
+  // Every message must fit a slot.
+  Queue<std::string> small(leased(2));
+  CHECK(small.max_message_bytes() == 1024);
+  CHECK_THROWS_AS(small.put(std::string(2000, 'x')), shmq::MessageTooLarge);
+}
+
+TEST_CASE("a named leased queue reopens with its leases", "[lease]") {
+  NameGuard name(unique_name("leases"));
+  auto q = Queue<int>::create(name.name(), leased(2));
+  q.put(3);
+  auto lease = q.get_leased();
+  auto again = Queue<int>::open(name.name());
+  CHECK(again.stats().max_leases == 2);
+  CHECK(again.stats().leases.size() == 1);
+  lease.nack();
+  CHECK(again.get_leased().value() == 3);
+}
+
+TEST_CASE("a draining queue ends leased and plain gets only once no lease can come back",
+          "[lease]") {
+  Queue<int> q(leased(2));
+  q.put(1);
+  auto lease = q.get_leased();
+  q.shutdown();
+  CHECK_THROWS_AS(q.get_nowait(), shmq::Empty);  // the lease may still come back
+  lease.nack();
+  CHECK(q.get() == 1);
+  CHECK_THROWS_AS(q.get(), shmq::ShutDown);
+  CHECK_THROWS_AS(q.get_leased(), shmq::ShutDown);
+}
+
+#ifdef SHMQ_CLI
+TEST_CASE("shmq stat shows outstanding leases with their holders and ages, and the counters",
+          "[lease][cli]") {
+  NameGuard name(unique_name("leases"));
+  auto q = Queue<int>::create(name.name(), leased(4));
+  q.put(1);
+  q.put(2);
+  q.get_leased().nack();  // a redelivery
+  auto held = q.get_leased();
+  std::string out;
+  if (FILE* p = popen((std::string(SHMQ_CLI) + " stat " + name.name() + " 2>&1").c_str(), "r")) {
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+    pclose(p);
+  }
+  INFO(out);
+  CHECK(out.find("leases:              1 outstanding of 4, timeout none") != std::string::npos);
+  CHECK(out.find("held by pid " + std::to_string(getpid()) + " (alive) for ") !=
+        std::string::npos);
+  CHECK(out.find("delivery 2") != std::string::npos);
+  CHECK(out.find("redeliveries:        1") != std::string::npos);
+  held.ack();
+}
+#endif
+
+namespace {
+
+// The lease area of the named queue `name`, mapped: what a taker inside get_leased writes.
+struct LeaseAreaView {
+  void* base = MAP_FAILED;
+  std::size_t bytes = 0;
+  shmq::detail::SharedHeader* header = nullptr;
+  std::byte* area = nullptr;
+  explicit LeaseAreaView(const std::string& name) {
+    const int fd = shm_open(("/shmq." + name).c_str(), O_RDWR, 0);
+    REQUIRE(fd >= 0);
+    struct stat st {};
+    fstat(fd, &st);
+    bytes = static_cast<std::size_t>(st.st_size);
+    base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    REQUIRE(base != MAP_FAILED);
+    header = static_cast<shmq::detail::SharedHeader*>(base);
+    area = static_cast<std::byte*>(base) + shmq::detail::kHeaderBytes + header->capacity_bytes;
+  }
+  ~LeaseAreaView() { munmap(base, bytes); }
+  shmq::detail::LeaseSlot& slot(std::uint32_t i) const {
+    return *reinterpret_cast<shmq::detail::LeaseSlot*>(
+        area + i * shmq::detail::lease_stride(header->lease_payload));
+  }
+};
+
+// A child that dies holding the consumers' lock with slot 0 taking, as a leased get killed
+// between its steps leaves it: before its commit (head not moved: from_head is head) or after
+// it (from_head is an older head).
+void die_inside_a_take(Queue<int>& q, const std::string& name, bool committed) {
+  Child taker([&] {
+    LeaseAreaView view(name);
+    q.get_with([&](const std::byte*, std::size_t) {  // runs holding the consumers' lock
+      shmq::detail::LeaseSlot& slot = view.slot(0);
+      const int value = 99;
+      std::memcpy(reinterpret_cast<std::byte*>(&slot) + sizeof(shmq::detail::LeaseSlot), &value,
+                  sizeof value);
+      slot.bytes.store(sizeof value);
+      const std::uint64_t head = view.header->head.load();
+      slot.from_head.store(committed ? head + 1 : head);
+      shmq::detail::LeaseState s;
+      s.pid = static_cast<std::uint32_t>(getpid());
+      s.deliveries = 1;
+      s.kind = shmq::detail::LeaseKind::taking;
+      slot.state.store(s.pack());
+      raise(SIGKILL);
+    });
+  });
+  taker.wait_status();
+}
+
+}  // namespace
+
+TEST_CASE("a taker killed inside get_leased before its commit leaves the message in the ring only",
+          "[lease][process]") {
+  NameGuard name(unique_name("taking"));
+  auto q = Queue<int>::create(name.name(), leased(2));
+  q.put(1);
+  die_inside_a_take(q, name.name(), false);
+  CHECK(q.get(1s) == 1);  // the next get settles the slot: freed, never delivered
+  CHECK(q.stats().leases.empty());
+  CHECK(q.stats().lock_recoveries == 1);
+  CHECK_FALSE(q.try_get().has_value());
+}
+
+TEST_CASE("a taker killed inside get_leased after its commit has its message delivered again",
+          "[lease][process]") {
+  NameGuard name(unique_name("taken"));
+  auto q = Queue<int>::create(name.name(), leased(2));
+  q.put(1);
+  die_inside_a_take(q, name.name(), true);
+  auto lease = q.get_leased(1s);  // the slot's message, ready again, comes before the ring's
+  CHECK(lease.value() == 99);
+  CHECK(lease.deliveries() == 2);
+  lease.ack();
+  CHECK(q.get(1s) == 1);
+}

@@ -94,6 +94,53 @@ std::string utc(std::uint64_t unix_ns) {
   return buf;
 }
 
+// Leased gets (issue 15): the lease settings, counters and outstanding leases, as JSON members
+// (each with its leading ", ") and as `stat` rows.
+std::string leases_json(const shmq::QueueStats& s) {
+  auto n = [](std::uint64_t v) { return std::to_string(v); };
+  std::string leases = "[";
+  for (std::size_t i = 0; i < s.leases.size(); ++i) {
+    const auto& l = s.leases[i];
+    leases += std::string(i ? ", " : "") + "{\"slot\": " + n(l.slot) +
+              ", \"waiting\": " + (l.waiting ? "true" : "false") +
+              ", \"holder\": " + std::to_string(l.holder) +
+              ", \"holder_alive\": " + (l.holder_alive ? "true" : "false") +
+              ", \"age_ns\": " + n(l.age_ns) + ", \"deliveries\": " + n(l.deliveries) + "}";
+  }
+  leases += "]";
+  return ", \"max_leases\": " + n(s.max_leases) +
+         ", \"lease_timeout_ns\": " + n(s.lease_timeout_ns) +
+         ", \"max_deliveries\": " + n(s.max_deliveries) +
+         ", \"dead_letter_queue\": " + json_string(s.dead_letter_queue) +
+         ", \"redeliveries\": " + n(s.redeliveries) + ", \"dead_lettered\": " + n(s.dead_lettered) +
+         ", \"leases\": " + leases;
+}
+
+template <class Row>
+void lease_rows(const shmq::QueueStats& s, Row&& row) {
+  if (s.max_leases == 0) return;
+  auto n = [](std::uint64_t v) { return std::to_string(v); };
+  char timeout[32];
+  std::snprintf(timeout, sizeof timeout, "%.3f s", double(s.lease_timeout_ns) / 1e9);
+  row("leases:", n(s.leases.size()) + " outstanding of " + n(s.max_leases) + ", timeout " +
+                     (s.lease_timeout_ns ? std::string(timeout) : std::string("none")));
+  for (const auto& l : s.leases) {
+    char age[32];
+    std::snprintf(age, sizeof age, "%.3f s", double(l.age_ns) / 1e9);
+    const std::string who =
+        l.waiting ? std::string("waiting for its next delivery")
+                  : "held by pid " + std::to_string(l.holder) +
+                        (l.holder_alive ? " (alive)" : " (dead: delivered again by the next get)") +
+                        " for " + age;
+    row(("  slot " + n(l.slot) + ":").c_str(), who + ", delivery " + n(l.deliveries));
+  }
+  row("redeliveries:", n(s.redeliveries));
+  row("dead-lettered:",
+      n(s.dead_lettered) + (s.dead_letter_queue.empty() ? std::string()
+                                                        : " to " + s.dead_letter_queue + " after " +
+                                                              n(s.max_deliveries) + " deliveries"));
+}
+
 // One queue as a JSON object (no trailing newline).
 std::string stats_json(const shmq::QueueStats& s, const shmq::QueueUsers& u) {
   std::string mapped = "[";
@@ -117,7 +164,7 @@ std::string stats_json(const shmq::QueueStats& s, const shmq::QueueUsers& u) {
          ", \"sleeping_producers\": " + n(s.sleeping_producers) +
          ", \"sleeping_consumers\": " + n(s.sleeping_consumers) +
          ", \"put_lock_holder\": " + std::to_string(s.put_lock_holder) +
-         ", \"get_lock_holder\": " + std::to_string(s.get_lock_holder) + "}";
+         ", \"get_lock_holder\": " + std::to_string(s.get_lock_holder) + leases_json(s) + "}";
 }
 
 // ---- Locks, events, semaphores, conditions, barriers, values and shared memory
@@ -341,6 +388,7 @@ int stat(const std::vector<std::string>& args) {
       return tid == 0 ? std::string("free") : "held by thread " + std::to_string(tid);
     };
     row("locks now:", "put " + holder(s.put_lock_holder) + ", get " + holder(s.get_lock_holder));
+    lease_rows(s, row);
     return kOk;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shmq stat: %s\n", e.what());

@@ -168,4 +168,12 @@ class BrokenPipeError : public Error {
   using Error::Error;
 };
 
+// Leased gets (lease.hpp): a Lease's ack() or nack() came too late: the lease was held longer than
+// the queue's lease_timeout (or its holder was taken for dead) and its message was delivered
+// again; this holder no longer has it.
+class LeaseExpired : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace shmq

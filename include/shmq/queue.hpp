@@ -5,6 +5,7 @@
 #include <cxxabi.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <iterator>
@@ -22,6 +23,7 @@
 #include "shmq/detail/demangle.hpp"
 #include "shmq/detail/segment.hpp"
 #include "shmq/errors.hpp"
+#include "shmq/lease.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/stats.hpp"
 
@@ -161,6 +163,40 @@ class Queue {
   // or process, and then returns 0. Throws as try_get does (DecodeError as get_many).
   std::size_t try_get_many(std::vector<T>& out, std::size_t max) {
     return get_core(max, appender(out), detail::Deadline::now(), nullptr);
+  }
+
+  // ---- Leased gets (lease.hpp): the message stays in the queue, in its lease area, until the
+  // lease is acked, and is delivered again if this process dies first, nacks it, drops the lease
+  // unacked, or holds it past QueueOptions::lease_timeout. Ready redeliveries come first, then
+  // the ring's messages; leased and plain gets may share a queue. At most max_leases leases are
+  // outstanding: a leased get that finds none free waits as a get on an empty queue (the _nowait
+  // and try_ forms report "empty"). Each form throws as its plain get does (a message that does
+  // not decode is dropped: DecodeError), and InvalidArgument on a queue made with max_leases 0.
+  Lease<T> get_leased() { return make_lease(lease_one(detail::Deadline::never(), "get_leased")); }
+  template <class Rep, class Period>
+  Lease<T> get_leased(const std::chrono::duration<Rep, Period>& timeout) {
+    return make_lease(lease_one(detail::Deadline::after(timeout), "get_leased"));
+  }
+  Lease<T> get_leased_nowait() {
+    return make_lease(lease_one(detail::Deadline::now(), "get_leased_nowait"));
+  }
+  std::optional<Lease<T>> try_get_leased() {
+    const detail::LeaseTicket ticket = lease_one(detail::Deadline::now(), nullptr);
+    if (ticket.word == 0) return std::nullopt;
+    return make_lease(ticket);
+  }
+  // Appends to `out` up to `max` leases (at most 64 per lock hold), blocking for the first.
+  std::size_t get_leased_many(std::vector<Lease<T>>& out, std::size_t max) {
+    return lease_core(max, lease_appender(out), detail::Deadline::never(), "get_leased_many");
+  }
+  template <class Rep, class Period>
+  std::size_t get_leased_many(std::vector<Lease<T>>& out, std::size_t max,
+                              const std::chrono::duration<Rep, Period>& timeout) {
+    return lease_core(max, lease_appender(out), detail::Deadline::after(timeout),
+                      "get_leased_many");
+  }
+  std::size_t try_get_leased_many(std::vector<Lease<T>>& out, std::size_t max) {
+    return lease_core(max, lease_appender(out), detail::Deadline::now(), nullptr);
   }
 
   // Zero-copy put: blocks until there is room for a message of `bytes` encoded bytes (however long
@@ -360,14 +396,68 @@ class Queue {
           max, [&](const std::byte* at, std::uint32_t bytes) { take(at, std::size_t{bytes}); },
           deadline);
     } catch (const DecodeError& e) {
-      throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
-                        segment_->type_name() + " and was dropped: " + e.what());
+      throw_dropped(e);
     }
     if (progress.outcome == detail::Outcome::done ||
         (call == nullptr && detail::gave_up(progress.outcome))) {
       return progress.count;
     }
     segment_->throw_get_failure(progress.outcome, deadline, call != nullptr ? call : "try_get");
+  }
+  [[noreturn]] void throw_dropped(const DecodeError& e) const {
+    throw DecodeError("shmq: " + segment_->description() + ": a message does not decode as " +
+                      segment_->type_name() + " and was dropped: " + e.what());
+  }
+
+  // The ticket of one lease (nothing can throw between the ring handing it out and make_lease
+  // taking it); for the try_ form, a word of 0 if there was none (a taken slot's word never is:
+  // its kind is held).
+  detail::LeaseTicket lease_one(const detail::Deadline& deadline, const char* call) {
+    detail::LeaseTicket got{0, 0};
+    lease_core(
+        1, [&](const detail::LeaseTicket& ticket) { got = ticket; }, deadline, call);
+    return got;
+  }
+  auto lease_appender(std::vector<Lease<T>>& out) {
+    // A lease that push_back fails to keep is nacked by its destructor.
+    return [this, &out](const detail::LeaseTicket& ticket) { out.push_back(make_lease(ticket)); };
+  }
+  // The Lease<T> of `ticket`, its value decoded in place from the slot. A message that does not
+  // decode is acked (dropped) and DecodeError thrown; any other exception nacks it.
+  Lease<T> make_lease(const detail::LeaseTicket& ticket) {
+    detail::LeaseTable& leases = *segment_->leases();
+    const std::size_t bytes =
+        std::min(leases.slot(ticket.slot).bytes.load(std::memory_order_relaxed), leases.payload());
+    try {
+      return Lease<T>(detail::LeaseKey{}, segment_, ticket,
+                      [&] { return decode_message(leases.bytes(ticket.slot), bytes); });
+    } catch (const DecodeError& e) {
+      leases.ack(ticket);
+      throw_dropped(e);
+    } catch (...) {
+      leases.nack(ticket);
+      throw;
+    }
+  }
+
+  // The one core of every leased get: passes up to `max` lease tickets to keep(ticket), which
+  // makes a Lease<T> of each (make_lease); as get_core. If keep throws, the leases after it in the
+  // batch are nacked (the ring does that).
+  template <class Keep>
+  std::size_t lease_core(std::size_t max, Keep&& keep, const detail::Deadline& deadline,
+                         const char* call) {
+    check_open(call != nullptr ? call : "try_get_leased");
+    if (segment_->leases() == nullptr) {
+      throw InvalidArgument("shmq: " + segment_->description() +
+                            " was made with max_leases 0: it has no leased gets");
+    }
+    const auto progress = segment_->ring().get_leased(max, keep, deadline);
+    if (progress.outcome == detail::Outcome::done ||
+        (call == nullptr && detail::gave_up(progress.outcome))) {
+      return progress.count;
+    }
+    segment_->throw_get_failure(progress.outcome, deadline,
+                                call != nullptr ? call : "try_get_leased");
   }
 
   std::shared_ptr<detail::Segment> segment_;

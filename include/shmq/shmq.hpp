@@ -10,6 +10,7 @@
 #include "shmq/inspect.hpp"
 #include "shmq/joinable_queue.hpp"
 #include "shmq/lock.hpp"
+#include "shmq/lease.hpp"
 #include "shmq/manager.hpp"
 #include "shmq/notifier.hpp"
 #include "shmq/pool.hpp"

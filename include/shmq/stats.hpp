@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace shmq {
 
@@ -35,6 +36,24 @@ struct QueueStats {
   // the consumers' lock now, or 0. A holder that stays is stuck, or stopped (SIGSTOP, a debugger).
   pid_t put_lock_holder = 0;
   pid_t get_lock_holder = 0;
+
+  // ---- Leased gets (QueueOptions::max_leases; all zero and empty for a queue without).
+  std::uint32_t max_leases = 0;
+  std::uint64_t lease_timeout_ns = 0;  // 0: none
+  std::uint32_t max_deliveries = 0;    // 0: no limit
+  std::string dead_letter_queue;
+  std::uint64_t redeliveries = 0;   // messages delivered again (holder died, timed out, nacked)
+  std::uint64_t dead_lettered = 0;  // messages moved to dead_letter_queue
+  // A lease outstanding now: held by a consumer, or waiting to be delivered again.
+  struct Lease {
+    std::uint32_t slot = 0;
+    bool waiting = false;       // true: back in the queue, for its next delivery (no holder)
+    pid_t holder = 0;           // the holding process
+    bool holder_alive = false;  // false: it died; the next get that looks delivers it again
+    std::uint64_t age_ns = 0;   // since its holder took it
+    std::uint32_t deliveries = 0;
+  };
+  std::vector<Lease> leases;
 };
 
 }  // namespace shmq

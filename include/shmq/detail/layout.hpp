@@ -4,6 +4,8 @@
 //
 //   offset 0            SharedHeader (one page, kHeaderBytes)
 //   offset kHeaderBytes the ring: capacity_bytes of frames, a multiple of the page size
+//   then                the lease area: lease_slots LeaseSlots of lease_stride bytes each, padded
+//                       to a page (no bytes at all when the queue was made with max_leases 0)
 //
 // Each process maps the ring twice, back to back, right after the header (see segment.cpp), so a
 // frame that runs past the ring's end continues in the second view: every frame is contiguous in
@@ -19,6 +21,7 @@
 // the old word (the message was never put / never taken) or the new one: never half a message.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -30,7 +33,8 @@ namespace shmq::detail {
 
 inline constexpr std::uint64_t kMagic = 0x5348'4d51'5155'4555ULL;  // "SHMQQUEU": marks our segments
 // 2: RobustMutex replaced pthread_mutex_t. 3: JoinableQueue's count derived from tail's count
-// (tasks_base, tasks_done) instead of the unfinished_tasks counter. 4: pipe_ends (Pipe's holders).
+// (tasks_base, tasks_done) instead of the unfinished_tasks counter. 4: pipe_ends (Pipe's holders),
+// the lease area and the header's lease fields (leased gets).
 inline constexpr std::uint32_t kLayoutVersion = 4;
 inline constexpr std::size_t kHeaderBytes = 4096;
 inline constexpr std::size_t kCacheLine = 64;
@@ -142,6 +146,14 @@ struct SharedHeader {
   std::uint32_t reserved;          // zero; keeps what follows 8-byte aligned
   std::uint64_t created_unix_ns;   // wall-clock creation time, for display only
   char type_name[kTypeNameBytes];  // the message type's name, NUL-terminated
+  // Leases (lease.hpp): immutable like the rest of the identity; every opener checks them and
+  // keeps its own copies (the lease area's size must match the file).
+  std::uint32_t lease_slots;       // QueueOptions::max_leases; 0: no lease area
+  std::uint32_t lease_payload;     // largest message when lease_slots != 0 (every slot holds one)
+  std::uint64_t lease_timeout_ns;  // QueueOptions::lease_timeout; 0: none
+  std::uint32_t max_deliveries;    // QueueOptions::max_deliveries; 0: no limit
+  std::uint32_t lease_reserved;    // zero
+  char dead_letter_queue[kTypeNameBytes];  // its name, NUL-terminated; empty: none
 
   // ---- Producer side: put_lock serialises producers; tail is theirs. `tail` has a cache line to
   //      itself: consumers poll it, and their reads must not fight the producers' lock word and
@@ -164,6 +176,10 @@ struct SharedHeader {
   alignas(kCacheLine) RobustMutex get_lock;  // process-shared, robust (robust_mutex.hpp)
   std::uint64_t tail_seen;  // consumers' cached copy of `tail`; guarded by get_lock; only grows
   std::atomic<std::uint64_t> get_wraps;  // times head's count has wrapped; as put_wraps
+  // 1 when a lease slot may be ready for redelivery (lease.hpp, "The ready hint"): set (seq_cst)
+  // after a slot is made ready; cleared (seq_cst exchange) by a get_lock holder before it scans
+  // the slots. On this line: only gets read it, and it changes only when a message comes back.
+  std::atomic<std::uint32_t> leases_ready;
 
   // ---- Wake-ups: consumers sleep on not_empty, producers on not_full.
   EventCount not_empty;
@@ -192,6 +208,67 @@ struct SharedHeader {
   // ---- Pipe: the holders of the end that receives from this ring ([0]) and of the end that sends
   //      into it ([1]); zero in a plain queue. Lock-free: see HolderSlot.
   alignas(kCacheLine) EndTable pipe_ends[2];
+
+  // ---- Lease statistics (relaxed; written under get_lock, read by stats()).
+  alignas(kCacheLine) std::atomic<std::uint64_t> redeliveries;  // ready slots delivered again
+  std::atomic<std::uint64_t> dead_lettered;  // messages moved to the dead-letter queue
+};
+
+// ---- The lease area (lease.hpp): one slot per lease, each holding its own copy of the message.
+//
+// A slot's `state` is the one word every step of a lease commits with a single store or CAS
+// (see LeaseState). The other fields are written only by whoever owns the slot's current state
+// (the get_lock holder for free, taking and ready slots; the holder for a held one), before the
+// release store of `state` that publishes them, and read after an acquire load of `state`.
+struct alignas(kCacheLine) LeaseSlot {
+  std::atomic<std::uint64_t> state;      // a packed LeaseState
+  std::atomic<std::uint64_t> from_head;  // taking: the head word before the take committed
+  std::atomic<std::uint64_t> taken_ns;   // held: CLOCK_MONOTONIC when its holder took it
+  std::atomic<std::uint32_t> bytes;      // the message's length; at most lease_payload
+  // The message's bytes follow, up to lease_payload, within the slot's stride.
+};
+
+// Bytes from one slot to the next: the slot's fields, then its message, to a whole cache line.
+constexpr std::size_t lease_stride(std::uint32_t payload) noexcept {
+  return (sizeof(LeaseSlot) + payload + kCacheLine - 1) & ~(kCacheLine - 1);
+}
+// The most slots a queue may have (QueueOptions::max_leases), and the largest lease area.
+inline constexpr std::uint32_t kMaxLeaseSlots = 4096;
+inline constexpr std::size_t kMaxLeaseAreaBytes = std::size_t{1} << 30;
+
+// The kinds of slot: free (may be taken by the get_lock holder), taking (a get_lock holder is
+// copying a frame into it, and commits by moving head past the frame), held (a consumer holds
+// the lease), ready (its message waits for its next delivery, ahead of the ring).
+enum class LeaseKind : std::uint32_t { free = 0, taking = 1, held = 2, ready = 3 };
+
+// LeaseSlot::state: [pid:22 | start ticks mod 2^18 | generation:14 | deliveries:8 | kind:2].
+// The holder is named by pid and start time in one word, so that one acquire load tells a
+// checker who holds the slot (a recycled pid does not match the start time); the generation
+// changes on every move out of held, so that a late ack's CAS cannot succeed on a later lease.
+struct LeaseState {
+  std::uint32_t pid = 0;
+  std::uint32_t ticks = 0;  // low 18 bits of the holder's start time in clock ticks
+  std::uint32_t generation = 0;
+  std::uint32_t deliveries = 0;  // saturates at 255
+  LeaseKind kind = LeaseKind::free;
+
+  static constexpr std::uint32_t kPidMask = (1u << 22) - 1;
+  static constexpr std::uint32_t kTicksMask = (1u << 18) - 1;
+  static constexpr std::uint32_t kGenerationMask = (1u << 14) - 1;
+  static constexpr std::uint32_t kMaxDeliveries = 255;
+
+  static LeaseState unpack(std::uint64_t w) noexcept {
+    return {static_cast<std::uint32_t>(w) & kPidMask,
+            static_cast<std::uint32_t>(w >> 22) & kTicksMask,
+            static_cast<std::uint32_t>(w >> 40) & kGenerationMask,
+            static_cast<std::uint32_t>(w >> 54) & 0xffu, static_cast<LeaseKind>(w >> 62)};
+  }
+  std::uint64_t pack() const noexcept {
+    return std::uint64_t{pid & kPidMask} | std::uint64_t{ticks & kTicksMask} << 22 |
+           std::uint64_t{generation & kGenerationMask} << 40 |
+           std::uint64_t{std::min(deliveries, kMaxDeliveries)} << 54 |
+           std::uint64_t{static_cast<std::uint32_t>(kind) & 3u} << 62;
+  }
 };
 
 static_assert(sizeof(SharedHeader) <= kHeaderBytes, "the header must fit its page");

@@ -32,6 +32,7 @@
 #include <errno.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -43,6 +44,7 @@
 
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/layout.hpp"
+#include "shmq/detail/lease_table.hpp"
 #include "shmq/detail/robust_mutex.hpp"
 #include "shmq/errors.hpp"
 
@@ -180,6 +182,8 @@ class RobustLock {
   ~RobustLock() { unlock(); }
 
   explicit operator bool() const noexcept { return mutex_ != nullptr; }
+  // Whether the lock was taken over from a holder that died holding it.
+  bool recovered() const noexcept { return recovered_; }
   void unlock() noexcept {
     if (mutex_ != nullptr) detail::unlock(*std::exchange(mutex_, nullptr), *me_);
   }
@@ -192,6 +196,7 @@ class RobustLock {
         *mutex_, *me_, deadline.is_now() ? Deadline::after(kNowaitLockPatience) : deadline);
     if (rc == EOWNERDEAD) {
       recoveries.fetch_add(1, std::memory_order_relaxed);
+      recovered_ = true;
     } else if (rc == ETIMEDOUT) {
       mutex_ = nullptr;
     } else if (rc != 0) {
@@ -201,6 +206,7 @@ class RobustLock {
 
   RobustMutex* mutex_;
   ThisThread* me_;
+  bool recovered_ = false;
 };
 
 // timed_out: no room or no message by the deadline; lock_busy: the side's lock stayed held by
@@ -227,21 +233,26 @@ class Ring {
  public:
   // `capacity` and `maxsize` are this process's validated copies of the header's figures: every
   // offset and length read from shared memory is checked against them, so a header changed by
-  // another process can make an operation throw but never reach outside the mapping.
+  // another process can make an operation throw but never reach outside the mapping. `leases` is
+  // the queue's lease area, or null when it has none; every message then fits one of its slots.
   Ring(SharedHeader& header, std::byte* data, std::uint32_t capacity, std::uint32_t maxsize,
-       unsigned spin_polls, const std::string& queue) noexcept
+       unsigned spin_polls, const std::string& queue, LeaseTable* leases = nullptr) noexcept
       : h_(&header),
         data_(data),
         capacity_(capacity),
         maxsize_(maxsize),
+        max_payload_(leases != nullptr
+                         ? std::min(leases->payload(),
+                                    capacity - static_cast<std::uint32_t>(kFrameHeaderBytes))
+                         : capacity - static_cast<std::uint32_t>(kFrameHeaderBytes)),
         spin_(spin_polls),
-        queue_(&queue) {}
+        queue_(&queue),
+        leases_(leases) {}
 
   std::uint32_t capacity() const noexcept { return capacity_; }
   std::uint32_t maxsize() const noexcept { return maxsize_; }
-  std::uint32_t max_payload() const noexcept {
-    return capacity_ - static_cast<std::uint32_t>(kFrameHeaderBytes);
-  }
+  std::uint32_t max_payload() const noexcept { return max_payload_; }
+  LeaseTable* leases() const noexcept { return leases_; }
 
   // Appends `count` frames in order; frame i has size_of(i) payload bytes (a uint32_t, at most
   // max_payload(); size_of may throw to refuse a frame), which fill(i, std::byte* dst, uint32_t
@@ -299,41 +310,37 @@ class Ring {
     }
   }
 
-  // Removes up to `max` of the oldest frames, at least one unless the deadline passes, passing
-  // each to take(const std::byte* payload, uint32_t size), which must copy out what it keeps. All
-  // the frames already queued are taken under one lock hold and released with one store. If take
-  // throws DecodeError its frame is dropped (it will never decode); any other exception leaves that
-  // frame queued. Either way the frames before it are taken and the exception propagates.
+  // Removes up to `max` of the oldest messages, at least one unless the deadline passes, passing
+  // each to take(const std::byte* payload, uint32_t size), which must copy out what it keeps.
+  // Messages ready for redelivery in the lease area come first (lease_table.hpp), then the
+  // ring's frames, all under one lock hold; the frames are released with one store. If take
+  // throws DecodeError its message is dropped (it will never decode); any other exception leaves
+  // that message queued. Either way the messages before it are taken and the exception propagates.
   template <class Take>
   Progress get_many(std::size_t max, Take&& take, const Deadline& deadline) {
-    for (;;) {
-      {
-        RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries);
-        if (!lock) return {Outcome::lock_busy, 0};
-        const ShutdownState state = shutdown_state();
-        if (state == ShutdownState::immediate) return {Outcome::shut_down, 0};
-        const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
-        const Cursor tail = readable_tail(head);
-        if (tail.count != head.count) {
-          Cursor end = head;
+    if (max == 0) return {Outcome::done, 0};
+    return consume(
+        [&](RobustLock& lock, std::uint64_t) -> std::size_t {
           std::size_t taken = 0;
+          if (leases_ != nullptr) {
+            taken = leases_->take_ready(
+                max, [&](std::uint32_t i, const LeaseState& s, std::uint32_t bytes) {
+                  take_ready(i, s, bytes, take);
+                });
+          }
+          const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
+          const Cursor tail = readable_tail(head);
+          if (tail.count == head.count || taken == max) return taken;
+          Cursor end = head;
           // Frames in [head, end) are released on every way out, exceptions included.
           try {
             std::uint32_t queued = used_bytes(head, tail);  // bytes of frames in [end, tail)
             while (taken < max && end.count != tail.count) {
-              const std::byte* at = data_ + end.offset;
-              std::uint32_t payload;
-              std::memcpy(&payload, at, kFrameHeaderBytes);
-              if (payload > max_payload() || frame_bytes(payload) > queued) {
-                throw_corrupt(*queue_, "a frame of " + std::to_string(payload) +
-                                           " bytes at offset " + std::to_string(end.offset) +
-                                           " overruns the " + std::to_string(queued) +
-                                           " bytes queued");
-              }
+              const std::uint32_t payload = frame_payload(end, queued);
               queued -= frame_bytes(payload);
               const Cursor next{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
               try {
-                take(at + kFrameHeaderBytes, payload);
+                take(data_ + end.offset + kFrameHeaderBytes, payload);
               } catch (const DecodeError&) {
                 end = next;  // a frame that will never decode is dropped
                 throw;
@@ -346,14 +353,48 @@ class Ring {
             throw;
           }
           commit_get(head, end, lock);
-          return {Outcome::done, taken};
-        }
-        if (state == ShutdownState::draining) return {Outcome::shut_down, 0};
-        if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
-      }
-      await(
-          h_->not_empty, &h_->empty_waits, spin_, [&] { return readable(); }, deadline);
-    }
+          return taken;
+        },
+        [&] { return might_have_message() || (leases_ != nullptr && leases_->ready_hint()); },
+        deadline);
+  }
+
+  // The leased get (lease_table.hpp): takes up to `max` messages (at most kMaxLeaseBatch per lock
+  // hold), at least one unless the deadline passes, each into a lease slot held by this process:
+  // first the ready ones, then the ring's frames, each copied into a free slot. Waits while the
+  // ring is empty or no slot is free. Once the lock is released, passes each lease to
+  // on_lease(LeaseTicket); if it throws, the leases not yet passed are nacked and it propagates.
+  template <class OnLease>
+  Progress get_leased(std::size_t max, OnLease&& on_lease, const Deadline& deadline) {
+    if (max == 0) return {Outcome::done, 0};
+    LeaseTable& leases = *leases_;
+    return consume(
+        [&](RobustLock& lock, std::uint64_t now) -> std::size_t {
+          std::array<LeaseTicket, kMaxLeaseBatch> got;
+          const std::size_t want = std::min(max, kMaxLeaseBatch);
+          const LeaseState me = this_holder();
+          std::size_t n = 0;
+          leases.take_ready(want, [&](std::uint32_t i, LeaseState s, std::uint32_t) {
+            leases.slot(i).taken_ns.store(now, std::memory_order_relaxed);
+            s = LeaseState{me.pid, me.ticks, s.generation, s.deliveries + 1, LeaseKind::held};
+            leases.slot(i).state.store(s.pack(), std::memory_order_release);
+            got[n++] = {i, s.pack()};
+          });
+          n = take_fresh(leases, got, n, want, me, now, lock);
+          if (n == 0) return 0;
+          lock.unlock();
+          for (std::size_t j = 0; j < n; ++j) {
+            try {
+              on_lease(got[j]);
+            } catch (...) {
+              for (std::size_t k = j + 1; k < n; ++k) leases.nack(got[k]);
+              throw;
+            }
+          }
+          return n;
+        },
+        [&] { return leases.ready_hint() || (might_have_message() && leases.has_free_slot()); },
+        deadline);
   }
 
   // Marks the queue shut down (it never reopens) and wakes every sleeper in every process,
@@ -417,10 +458,12 @@ class Ring {
   }
 
   // For shmq::wait and Pipe (lock-free, never waits): whether a get would not sleep now — a message
-  // is queued or the queue is shut down (a snapshot; also true on corrupt words, so that the get
-  // reports them); the EventCount a put or a shutdown bumps; the header's pipe ends.
+  // is queued, a lease waits for redelivery, or the queue is shut down (a snapshot; also true on
+  // corrupt words, so that the get reports them); the EventCount a put, a nack or a shutdown bumps;
+  // the header's pipe ends.
   bool readable() const noexcept {
-    return shutdown_state() != ShutdownState::running || might_have_message();
+    return shutdown_state() != ShutdownState::running || might_have_message() ||
+           (leases_ != nullptr && leases_->ready_hint());
   }
   EventCount& not_empty() noexcept { return h_->not_empty; }
   EndTable& pipe_end(int which) noexcept { return h_->pipe_ends[which]; }
@@ -513,6 +556,124 @@ class Ring {
     return tail;
   }
 
+  // The one waiting loop of every get, plain and leased: takes get_lock, settles what a holder
+  // that died with it left (lease_table.hpp), and runs body(lock), which returns how many messages
+  // it took (releasing the lock itself when it does), given monotonic_ns() when the queue has a
+  // lease area (0 otherwise); before it, the lease area is checked for
+  // dead and timed-out holders (reclaim_if_due). With nothing taken it waits for ready()
+  // (lock-free, may be spurious); a sleeping get looks again at least every kLongestSleep, so
+  // dead holders are found then too. A draining queue ends the get once nothing is queued and no
+  // lease can still come back.
+  template <class Body, class Ready>
+  Progress consume(Body&& body, Ready&& ready, const Deadline& deadline) {
+    for (;;) {
+      {
+        RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries);
+        if (!lock) return {Outcome::lock_busy, 0};
+        const ShutdownState state = shutdown_state();
+        if (state == ShutdownState::immediate) return {Outcome::shut_down, 0};
+        std::uint64_t now = 0;
+        if (leases_ != nullptr) {
+          if (lock.recovered()) leases_->settle_takes(h_->head.load(std::memory_order_relaxed));
+          now = monotonic_ns();
+          leases_->reclaim_if_due(now);
+        }
+        if (const std::size_t taken = body(lock, now); taken != 0) return {Outcome::done, taken};
+        if (state == ShutdownState::draining && drained()) return {Outcome::shut_down, 0};
+        if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
+      }
+      await(
+          h_->not_empty, &h_->empty_waits, spin_,
+          [&] {
+            const ShutdownState state = shutdown_state();
+            return state == ShutdownState::immediate || ready() ||
+                   (state == ShutdownState::draining && drained());
+          },
+          deadline);
+    }
+  }
+  // Draining: nothing is queued (the caller found nothing) and no lease can still come back.
+  bool drained() const noexcept { return leases_ == nullptr || !leases_->any_outstanding(); }
+
+  // A plain get of ready slot i, which take_ready passes under get_lock: the slot is freed once
+  // take has its bytes, or if they will never decode; any other exception leaves it ready.
+  template <class Take>
+  void take_ready(std::uint32_t i, const LeaseState& s, std::uint32_t bytes, Take& take) {
+    try {
+      take(leases_->bytes(i), bytes);
+    } catch (const DecodeError&) {
+      leases_->release_ready(i, s);
+      throw;
+    } catch (...) {
+      leases_->mark_ready();
+      throw;
+    }
+    leases_->release_ready(i, s);
+  }
+
+  // Leased get, under get_lock: copies ring frames into free slots, after the n leases already in
+  // `got`, up to `want` in all; returns the new count. Each slot is marked taking (recording head
+  // as it was) before head moves past its frame, and held after: see lease_table.hpp for how a
+  // death between the steps is settled. Releases the lock and wakes producers if it took any.
+  std::size_t take_fresh(LeaseTable& leases, std::array<LeaseTicket, kMaxLeaseBatch>& got,
+                         std::size_t n, std::size_t want, const LeaseState& me, std::uint64_t now,
+                         RobustLock& lock) {
+    const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
+    const Cursor tail = readable_tail(head);
+    if (tail.count == head.count || n == want) return n;
+    Cursor end = head;
+    const std::size_t first = n;
+    std::uint32_t queued = used_bytes(head, tail);
+    try {
+      // The next free slot is looked for only when another frame will go into it.
+      for (std::uint32_t i = 0; n < want && end.count != tail.count; ++i) {
+        if ((i = leases.free_slot(i)) == leases.slots()) break;
+        const std::uint32_t payload = frame_payload(end, queued);
+        LeaseSlot& slot = leases.slot(i);
+        std::memcpy(leases.bytes(i), data_ + end.offset + kFrameHeaderBytes, payload);
+        slot.bytes.store(payload, std::memory_order_relaxed);
+        slot.from_head.store(head.pack(), std::memory_order_relaxed);
+        slot.taken_ns.store(now, std::memory_order_relaxed);
+        const LeaseState s{me.pid, me.ticks, leases.state(i).generation, 1, LeaseKind::taking};
+        slot.state.store(s.pack(), std::memory_order_release);
+        got[n++] = {i, s.pack()};
+        queued -= frame_bytes(payload);
+        end = Cursor{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
+      }
+    } catch (...) {
+      // Nothing committed: head has not moved, so the slots are free again.
+      for (std::size_t j = first; j < n; ++j) leases.unclaim(got[j]);
+      throw;
+    }
+    if (n == first) return n;
+    release_frames(head, end);  // the commit: the messages are the slots' from here on
+    for (std::size_t j = first; j < n; ++j) {
+      got[j].word = LeaseTable::frozen(got[j].word, LeaseKind::held);
+      leases.slot(got[j].slot).state.store(got[j].word, std::memory_order_release);
+    }
+    lock.unlock();
+    notify(h_->not_full);
+    return n;
+  }
+
+  // The payload length of the frame at `at`, checked against the `queued` bytes from it to tail.
+  std::uint32_t frame_payload(Cursor at, std::uint32_t queued) const {
+    std::uint32_t payload;
+    std::memcpy(&payload, data_ + at.offset, kFrameHeaderBytes);
+    if (payload > max_payload() || frame_bytes(payload) > queued) {
+      throw_bad_frame(at, payload, queued);
+    }
+    return payload;
+  }
+  // Out of line, as throw_bad_cursors.
+  [[noreturn]] __attribute__((noinline, cold)) void throw_bad_frame(Cursor at,
+                                                                    std::uint32_t payload,
+                                                                    std::uint32_t queued) const {
+    throw_corrupt(*queue_, "a frame of " + std::to_string(payload) + " bytes at offset " +
+                               std::to_string(at.offset) + " overruns the " +
+                               std::to_string(queued) + " bytes queued");
+  }
+
   // Publishes the frames written in [tail, end) (if any), and wakes the consumers asleep, if any.
   // `depth` is the queue depth with them, as producers last saw the head (an upper bound).
   void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
@@ -530,10 +691,13 @@ class Ring {
   // may need a different amount of room, so all of them look.
   void commit_get(Cursor head, Cursor end, RobustLock& lock) noexcept {
     if (end.count == head.count) return;
-    h_->head.store(end.pack(), std::memory_order_release);
-    if (end.count < head.count) bump(h_->get_wraps);
+    release_frames(head, end);
     lock.unlock();
     notify(h_->not_full);
+  }
+  void release_frames(Cursor head, Cursor end) noexcept {
+    h_->head.store(end.pack(), std::memory_order_release);
+    if (end.count < head.count) bump(h_->get_wraps);
   }
 
   // A statistic that only the lock holder writes: no read-modify-write needed.
@@ -568,8 +732,10 @@ class Ring {
   std::byte* data_;  // the ring's first view; data_ + capacity_ is its mirror
   std::uint32_t capacity_;
   std::uint32_t maxsize_;
+  std::uint32_t max_payload_;  // the ring's, or a lease slot's if smaller
   SpinBudget spin_;
   const std::string* queue_;  // how errors name the queue ("queue 'jobs'")
+  LeaseTable* leases_;        // null: no lease area
 };
 
 }  // namespace shmq::detail

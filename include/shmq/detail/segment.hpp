@@ -10,6 +10,7 @@
 
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/layout.hpp"
+#include "shmq/detail/lease_table.hpp"
 #include "shmq/detail/ring.hpp"
 #include "shmq/queue_options.hpp"
 #include "shmq/stats.hpp"
@@ -93,6 +94,8 @@ class Segment {
   const std::string& type_name() const noexcept { return type_name_; }
   Ring& ring() noexcept { return ring_; }
   const Ring& ring() const noexcept { return ring_; }
+  // The lease area, or null when the queue was made with max_leases 0.
+  LeaseTable* leases() const noexcept { return leases_.get(); }
 
   QueueStats stats() const;
   // Throws MessageTooLarge unless a payload of `bytes` can ever fit.
@@ -112,6 +115,7 @@ class Segment {
 
   Segment(std::string name, std::string label, std::unique_ptr<Mapping> mapping,
           std::unique_ptr<Descriptor> kept);
+  void add_lease_stats(QueueStats& s) const;
 
   std::string name_;
   std::string label_;        // what the Ring's lock and corruption errors quote: the name, or
@@ -120,6 +124,7 @@ class Segment {
   std::unique_ptr<Mapping> mapping_;
   SharedHeader* header_;
   std::string type_name_;
+  std::unique_ptr<LeaseTable> leases_;  // null without a lease area; before ring_, which uses it
   Ring ring_;
   std::unique_ptr<Descriptor> kept_;  // the creator's memfd of an unnamed queue, else null
 };

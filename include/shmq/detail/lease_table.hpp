@@ -1,0 +1,220 @@
+// The lease area of a queue: where a leased message lives from its get to its ack. Internal; the
+// public face is shmq::Lease (lease.hpp), the get paths are in ring.hpp.
+//
+// A leased get copies its frame out of the ring into a free slot of the lease area and moves head
+// past it, so the ring's room and its plain consumers never wait for an ack: the slot, not the
+// ring, keeps the message until it is acked. Every step is one store or CAS of the slot's state
+// word (LeaseSlot, layout.hpp), so a process killed at any instruction leaves a state that says
+// what happened:
+//
+//   free --(get_lock holder copies a frame in)--> taking --(head moves past the frame)--> held
+//   held --ack--> free          held --nack, holder dead, lease_timeout--> ready
+//   ready --(get_lock holder)--> held (a leased get), free (a plain get, or the dead-letter queue)
+//
+// Invariants relied on:
+//  - Free, taking and ready slots change only under get_lock (except free <- held by an ack),
+//    so the get_lock holder may write a free slot's bytes and read a ready slot's bytes.
+//  - A taking slot exists only while the get_lock holder that made it holds the lock. A later
+//    holder that meets one (after EOWNERDEAD) settles it: if head is still the word the slot
+//    recorded (from_head), the take never committed and the slot is freed, the message being
+//    still in the ring; otherwise head moved past it, the message is the slot's, and it is made
+//    ready. Nobody else has moved head in between: the dead holder held the lock.
+//  - A held slot changes only by a CAS from the exact word its holder got (ack, nack) or from the
+//    word a checker saw with a dead or timed-out holder; the generation in the word changes on
+//    every move out of held, so a late ack never frees a later lease.
+//
+// Redelivery: a ready slot is delivered before the ring by the next get, plain or leased, so a
+// full ring neither loses it nor blocks it; it may come after messages put later than it.
+//
+// The ready hint (SharedHeader::leases_ready): whoever makes a slot ready sets it to 1 afterwards
+// (seq_cst); a get_lock holder that looks for ready slots exchanges it to 0 first (seq_cst), then
+// scans: a slot made ready after the scan passed it also set the hint after the exchange, so no
+// ready slot is missed for good. A process killed between the two stores leaves the hint 0 with
+// a ready slot: the periodic check (reclaim) scans regardless and sets the hint.
+#pragma once
+
+#include <sys/types.h>
+#include <time.h>
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "shmq/detail/layout.hpp"
+
+namespace shmq::detail {
+
+class Segment;
+
+// This process's holder word, cached on a page that every fork wipes (lease.cpp); null where the
+// kernel refuses that, or before lease.cpp's static initialisers ran.
+extern std::atomic<std::uint64_t>* const holder_cache;
+// this_holder()'s word computed (one getpid, one /proc read) and cached.
+std::uint64_t compute_this_holder() noexcept;
+// This process as a lease holder: its pid and the low bits of its start time (recomputed after a
+// fork: the child is another holder), as a held state word of generation 0. Inline: no call and
+// no syscall once known, on every leased get.
+inline LeaseState this_holder() noexcept {
+  if (holder_cache != nullptr) {
+    // Never 0 once computed: its kind is held.
+    if (const std::uint64_t word = holder_cache->load(std::memory_order_relaxed); word != 0) {
+      return LeaseState::unpack(word);
+    }
+  }
+  return LeaseState::unpack(compute_this_holder());
+}
+// Whether the process that `s` names still runs: its pid exists, is not a zombie and started at
+// the recorded time. A process that /proc does not show to us counts as alive unless kill says
+// it does not exist: never take a live holder's lease.
+bool holder_alive(const LeaseState& s) noexcept;
+// CLOCK_MONOTONIC_COARSE (a few ms of resolution, and a few ns to read), shared by every process
+// on the machine: when a lease was taken, for lease_timeout and `shmq stat`. Inline: every leased
+// get reads it.
+inline std::uint64_t monotonic_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// One lease as a get hands it out: its slot and the state word its holder got.
+struct LeaseTicket {
+  std::uint32_t slot;
+  std::uint64_t word;
+};
+
+// The most leases one get takes under one lock hold (a batch asking more gets them in rounds).
+inline constexpr std::size_t kMaxLeaseBatch = 64;
+
+class LeaseTable {
+ public:
+  // `slots`, `payload`, ... are this process's validated copies of the header's figures.
+  LeaseTable(SharedHeader& header, std::byte* area, std::uint32_t slots, std::uint32_t payload,
+             std::uint64_t timeout_ns, std::uint32_t max_deliveries, std::string dead_letter_queue,
+             const std::string& queue);
+  LeaseTable(const LeaseTable&) = delete;
+  LeaseTable& operator=(const LeaseTable&) = delete;
+  ~LeaseTable();
+
+  std::uint32_t slots() const noexcept { return slots_; }
+  std::uint32_t payload() const noexcept { return payload_; }
+  std::uint64_t timeout_ns() const noexcept { return timeout_ns_; }
+  std::uint32_t max_deliveries() const noexcept { return max_deliveries_; }
+  const std::string& dead_letter_queue() const noexcept { return dead_letter_queue_; }
+
+  LeaseSlot& slot(std::uint32_t i) const noexcept {
+    return *reinterpret_cast<LeaseSlot*>(area_ + std::size_t{i} * stride_);
+  }
+  std::byte* bytes(std::uint32_t i) const noexcept {
+    return area_ + std::size_t{i} * stride_ + sizeof(LeaseSlot);
+  }
+  LeaseState state(std::uint32_t i) const noexcept {
+    return LeaseState::unpack(slot(i).state.load(std::memory_order_acquire));
+  }
+
+  // ---- Lock-free, by the holder.
+  // Frees the slot if `ticket` still holds it; false if it was delivered again meanwhile.
+  bool ack(const LeaseTicket& ticket) noexcept;
+  // Makes the message ready for its next delivery; false as ack.
+  bool nack(const LeaseTicket& ticket) noexcept;
+
+  // ---- Under get_lock.
+  // After the lock was taken over from a dead holder: settles the taking slots it left (see the
+  // invariants above) against `head`, head's word now.
+  void settle_takes(std::uint64_t head) noexcept;
+  // Passes up to `max` ready slots to deliver(slot, state, length) (which must move each out of
+  // ready),
+  // first moving any delivered max_deliveries times to the dead-letter queue; returns how many
+  // were passed. A slot whose length is hostile is freed and reported (throw_corrupt).
+  template <class Deliver>
+  std::size_t take_ready(std::size_t max, Deliver&& deliver) {
+    if (h_->leases_ready.load(std::memory_order_relaxed) == 0) return 0;
+    h_->leases_ready.exchange(0, std::memory_order_seq_cst);
+    std::size_t taken = 0;
+    for (std::uint32_t i = 0; i < slots_; ++i) {
+      const LeaseState s = LeaseState::unpack(slot(i).state.load(std::memory_order_seq_cst));
+      if (s.kind != LeaseKind::ready) continue;
+      if (over_deliveries(s)) {
+        dead_letter(i, s);  // if it cannot go yet, the periodic reclaim tries again
+        continue;
+      }
+      if (taken == max) {
+        mark_ready();  // left for the next get
+        break;
+      }
+      const std::uint32_t bytes = checked_length(i);
+      h_->redeliveries.fetch_add(1, std::memory_order_relaxed);
+      deliver(i, s, bytes);
+      ++taken;
+    }
+    return taken;
+  }
+  // A ready slot that a plain get took: free again.
+  void release_ready(std::uint32_t i, const LeaseState& s) noexcept {
+    slot(i).state.store(LeaseState{0, 0, s.generation + 1, 0, LeaseKind::free}.pack(),
+                        std::memory_order_release);
+  }
+  // A taking slot whose take did not commit: free again, as it was.
+  void unclaim(const LeaseTicket& ticket) noexcept {
+    const LeaseState s = LeaseState::unpack(ticket.word);
+    slot(ticket.slot)
+        .state.store(LeaseState{0, 0, s.generation, 0, LeaseKind::free}.pack(),
+                     std::memory_order_release);
+  }
+  void mark_ready() noexcept { h_->leases_ready.store(1, std::memory_order_seq_cst); }
+  // A free slot for a fresh take, searching from `from`; slots() if none.
+  std::uint32_t free_slot(std::uint32_t from) const noexcept {
+    for (std::uint32_t i = from; i < slots_; ++i) {
+      if (state(i).kind == LeaseKind::free) return i;
+    }
+    return slots_;
+  }
+  bool has_free_slot() const noexcept { return free_slot(0) != slots_; }
+  bool ready_hint() const noexcept { return h_->leases_ready.load(std::memory_order_relaxed) != 0; }
+  // Whether any slot is not free: a message that may still come back, which a draining queue
+  // must wait for.
+  bool any_outstanding() const noexcept;
+  // Every get calls this (under get_lock) before it looks for messages: at most once per 10 ms
+  // per process it makes ready every held slot whose holder has died or whose lease has timed
+  // out, and sets the hint if any slot is ready (one the hint missed included).
+  // `now` is monotonic_ns(), which the caller needs anyway.
+  void reclaim_if_due(std::uint64_t now) noexcept {
+    if (now >= next_reclaim_ns_.load(std::memory_order_relaxed)) reclaim(now);
+  }
+  // A taking slot's state for this process, and the slot's move to held once head has moved.
+  static std::uint64_t frozen(std::uint64_t word, LeaseKind kind) noexcept {
+    constexpr std::uint64_t kKindBits = std::uint64_t{3} << 62;
+    return (word & ~kKindBits) | std::uint64_t{static_cast<std::uint32_t>(kind)} << 62;
+  }
+
+ private:
+  bool over_deliveries(const LeaseState& s) const noexcept {
+    return max_deliveries_ != 0 && s.deliveries >= max_deliveries_;
+  }
+  // Moves ready slot i to the dead-letter queue (without waiting for room there); false if it
+  // could not (the queue is full, missing or refuses it): the slot stays ready, undelivered.
+  bool dead_letter(std::uint32_t i, const LeaseState& s) noexcept;
+  // Slot i's message length, loaded once and checked against the slot's room.
+  std::uint32_t checked_length(std::uint32_t i);
+  void reclaim(std::uint64_t now) noexcept;
+  // held -> ready for a dead or timed-out holder; false if the slot changed first.
+  bool redeliver(std::uint32_t i, std::uint64_t held) noexcept;
+
+  SharedHeader* h_;
+  std::byte* area_;
+  std::uint32_t slots_;
+  std::uint32_t payload_;
+  std::size_t stride_;
+  std::uint64_t timeout_ns_;
+  std::uint32_t max_deliveries_;
+  std::string dead_letter_queue_;
+  const std::string* queue_;
+  std::atomic<std::uint64_t> next_reclaim_ns_{0};  // this process's; relaxed
+  std::shared_ptr<Segment> dead_letters_;          // opened on first use, under get_lock
+};
+
+}  // namespace shmq::detail
