@@ -287,3 +287,21 @@ TEST_CASE("more notifiers than a queue has slots are all woken", "[notifier]") {
   notifiers.clear();
   CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
 }
+
+TEST_CASE("a notifier fires when another process sets a watched event", "[notifier][sync]") {
+  shmq::Event e;
+  Queue<int> go;
+  Notifier n({e});
+  CHECK_FALSE(readable(n.fd(), 50));
+  Child child([&] {
+    go.get();
+    e.set();
+  });
+  go.put(0);
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready() == Ready{0});
+  CHECK(child.succeeded());
+  e.clear();
+  CHECK(n.ready().empty());
+  CHECK_FALSE(readable(n.fd(), 50));
+}

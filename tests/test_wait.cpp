@@ -191,3 +191,34 @@ TEST_CASE("Process::sentinel is a pidfd that becomes readable when the child end
   CHECK_THROWS_AS(shmq::wait({p}), shmq::InvalidArgument);
   CHECK(p.exitcode() == 0);
 }
+
+TEST_CASE("wait returns an event once another process sets it, and while it stays set",
+          "[wait][sync][process]") {
+  shmq::Event e;
+  Queue<int> q, go;
+  CHECK(shmq::wait({q, e}, 0ms).empty());
+  Child child([&] {
+    go.get();
+    e.set();
+  });
+  go.put(0);
+  CHECK(shmq::wait({q, e}, 10s) == Ready{1});
+  CHECK(child.succeeded());
+  CHECK(shmq::wait({q, e}, 0ms) == Ready{1});  // level: ready while set
+  e.clear();
+  CHECK(shmq::wait({q, e}, 20ms).empty());
+}
+
+TEST_CASE("wait returns a queue whose nacked lease waits for redelivery", "[wait][lease]") {
+  shmq::QueueOptions options;
+  options.max_leases = 2;
+  Queue<int> q(options);
+  q.put(7);
+  {
+    auto lease = q.get_leased();
+    CHECK(shmq::wait({q}, 0ms).empty());  // the ring is empty and the message is held
+    lease.nack();
+  }
+  CHECK(shmq::wait({q}, 10s) == Ready{0});
+  CHECK(q.get() == 7);
+}

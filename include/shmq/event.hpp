@@ -7,9 +7,8 @@
 // killed between its store and its wake-up delays waiters by at most 100 ms (they look again at
 // least that often: ring.hpp, kLongestSleep). set() with nobody asleep makes no syscall.
 //
-// For shmq::wait() and event loops: wakeup_count() is the EventCount (layout.hpp) that set()
-// notifies, and is_set() the readiness check; a waiter counts itself on it as ring.hpp's await()
-// does, re-checks is_set(), and sleeps on its `seq` futex word.
+// shmq::wait() and Notifier watch an Event (wait_item below): ready while set; they count
+// themselves as sleepers on wakeup_count(), the EventCount (layout.hpp) that set() notifies.
 //
 // Handles are copyable; copies (and copies in children made by fork) share the event.
 #pragma once
@@ -21,6 +20,7 @@
 #include <string_view>
 
 #include "shmq/detail/sync_object.hpp"
+#include "shmq/detail/wait_core.hpp"
 #include "shmq/queue.hpp"
 
 namespace shmq {
@@ -67,6 +67,20 @@ class Event : public detail::NamedObject<Event> {
   static detail::ObjectSpec spec() { return detail::ObjectSpec{detail::ObjectKind::event}; }
   std::atomic<std::uint32_t>& flag() const noexcept { return object_->header().count; }
 };
+
+namespace detail {
+inline const WaitOps kEventWaitOps{
+    [](const void* e) noexcept { return static_cast<const Event*>(e)->is_set(); },
+    [](const void* e) noexcept -> EventCount* {
+      return &static_cast<const Event*>(e)->wakeup_count();
+    },
+    nullptr, nullptr};
+}  // namespace detail
+
+// An Event's part in shmq::wait() and Notifier (wait.hpp): ready while set.
+inline detail::WaitItem wait_item(const Event& e) {
+  return {&e, &detail::kEventWaitOps};
+}
 
 template <>
 struct codec<Event> : detail::queue_handle_codec<Event> {};

@@ -1,4 +1,5 @@
-// shmq::wait: Python's multiprocessing.connection.wait, over queues, connections and processes.
+// shmq::wait: Python's multiprocessing.connection.wait, over queues, connections, processes and
+// events.
 #pragma once
 
 #include <chrono>
@@ -14,7 +15,7 @@
 namespace shmq {
 
 // A reference to one object that wait() and Notifier can watch: a Queue (or JoinableQueue), a
-// Connection, a Process (and, later, an Event). Converts implicitly, so a braced list works:
+// Connection, a Process or an Event. Converts implicitly, so a braced list works:
 // shmq::wait({jobs, conn, worker}). Not owning: the object must outlive the wait or the Notifier.
 // Each kind provides `detail::WaitItem wait_item(const Kind&)` (found by argument-dependent
 // lookup; see detail/wait_core.hpp).
@@ -32,8 +33,8 @@ class Waitable {
 // Blocks until at least one object is ready, then returns the indices (in `objects`, ascending) of
 // every object ready at that moment. Ready means: a Queue has a message or is shut down; a
 // Connection has a message to receive or has reached end of stream (its peer is gone: see
-// connection.hpp); a Process has ended. A snapshot, as in Python: another consumer may take the
-// message before you do, so follow with a non-blocking get or recv with a timeout.
+// connection.hpp); a Process has ended; an Event is set. A snapshot, as in Python: another consumer
+// may take the message before you do, so follow with a non-blocking get or recv with a timeout.
 //
 // Polls for a while as get does, then sleeps in the kernel (one futex_waitv on every object's
 // futex word; Linux 5.16 or later) using no CPU, except that it looks again every 100 ms
