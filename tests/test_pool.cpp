@@ -40,13 +40,18 @@ int block_until(Queue<int> started, Queue<int> go) {
 pid_t own_pid() { return getpid(); }
 std::string text_of(int size) { return std::string(static_cast<std::size_t>(size), 'x'); }
 
-// The longest text_of result that fits a result queue of `capacity` ring bytes: a frame's 4-byte
-// length plus the encoded result message.
+// The longest text_of result that a result queue of `capacity` ring bytes carries inline (its
+// payload within the 64 bytes the pool keeps for a message's other fields) and holds: a frame's
+// 4-byte length plus the encoded result message.
 int longest_result(std::size_t capacity) {
   int size = static_cast<int>(capacity);
-  while (4 + shmq::encoded_size(shmq::detail::ResultMessage{
-                 1, shmq::detail::TaskOutcome::returned, shmq::detail::encode_to_string(text_of(size)), {}}) >
-         capacity) {
+  const auto message_of = [](int n) {
+    shmq::detail::ResultMessage m;
+    m.result.bytes = shmq::detail::encode_to_string(text_of(n));
+    return m;
+  };
+  while (4 + shmq::encoded_size(message_of(size)) > capacity ||
+         message_of(size).result.bytes.size() + 4 + 64 > capacity) {
     --size;
   }
   return size;

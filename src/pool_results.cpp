@@ -1,0 +1,145 @@
+// The non-template halves of AsyncResult and IMapIterator, and Pool's own members.
+#include <algorithm>
+
+#include "pool_core.hpp"
+#include "shmq/pool.hpp"
+
+namespace shmq::detail {
+
+namespace {
+// imap keeps at most this many chunks per worker in flight.
+constexpr std::size_t kChunksInFlightPerWorker = 4;
+}  // namespace
+
+const std::byte* TaskResult::data() const noexcept {
+  return file.is_open() ? file.data() : reinterpret_cast<const std::byte*>(bytes.data());
+}
+
+std::size_t TaskResult::size() const noexcept {
+  return file.is_open() ? file.size() : bytes.size();
+}
+
+void TaskResult::throw_failure() const {
+  if (outcome == TaskOutcome::raised) throw RemoteError(type_name, what);
+  throw WorkerLost("shmq::Pool: " + what);
+}
+
+PendingTasks::PendingTasks(std::shared_ptr<PoolCore> core, std::shared_ptr<Job> job)
+    : core_(std::move(core)), job_(std::move(job)) {}
+
+PendingTasks::~PendingTasks() {
+  if (job_) core_->forget(*job_);
+}
+
+bool PendingTasks::wait(const Deadline& deadline) {
+  return core_->wait([this] { return job_->complete(); }, deadline);
+}
+
+const std::vector<TaskResult>& PendingTasks::results() const {
+  return job_->results;
+}
+
+IMapCore::IMapCore(std::shared_ptr<PoolCore> core, Feed feed, bool ordered)
+    : core_(std::move(core)),
+      feed_(std::move(feed)),
+      ordered_(ordered),
+      window_(kChunksInFlightPerWorker * core_->processes()) {
+  this->feed(Deadline::never());  // the workers start at once, as Python's imap does
+}
+
+IMapCore::~IMapCore() {
+  for (auto& [job, items] : in_flight_) core_->forget(*job);
+}
+
+void IMapCore::feed(const Deadline& deadline) {
+  while (!exhausted_ && in_flight_.size() < window_) {
+    if (!unsent_) {
+      try {
+        unsent_ = feed_();
+      } catch (...) {
+        feed_error_ = std::current_exception();
+      }
+      if (!unsent_) {
+        exhausted_ = true;
+        return;
+      }
+    }
+    std::vector<OutgoingTask> one;
+    one.push_back(std::move(*unsent_));
+    auto job = core_->submit(one, {}, deadline);
+    if (!job) {  // no room in the task ring by the deadline: kept for the next call
+      unsent_ = std::move(one.front());
+      return;
+    }
+    in_flight_.emplace_back(std::move(job), one.front().items);
+    unsent_.reset();
+  }
+}
+
+std::optional<std::pair<TaskResult, std::size_t>> IMapCore::next(const Deadline& deadline) {
+  feed(deadline);
+  if (in_flight_.empty()) {
+    if (feed_error_) std::rethrow_exception(std::exchange(feed_error_, nullptr));
+    return std::nullopt;
+  }
+  std::size_t done = 0;
+  const bool arrived = core_->wait(
+      [&] {
+        if (ordered_) return in_flight_.front().first->complete();
+        for (done = 0; done < in_flight_.size(); ++done) {
+          if (in_flight_[done].first->complete()) return true;
+        }
+        return false;
+      },
+      deadline);
+  if (!arrived) throw TimeoutError("shmq::IMapIterator: no result within the timeout");
+  auto [job, items] = std::move(in_flight_[done]);
+  in_flight_.erase(in_flight_.begin() + static_cast<std::ptrdiff_t>(done));
+  feed(Deadline::now());  // room for another chunk
+  return std::make_pair(std::move(job->results.front()), items);
+}
+
+}  // namespace shmq::detail
+
+namespace shmq {
+
+Pool::Pool(PoolOptions options) : core_(std::make_shared<detail::PoolCore>(std::move(options))) {}
+
+Pool::~Pool() {
+  core_->shut_down();
+}
+
+detail::PendingTasks Pool::submit(std::vector<detail::OutgoingTask>& tasks,
+                                  detail::Deliver deliver) {
+  return detail::PendingTasks(core_,
+                              core_->submit(tasks, std::move(deliver), detail::Deadline::never()));
+}
+
+std::unique_ptr<detail::IMapCore> Pool::start_imap(detail::IMapCore::Feed feed, bool ordered) {
+  return std::make_unique<detail::IMapCore>(core_, std::move(feed), ordered);
+}
+
+std::size_t Pool::default_chunksize(std::size_t items) const noexcept {
+  // Python's choice: about four chunks per worker.
+  const std::size_t per = core_->processes() * 4;
+  return std::max<std::size_t>(1, (items + per - 1) / per);
+}
+
+std::size_t Pool::inline_limit() const noexcept {
+  return core_->inline_limit();
+}
+
+void Pool::close() {
+  core_->close();
+}
+void Pool::join() {
+  core_->join();
+}
+void Pool::terminate() {
+  core_->terminate();
+}
+std::size_t Pool::processes() const noexcept {
+  return core_->processes();
+}
+
+}  // namespace shmq
