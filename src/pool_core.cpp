@@ -74,19 +74,52 @@ std::string PoolCore::name() const {
   return "shmq::Pool (manager pid " + std::to_string(manager_.pid()) + ")";
 }
 
-void PoolCore::throw_unless_running() const {
+void PoolCore::throw_unless_running(bool feeder) const {
   if (state_ == State::broken) throw PoolBroken(name() + ": " + ended_reason_);
+  // An imap's input left unread when the pool ended: lost, as the chunks in flight were.
+  if (state_ == State::terminated && feeder) throw WorkerLost("shmq::Pool: " + ended_reason_);
+  if (state_ == State::terminated)
+    throw Error("shmq::Pool: the pool was terminated: no more tasks");
+  if (feeder && !tasks_shut_) return;
+  if (feeder) {
+    throw Error("shmq::Pool: the pool was joined before an imap had read all of its input");
+  }
   if (state_ != State::running) throw Error("shmq::Pool: the pool is closed: no more tasks");
 }
 
+void PoolCore::shut_task_ring(bool immediate) noexcept {
+  tasks_shut_ = true;
+  shared_.tasks.shutdown(immediate);  // without `immediate`, workers drain the ring, then exit
+}
+
+void PoolCore::feeder_started() {
+  std::lock_guard lock(mutex_);
+  throw_unless_running(false);
+  ++feeders_;
+}
+
+void PoolCore::feeder_done() noexcept {
+  std::lock_guard lock(mutex_);
+  if (--feeders_ == 0 && state_ == State::closed && !tasks_shut_) shut_task_ring(false);
+}
+
+void PoolCore::check_not_waiting_for_itself(const Job& job) {
+  std::lock_guard lock(mutex_);
+  if (job.deliver && !job.complete() && std::this_thread::get_id() == callback_thread_.get_id()) {
+    throw Error(
+        "shmq::AsyncResult: waiting, inside a callback, for a result whose own callback has not "
+        "run would wait forever: callbacks run one at a time on one thread");
+  }
+}
+
 std::shared_ptr<Job> PoolCore::submit(std::vector<OutgoingTask>& tasks, Deliver deliver,
-                                      const Deadline& deadline) {
+                                      const Deadline& deadline, bool feeder) {
   auto job = std::make_shared<Job>();
   job->deliver = std::move(deliver);
   job->results.resize(tasks.size());
   job->missing = tasks.size();
   std::unique_lock lock(mutex_);
-  throw_unless_running();
+  throw_unless_running(feeder);
   if (job->deliver) {
     ++undelivered_;
     if (tasks.empty()) ready_callbacks_.push_back(job);
@@ -114,7 +147,7 @@ std::shared_ptr<Job> PoolCore::submit(std::vector<OutgoingTask>& tasks, Deliver 
       // make room.
       wait_locked(
           lock, [] { return false; }, deadline.capped(kRoomCheck));
-      if (has_ended()) throw_unless_running();
+      if (has_ended()) throw_unless_running(feeder);
       lock.unlock();
       queued = shared_.tasks.try_put(tasks[i].message);
       lock.lock();
@@ -246,7 +279,7 @@ void PoolCore::close() {
   std::lock_guard lock(mutex_);
   if (state_ != State::running) return;
   state_ = State::closed;
-  shared_.tasks.shutdown();  // workers drain the ring, then exit
+  if (feeders_ == 0) shut_task_ring(false);
 }
 
 void PoolCore::join() {
@@ -255,6 +288,8 @@ void PoolCore::join() {
   if (std::this_thread::get_id() == callback_thread_.get_id()) {
     throw Error("shmq::Pool: join() called from a callback would wait for that callback");
   }
+  // An imap still reading its input reads no more: nobody would iterate it while this waits.
+  if (!tasks_shut_) shut_task_ring(false);
   // Collect while waiting: a worker may be blocked posting an outcome. wait_locked() ends the
   // pool if the manager dies meanwhile.
   wait_locked(
@@ -267,7 +302,7 @@ void PoolCore::terminate() noexcept {
   std::lock_guard lock(mutex_);
   if (has_ended()) return;
   end(State::terminated, "the pool was terminated before the task finished");
-  shared_.tasks.shutdown(true);
+  shut_task_ring(true);
   shared_.results.shutdown(true);  // a puller blocked on it returns at once
   manager_.signal(SIGTERM);        // it kills every worker, reaps them and exits
   manager_.wait_until(Deadline::never());

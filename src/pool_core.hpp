@@ -49,9 +49,16 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // Queues the tasks, numbering them, as one job. Waits while the task ring is full, collecting
   // outcomes meanwhile (the workers may be waiting for room to post them). Returns null, leaving
   // `tasks` as they were, if the deadline passed before the first could be queued. Throws Error
-  // once the pool is closed, PoolBroken once its manager has died.
+  // once the pool is closed (an imap's feeder: once it is joined or terminated), PoolBroken once
+  // its manager has died.
   std::shared_ptr<Job> submit(std::vector<OutgoingTask>& tasks, Deliver deliver,
-                              const Deadline& deadline);
+                              const Deadline& deadline, bool feeder = false);
+  // An imap starts reading its input, or has read all of it (or was dropped). close() leaves the
+  // task ring open to feeders until the last is done, as Python's imap keeps feeding after close.
+  void feeder_started();
+  void feeder_done() noexcept;
+  // Throws Error if called on the callback thread for a job whose callbacks have not run.
+  void check_not_waiting_for_itself(const Job& job);
   // Waits until `done()` holds (it is checked under the mutex), collecting meanwhile; false if the
   // deadline passed first.
   bool wait(const std::function<bool()>& done, const Deadline& deadline);
@@ -78,7 +85,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 
   bool has_ended() const noexcept { return state_ == State::terminated || state_ == State::broken; }
   std::string name() const;
-  void throw_unless_running() const;
+  void throw_unless_running(bool feeder) const;
+  void shut_task_ring(bool immediate) noexcept;
   bool wait_locked(std::unique_lock<std::mutex>& lock, const std::function<bool()>& done,
                    const Deadline& deadline);
   std::vector<ResultMessage> receive(const Deadline& deadline);
@@ -103,6 +111,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   std::deque<std::shared_ptr<Job>> ready_callbacks_;    // every outcome in, callbacks to run
   std::size_t undelivered_ = 0;                         // jobs with callbacks not yet run
   bool stop_callbacks_ = false;
+  std::size_t feeders_ = 0;  // imaps still reading their input
+  bool tasks_shut_ = false;  // the task ring is shut down: nothing more can be queued
   std::thread callback_thread_;
 };
 

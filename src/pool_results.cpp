@@ -32,6 +32,7 @@ PendingTasks::~PendingTasks() {
 }
 
 bool PendingTasks::wait(const Deadline& deadline) {
+  core_->check_not_waiting_for_itself(*job_);
   return core_->wait([this] { return job_->complete(); }, deadline);
 }
 
@@ -44,10 +45,12 @@ IMapCore::IMapCore(std::shared_ptr<PoolCore> core, Feed feed, bool ordered)
       feed_(std::move(feed)),
       ordered_(ordered),
       window_(kChunksInFlightPerWorker * core_->processes()) {
+  core_->feeder_started();
   this->feed(Deadline::never());  // the workers start at once, as Python's imap does
 }
 
 IMapCore::~IMapCore() {
+  if (!exhausted_) core_->feeder_done();
   for (auto& [job, items] : in_flight_) core_->forget(*job);
 }
 
@@ -61,12 +64,23 @@ void IMapCore::feed(const Deadline& deadline) {
       }
       if (!unsent_) {
         exhausted_ = true;
+        core_->feeder_done();
         return;
       }
     }
     std::vector<OutgoingTask> one;
     one.push_back(std::move(*unsent_));
-    auto job = core_->submit(one, {}, deadline);
+    std::shared_ptr<Job> job;
+    try {
+      job = core_->submit(one, {}, deadline, true);
+    } catch (const Error&) {
+      // The pool ended or was joined: the chunks in flight come first, then this, once.
+      feed_error_ = std::current_exception();
+      unsent_.reset();
+      exhausted_ = true;
+      core_->feeder_done();
+      return;
+    }
     if (!job) {  // no room in the task ring by the deadline: kept for the next call
       unsent_ = std::move(one.front());
       return;
