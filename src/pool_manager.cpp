@@ -90,8 +90,12 @@ class Manager {
           }
         }
         if (!any_running) return 0;
-        while (!undelivered.empty() && shared_.results.try_put(undelivered.front()))
-          undelivered.pop_front();
+        try {
+          while (!undelivered.empty() && shared_.results.try_put(undelivered.front()))
+            undelivered.pop_front();
+        } catch (const ShutDown&) {
+          undelivered.clear();  // terminate() shut the ring: the caller has marked them lost
+        }
 
         std::vector<pollfd> events{{owner, POLLIN, 0}};
         for (const auto& worker : workers_) {

@@ -136,6 +136,10 @@ class Worker {
     } catch (const Error& e) {
       result = ResultMessage{result.id, TaskOutcome::raised, {}, "shmq::Error", e.what()};
     }
+    // An exception's what() of any length: cut to fit the ring, which a result always does.
+    const std::size_t most = inline_limit_ / 2;
+    if (result.type_name.size() > most) result.type_name.resize(most);
+    if (result.what.size() > most) result.what.resize(most);
     shared_.results.put(result);
   }
 

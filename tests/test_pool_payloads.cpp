@@ -135,3 +135,18 @@ TEST_CASE("a 1 GiB argument and a 1 GiB result", "[.][pool][payload][large]") {
   REQUIRE(big.size() == size);
   CHECK(pool.apply(size_of, big) == size);
 }
+
+TEST_CASE("an exception with a 16 MiB what(): RemoteError with its start, and the pool goes on",
+          "[pool][payload]") {
+  Pool pool(PoolOptions{.processes = 1, .initializer = {}, .maxtasksperchild = 0,
+                        .queue_bytes = 4096});
+  try {
+    pool.apply([](std::uint64_t n) -> int { throw std::runtime_error(std::string(n, 'w')); },
+               std::uint64_t{16 * kMiB});
+    FAIL("no throw");
+  } catch (const shmq::RemoteError& e) {
+    CHECK(e.type_name() == "std::runtime_error");
+    CHECK_THAT(e.what(), Catch::Contains("wwww"));
+  }
+  CHECK(pool.apply(size_of, std::string("ok")) == 2);
+}

@@ -376,7 +376,7 @@ class Pool {
     if constexpr (sizeof...(Callbacks) == 0) {
       return {};
     } else {
-      return [assemble, callbacks...](const std::vector<detail::TaskResult>& results) {
+      return [assemble, callbacks...](const std::vector<detail::TaskResult>& results) mutable {
         std::optional<std::conditional_t<std::is_void_v<R>, bool, R>> value;
         try {
           if constexpr (std::is_void_v<R>) {
@@ -394,7 +394,7 @@ class Pool {
     }
   }
   template <class R, class F, class V>
-  static void on_result(const detail::OnResult<F>& c, V& value) {
+  static void on_result(detail::OnResult<F>& c, V& value) {
     if constexpr (std::is_void_v<R>) {
       c.f();
     } else {
@@ -402,13 +402,13 @@ class Pool {
     }
   }
   template <class R, class F, class V>
-  static void on_result(const detail::OnError<F>&, V&) {}
+  static void on_result(detail::OnError<F>&, V&) {}
   template <class F>
-  static void on_error(const detail::OnError<F>& c, const Error& e) {
+  static void on_error(detail::OnError<F>& c, const Error& e) {
     c.f(e);
   }
   template <class F>
-  static void on_error(const detail::OnResult<F>&, const Error&) {}
+  static void on_error(detail::OnResult<F>&, const Error&) {}
 
   template <class R>
   static R assemble_one(const std::vector<detail::TaskResult>& results) {
