@@ -295,7 +295,7 @@ class Pool {
   template <class Fn, class... Args>
   auto apply_async(Fn fn, const Args&... args) {
     if constexpr (!detail::is_task_v<Fn>) {
-      detail::reject_task<Fn>();
+      detail::RejectTask<Fn>{};
     } else {
       constexpr std::size_t kCallbacks = trailing_callbacks<Args...>();
       const auto all = std::forward_as_tuple(args...);
@@ -471,7 +471,7 @@ class Pool {
   template <bool kStar, class Fn, class Range, class... Callbacks>
   auto chunked(Fn fn, const Range& items, std::size_t chunksize, Callbacks... callbacks) {
     if constexpr (!detail::is_task_v<Fn>) {
-      detail::reject_task<Fn>();
+      detail::RejectTask<Fn>{};
     } else {
       using F = detail::task_pointer_t<Fn>;
       using R = typename detail::signature<F>::result;
@@ -508,7 +508,7 @@ class Pool {
   template <class Fn, class Range>
   auto lazily(Fn fn, Range&& items, std::size_t chunksize, bool ordered) {
     if constexpr (!detail::is_task_v<Fn>) {
-      detail::reject_task<Fn>();
+      detail::RejectTask<Fn>{};
     } else {
       using F = detail::task_pointer_t<Fn>;
       using R = typename detail::signature<F>::result;

@@ -73,14 +73,16 @@ using task_pointer_t = typename task_traits<std::decay_t<Fn>>::pointer;
 template <class>
 inline constexpr bool always_false_v = false;
 
-// Called in place of a Pool call's body when fn is no task, so that this is the first error.
+// Made in place of a Pool call's body when fn is no task, so that this is the first error. (A
+// class: its definition is instantiated where it is used, where a function template's body is
+// instantiated at the end of the file, after the errors its void return causes.)
 template <class Fn>
-void reject_task() {
+struct RejectTask {
   static_assert(always_false_v<Fn>,
                 "shmq::Pool: a task must be a plain function or a lambda with no capture and no "
                 "auto parameter (not a std::function, a member function or a capturing lambda): "
                 "pass what it would capture as task arguments instead");
-}
+};
 
 template <class F>
 std::uint64_t address_of(F f) {
