@@ -8,7 +8,7 @@ namespace shmq::detail {
 
 namespace {
 // imap keeps at most this many chunks per worker in flight.
-constexpr std::size_t kChunksInFlightPerWorker = 4;
+constexpr std::size_t kChunksInFlightPerWorker = 64;
 }  // namespace
 
 const std::byte* TaskResult::data() const noexcept {
@@ -91,7 +91,7 @@ void IMapCore::feed(const Deadline& deadline) {
 }
 
 std::optional<std::pair<TaskResult, std::size_t>> IMapCore::next(const Deadline& deadline) {
-  feed(deadline);
+  if (in_flight_.size() <= window_ / 2) feed(deadline);
   if (in_flight_.empty()) {
     if (feed_error_) std::rethrow_exception(std::exchange(feed_error_, nullptr));
     return std::nullopt;
@@ -109,7 +109,9 @@ std::optional<std::pair<TaskResult, std::size_t>> IMapCore::next(const Deadline&
   if (!arrived) throw TimeoutError("shmq::IMapIterator: no result within the timeout");
   auto [job, items] = std::move(in_flight_[done]);
   in_flight_.erase(in_flight_.begin() + static_cast<std::ptrdiff_t>(done));
-  feed(Deadline::now());  // room for another chunk
+  // Refilled in bursts, once half the window has drained: one wake-up of the workers per burst,
+  // not one per chunk.
+  if (in_flight_.size() <= window_ / 2) feed(Deadline::now());
   return std::make_pair(std::move(job->results.front()), items);
 }
 

@@ -134,7 +134,10 @@ class Worker {
     try {
       if (file.is_open()) shared_.channel.send(result.id, file);
     } catch (const Error& e) {
-      result = ResultMessage{result.id, TaskOutcome::raised, {}, "shmq::Error", e.what()};
+      result.outcome = TaskOutcome::raised;
+      result.result = Payload{};
+      result.type_name = "shmq::Error";
+      result.what = e.what();
     }
     // An exception's what() of any length: cut to fit the ring, which a result always does.
     const std::size_t most = inline_limit_ / 2;

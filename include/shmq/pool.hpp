@@ -164,51 +164,44 @@ class IMapIterator {
 
  private:
   friend class Pool;
-  struct Item {
-    std::optional<R> value;
-    std::exception_ptr error;
-  };
-
   explicit IMapIterator(std::unique_ptr<detail::IMapCore> core) : core_(std::move(core)) {}
 
   std::optional<R> next_until(const detail::Deadline& deadline) {
-    while (buffered_.empty()) {
+    while (position_ == items_) {
       auto chunk = core_->next(deadline);
       if (!chunk) return std::nullopt;
       unpack(chunk->first, chunk->second);
     }
-    Item item = std::move(buffered_.front());
-    buffered_.pop_front();
-    if (item.error) std::rethrow_exception(item.error);
-    return std::move(item.value);
+    const std::size_t at = position_++;
+    if (lost_) std::rethrow_exception(lost_);
+    if (failure_ != failures_.end() && std::get<0>(*failure_) == at) {
+      const auto& [index, type, what] = *failure_++;
+      throw RemoteError(type, what);
+    }
+    if (value_ == values_.end()) {
+      throw DecodeError("shmq::IMapIterator: a chunk came back with fewer results than items");
+    }
+    return std::move(*value_++);
   }
 
+  // The chunk's outcomes become the ones next_until gives, item by item.
   void unpack(const detail::TaskResult& chunk, std::size_t items) {
-    if (chunk.outcome != detail::TaskOutcome::returned) {
-      std::exception_ptr lost;
+    position_ = 0;
+    items_ = items;
+    lost_ = nullptr;
+    values_.clear();
+    failures_.clear();
+    if (chunk.outcome == detail::TaskOutcome::returned) {
+      std::tie(values_, failures_) = chunk.decode<detail::ChunkResults<R>>();
+    } else {
       try {
         chunk.throw_failure();
       } catch (...) {
-        lost = std::current_exception();
-      }
-      for (std::size_t i = 0; i < items; ++i) buffered_.push_back({std::nullopt, lost});
-      return;
-    }
-    auto [values, failures] = chunk.decode<detail::ChunkResults<R>>();
-    auto value = values.begin();
-    auto failure = failures.begin();
-    for (std::size_t i = 0; i < items; ++i) {
-      if (failure != failures.end() && std::get<0>(*failure) == i) {
-        buffered_.push_back(
-            {std::nullopt, std::make_exception_ptr(RemoteError(std::move(std::get<1>(*failure)),
-                                                               std::get<2>(*failure)))});
-        ++failure;
-      } else if (value != values.end()) {
-        buffered_.push_back({std::move(*value++), nullptr});
-      } else {
-        throw DecodeError("shmq::IMapIterator: a chunk came back with fewer results than items");
+        lost_ = std::current_exception();  // every item of the chunk
       }
     }
+    value_ = values_.begin();
+    failure_ = failures_.begin();
   }
 
   bool fetch() {
@@ -238,7 +231,14 @@ class IMapIterator {
   }
 
   std::unique_ptr<detail::IMapCore> core_;
-  std::deque<Item> buffered_;  // the outcomes of the chunk being returned
+  // The chunk being returned: its item count, the next item's index, and its outcomes.
+  std::size_t items_ = 0;
+  std::size_t position_ = 0;
+  std::exception_ptr lost_;  // the chunk's WorkerLost (or RemoteError), for each of its items
+  std::vector<R> values_;    // the results of the items that returned, in order
+  std::vector<detail::ItemFailure> failures_;
+  typename std::vector<R>::iterator value_ = values_.begin();
+  std::vector<detail::ItemFailure>::iterator failure_ = failures_.begin();
   // The range-for's current item: fetched by operator!=, given out (or thrown) by operator*.
   bool has_current_ = false;
   std::optional<R> current_;
@@ -450,13 +450,27 @@ class Pool {
     return out;
   }
 
+  // An argument as the parameter's type: itself if it has that type, else converted.
+  template <class P, class A>
+  static decltype(auto) as_parameter(const A& a) {
+    if constexpr (std::is_same_v<P, A>) {
+      return (a);
+    } else {
+      return P(a);
+    }
+  }
+
   template <class F, class All, std::size_t... I, std::size_t... C>
   auto call_async(F f, const All& all, std::index_sequence<I...>, std::index_sequence<C...>) {
     using S = detail::signature<F>;
     using R = typename S::result;
     static_assert(std::tuple_size_v<typename S::args> == sizeof...(I),
                   "shmq::Pool::apply: the arguments do not match the task's parameters");
-    const typename S::args packed(std::get<I>(all)...);
+    using Params = typename S::args;
+    // Encoded as a Params would be, without copying the arguments into one first.
+    const detail::ArgumentPack<decltype(as_parameter<std::tuple_element_t<I, Params>>(
+        std::get<I>(all)))...>
+        packed{{as_parameter<std::tuple_element_t<I, Params>>(std::get<I>(all))...}};
     std::vector<detail::OutgoingTask> tasks;
     tasks.push_back(task(&detail::run_call<F>, f, packed, 1, inline_limit()));
     constexpr std::size_t kArgs = sizeof...(I);

@@ -185,12 +185,19 @@ void run_call(std::uint64_t function, Reader& in, ResultSink& out) {
   auto args = codec<typename S::args>::decode(in);
   if (in.remaining() != 0) throw DecodeError("shmq::Pool: bytes left over after the arguments");
   if constexpr (std::is_void_v<typename S::result>) {
-    std::apply(from_address<F>(function), args);
+    std::apply(from_address<F>(function), std::move(args));
     out.put(std::tuple<>{});
   } else {
-    out.put(std::apply(from_address<F>(function), args));
+    out.put(std::apply(from_address<F>(function), std::move(args)));
   }
 }
+
+// A task's arguments on their way out: references to the caller's where they have the parameters'
+// types, converted values where not. Encodes as the tuple of the parameters' types does.
+template <class... E>
+struct ArgumentPack {
+  std::tuple<E...> elements;
+};
 
 // A failed item of a chunk: its index in the chunk, the exception's type and what().
 using ItemFailure = std::tuple<std::uint64_t, std::string, std::string>;
@@ -273,6 +280,17 @@ struct codec<detail::Payload> {
       throw DecodeError("shmq::Pool: bad payload kind");
     }
     return p;
+  }
+};
+
+template <class... E>
+struct codec<detail::ArgumentPack<E...>> {
+  static std::size_t size(const detail::ArgumentPack<E...>& p) {
+    return std::apply([](const auto&... e) { return (std::size_t{0} + ... + encoded_size(e)); },
+                      p.elements);
+  }
+  static void encode(const detail::ArgumentPack<E...>& p, Writer& out) {
+    std::apply([&](const auto&... e) { (shmq::encode(e, out), ...); }, p.elements);
   }
 };
 
