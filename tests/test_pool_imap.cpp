@@ -288,3 +288,52 @@ TEST_CASE("imap with workers killed at random: every position gives its value or
   CHECK(results.next(60s) == std::nullopt);
   CHECK(lost <= 10 * 5);  // at most the chunks of the 10 killed workers
 }
+
+TEST_CASE("imap: the manager killed mid-iteration: the rest is WorkerLost, then the end",
+          "[pool][imap][fault]") {
+  Pool pool(2);
+  const pid_t worker = pool.apply(getpid);
+  const pid_t manager = shmq::test::parent_of(worker);
+  const std::vector<int> items(100'000, 3);
+  auto results = pool.imap(square, items, 10);
+  REQUIRE(results.next(60s) == 9);
+  kill(manager, SIGKILL);
+  std::size_t values = 1, lost = 0;
+  for (;;) {
+    try {
+      if (!results.next(60s)) break;
+      ++values;
+    } catch (const shmq::WorkerLost& e) {
+      ++lost;
+      CHECK_THAT(e.what(), Catch::Contains("manager"));
+    }
+  }
+  CHECK(lost > 0);
+  CHECK(values + lost <= items.size());  // the input left unread is lost once, not item by item
+  CHECK_THROWS_AS(pool.apply(square, 1), shmq::PoolBroken);
+}
+
+TEST_CASE("imap under an ignored SIGCHLD, a worker killed: WorkerLost at its chunk, the rest come",
+          "[pool][imap][fault]") {
+  struct sigaction ignore {}, old{};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGCHLD, &ignore, &old);
+  {
+    Pool pool(2);
+    Queue<int> started;
+    Queue<int> go;
+    std::vector<std::tuple<int, int, Queue<int>, Queue<int>>> items;
+    for (int i = 0; i < 50; ++i) items.emplace_back(i, 20, started, go);
+    auto results = pool.imap(hold_item, items);
+    kill(started.get(), SIGKILL);
+    for (int i = 0; i < 50; ++i) {
+      if (i == 20) {
+        CHECK_THROWS_AS(results.next(60s), shmq::WorkerLost);
+      } else {
+        CHECK(results.next(60s) == i);
+      }
+    }
+    CHECK(results.next(60s) == std::nullopt);
+  }
+  sigaction(SIGCHLD, &old, nullptr);
+}
