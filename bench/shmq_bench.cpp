@@ -507,6 +507,18 @@ std::optional<double> two_memcpys(std::size_t bytes) {
   return secs;
 }
 
+std::optional<double> two_fresh_copies(std::size_t bytes) {
+  const std::string from(bytes, 'x');
+  const auto t0 = Clock::now();
+  std::string middle(from);  // each into memory the copy must first get from the kernel
+  asm volatile("" : : "r"(middle.data()) : "memory");
+  std::string to(middle);
+  asm volatile("" : : "r"(to.data()) : "memory");
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (to[bytes - 1] != 'x') return std::nullopt;
+  return secs;
+}
+
 // The Pool scenarios of issue 12; Python's lines come from python_peer.py (a run with no filter).
 void pool_scenarios() {
   const int imap_items = settings.quick ? 10'000 : 1'000'000;
@@ -522,7 +534,8 @@ void pool_scenarios() {
   const std::size_t big = std::size_t{64} << 20;
   compare("Pool 64 MiB arg+result", 0,
           {{"shmq Pool(1).apply", [&] { return shmq_pool_big(big); }},
-           {"two memcpys of 64 MiB", [&] { return two_memcpys(big); }}},
+           {"two memcpys of 64 MiB", [&] { return two_memcpys(big); }},
+           {"two copies of 64 MiB into new strings", [&] { return two_fresh_copies(big); }}},
           true);
 }
 
