@@ -108,7 +108,13 @@ PayloadFile PayloadFile::open(pid_t pid, int fd, const std::string& name, std::s
   };
   // Looked at before opening, so a descriptor number reused for a FIFO or a device is never
   // opened; after, so that what was opened is the memfd looked at.
-  if (link_target(link) != expected) throw gone();
+  const auto target = link_target(link);
+  if (!target && (errno == EACCES || errno == EPERM)) {
+    throw Error("shmq::Pool: a worker cannot open the task's arguments (" + std::to_string(size) +
+                " bytes out of band): " + link + " is closed to it (" + errno_text(errno) +
+                "): the process that made the pool is not dumpable");
+  }
+  if (target != expected) throw gone();
   const int opened = ::open(link.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (opened < 0) throw gone();
   if (link_target("/proc/self/fd/" + std::to_string(opened)) != expected) {

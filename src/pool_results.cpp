@@ -7,8 +7,10 @@
 namespace shmq::detail {
 
 namespace {
-// imap keeps at most this many chunks per worker in flight.
+// imap keeps at most this many chunks per worker in flight, and feeds no more once the chunks in
+// flight hold kBytesInFlight of input (but always two per worker, whatever their size).
 constexpr std::size_t kChunksInFlightPerWorker = 64;
+constexpr std::size_t kBytesInFlight = std::size_t{64} << 20;
 }  // namespace
 
 const std::byte* TaskResult::data() const noexcept {
@@ -51,11 +53,13 @@ IMapCore::IMapCore(std::shared_ptr<PoolCore> core, Feed feed, bool ordered)
 
 IMapCore::~IMapCore() {
   if (!exhausted_) core_->feeder_done();
-  for (auto& [job, items] : in_flight_) core_->forget(*job);
+  for (auto& chunk : in_flight_) core_->forget(*chunk.job);
 }
 
 void IMapCore::feed(const Deadline& deadline) {
-  while (!exhausted_ && in_flight_.size() < window_) {
+  const std::size_t at_least = 2 * core_->processes();
+  while (!exhausted_ && in_flight_.size() < window_ &&
+         (in_flight_.size() < at_least || in_flight_bytes_ < kBytesInFlight)) {
     if (!unsent_) {
       try {
         unsent_ = feed_();
@@ -85,7 +89,11 @@ void IMapCore::feed(const Deadline& deadline) {
       unsent_ = std::move(one.front());
       return;
     }
-    in_flight_.emplace_back(std::move(job), one.front().items);
+    const Payload& args = one.front().message.args;
+    const std::size_t bytes =
+        args.where == Payload::Where::inline_bytes ? args.bytes.size() : args.size;
+    in_flight_.push_back({std::move(job), one.front().items, bytes});
+    in_flight_bytes_ += bytes;
     unsent_.reset();
   }
 }
@@ -99,20 +107,21 @@ std::optional<std::pair<TaskResult, std::size_t>> IMapCore::next(const Deadline&
   std::size_t done = 0;
   const bool arrived = core_->wait(
       [&] {
-        if (ordered_) return in_flight_.front().first->complete();
+        if (ordered_) return in_flight_.front().job->complete();
         for (done = 0; done < in_flight_.size(); ++done) {
-          if (in_flight_[done].first->complete()) return true;
+          if (in_flight_[done].job->complete()) return true;
         }
         return false;
       },
       deadline);
   if (!arrived) throw TimeoutError("shmq::IMapIterator: no result within the timeout");
-  auto [job, items] = std::move(in_flight_[done]);
+  InFlight chunk = std::move(in_flight_[done]);
   in_flight_.erase(in_flight_.begin() + static_cast<std::ptrdiff_t>(done));
+  in_flight_bytes_ -= chunk.bytes;
   // Refilled in bursts, once half the window has drained: one wake-up of the workers per burst,
   // not one per chunk.
   if (in_flight_.size() <= window_ / 2) feed(Deadline::now());
-  return std::make_pair(std::move(job->results.front()), items);
+  return std::make_pair(std::move(chunk.job->results.front()), chunk.items);
 }
 
 }  // namespace shmq::detail

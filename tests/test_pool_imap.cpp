@@ -337,3 +337,42 @@ TEST_CASE("imap under an ignored SIGCHLD, a worker killed: WorkerLost at its chu
   }
   sigaction(SIGCHLD, &old, nullptr);
 }
+
+namespace {
+// Strings of 1 MiB, counting how many were read.
+struct BigStrings {
+  int size;
+  int* read;
+  struct iterator {
+    using iterator_category = std::input_iterator_tag;
+    using value_type = std::string;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const std::string*;
+    using reference = std::string;
+    const BigStrings* range;
+    int at;
+    std::string operator*() const {
+      ++*range->read;
+      return std::string(std::size_t{1} << 20, 'b');
+    }
+    iterator& operator++() {
+      ++at;
+      return *this;
+    }
+    bool operator!=(const iterator& o) const { return at != o.at; }
+  };
+  iterator begin() const { return {this, 0}; }
+  iterator end() const { return {this, size}; }
+};
+}  // namespace
+
+TEST_CASE("imap of large items keeps about 64 MiB of input in flight, not 64 chunks per worker",
+          "[pool][imap][payload]") {
+  Pool pool(1);
+  int read = 0;
+  const BigStrings input{1000, &read};
+  auto results = pool.imap([](const std::string& s) { return s.size(); }, input, 4);
+  CHECK(read <= 64 + 4);  // 4 MiB chunks: 16 of them, where 64 chunks would be 256 items
+  for (int i = 0; i < 100; ++i) REQUIRE(results.next(60s) == std::size_t{1} << 20);
+  CHECK(read <= 100 + 64 + 4);
+}

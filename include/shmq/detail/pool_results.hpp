@@ -96,8 +96,14 @@ class IMapCore {
   Feed feed_;
   const bool ordered_;
   const std::size_t window_;  // the most chunks in flight at once
-  // Chunks submitted and not yet returned, in input order, with their item counts.
-  std::deque<std::pair<std::shared_ptr<Job>, std::size_t>> in_flight_;
+  // Chunks submitted and not yet returned, in input order, with their item counts and sizes.
+  struct InFlight {
+    std::shared_ptr<Job> job;
+    std::size_t items;
+    std::size_t bytes;
+  };
+  std::deque<InFlight> in_flight_;
+  std::size_t in_flight_bytes_ = 0;     // the encoded size of the chunks in flight
   std::optional<OutgoingTask> unsent_;  // fed, but the task ring had no room by the deadline
   bool exhausted_ = false;
   std::exception_ptr feed_error_;  // what the input's iterator threw
