@@ -95,9 +95,11 @@ class Worker {
       }
       PayloadFile file;
       ResultMessage result = run(task, file);
+      // What the task printed goes out before its result: a caller that prints after get() (or
+      // submits a task whose worker prints) must not see its own lines come first.
+      std::fflush(nullptr);
       post(result, file);
       slot_.task.store(0);
-      std::fflush(nullptr);
     }
     return kExitRetired;
   }
