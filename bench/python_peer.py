@@ -102,14 +102,42 @@ def pool_map(items):
     return seconds
 
 
+def pool_imap(items, chunksize, ordered):
+    with mp.Pool(2) as pool:
+        start = time.perf_counter()
+        results = (pool.imap if ordered else pool.imap_unordered)(plus_one, range(items), chunksize)
+        count = total = 0
+        for r in results:
+            count += 1
+            total += r
+        seconds = time.perf_counter() - start
+    if count != items or total != items * (items + 1) // 2:
+        sys.exit("python_peer: Pool.imap returned wrong results")
+    return seconds
+
+
+def pool_scenarios(a):
+    """Issue 12's Pool lines: imap of 1M items in chunks of 1000, imap_unordered of 100k tasks."""
+    imap_items = a.items * 10
+    for scenario, items, chunksize, ordered in (
+            ("Pool.imap 1M items", imap_items, 1000, True),
+            ("Pool.imap_unordered 100k", a.items, 1, False)):
+        seconds = statistics.median(pool_imap(items, chunksize, ordered) for _ in range(a.reps))
+        print(json.dumps({"scenario": scenario, "seconds": seconds}), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200000)
     ap.add_argument("--round-trips", type=int, default=20000)
     ap.add_argument("--items", type=int, default=100000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only-pool", action="store_true", help="only the Pool scenarios of issue 12")
     a = ap.parse_args()
     mp.set_start_method("fork")
+    if a.only_pool:
+        pool_scenarios(a)
+        return
     for size in (8, 4096):
         n = a.n if size == 8 else max(a.n // 4, 100)
         rate = statistics.median(throughput(n, size) for _ in range(a.reps))
@@ -122,6 +150,7 @@ def main():
                       "p99_us": statistics.median(p99s)}), flush=True)
     seconds = statistics.median(pool_map(a.items) for _ in range(a.reps))
     print(json.dumps({"scenario": "Pool.map 100k tasks", "seconds": seconds}), flush=True)
+    pool_scenarios(a)
 
 
 if __name__ == "__main__":

@@ -497,6 +497,87 @@ void compare(const std::string& scenario, std::size_t bytes, std::vector<Contend
   }
 }
 
+// shmq's Pool.imap / imap_unordered of trivial items, consumed as they come, as python_peer.py's.
+std::optional<double> shmq_pool_imap(int items, std::size_t chunksize, bool ordered) {
+  std::vector<int> in(static_cast<std::size_t>(items));
+  for (int i = 0; i < items; ++i) in[static_cast<std::size_t>(i)] = i;
+  shmq::Pool pool(2);
+  long long sum = 0;
+  long count = 0;
+  const auto consume = [&](auto&& outputs) {
+    for (int r : outputs) {
+      sum += r;
+      ++count;
+    }
+  };
+  const auto t0 = Clock::now();
+  if (ordered) {
+    consume(pool.imap(plus_one, in, chunksize));
+  } else {
+    consume(pool.imap_unordered(plus_one, in, chunksize));
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (count != items || sum != static_cast<long long>(items) * (items + 1) / 2) return std::nullopt;
+  return secs;
+}
+
+std::string echo_bytes(std::string s) { return s; }
+
+// A 64 MiB argument to a Pool task and its 64 MiB result back, against two memcpys of as much.
+std::optional<double> shmq_pool_big(std::size_t bytes) {
+  shmq::Pool pool(1);
+  const std::string arg(bytes, 'x');
+  pool.apply(echo_bytes, std::string("warm"));  // the worker is up
+  const auto t0 = Clock::now();
+  const std::string back = pool.apply(echo_bytes, arg);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (back != arg) return std::nullopt;
+  return secs;
+}
+std::optional<double> two_memcpys(std::size_t bytes) {
+  std::vector<char> from(bytes, 'x'), middle(bytes), to(bytes);  // allocated and touched before
+  const auto t0 = Clock::now();
+  std::memcpy(middle.data(), from.data(), bytes);
+  asm volatile("" : : "r"(middle.data()) : "memory");
+  std::memcpy(to.data(), middle.data(), bytes);
+  asm volatile("" : : "r"(to.data()) : "memory");
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (to[bytes - 1] != 'x') return std::nullopt;
+  return secs;
+}
+
+std::optional<double> two_fresh_copies(std::size_t bytes) {
+  const std::string from(bytes, 'x');
+  const auto t0 = Clock::now();
+  std::string middle(from);  // each into memory the copy must first get from the kernel
+  asm volatile("" : : "r"(middle.data()) : "memory");
+  std::string to(middle);
+  asm volatile("" : : "r"(to.data()) : "memory");
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (to[bytes - 1] != 'x') return std::nullopt;
+  return secs;
+}
+
+// The Pool scenarios of issue 12; Python's lines come from python_peer.py (a run with no filter).
+void pool_scenarios() {
+  const int imap_items = settings.quick ? 10'000 : 1'000'000;
+  const int unordered_items = settings.quick ? 1'000 : 100'000;
+  compare("Pool.imap 1M items", 0,
+          {{"shmq Pool(2).imap, chunksize 1000",
+            [&] { return shmq_pool_imap(imap_items, 1000, true); }}},
+          true);
+  compare("Pool.imap_unordered 100k", 0,
+          {{"shmq Pool(2).imap_unordered, chunksize 1",
+            [&] { return shmq_pool_imap(unordered_items, 1, false); }}},
+          true);
+  const std::size_t big = std::size_t{64} << 20;
+  compare("Pool 64 MiB arg+result", 0,
+          {{"shmq Pool(1).apply", [&] { return shmq_pool_big(big); }},
+           {"two memcpys of 64 MiB", [&] { return two_memcpys(big); }},
+           {"two copies of 64 MiB into new strings", [&] { return two_fresh_copies(big); }}},
+          true);
+}
+
 template <std::size_t S>
 void one_to_one(long n) {
   const std::string scenario = "1->1 " + std::to_string(S) + " B";
@@ -917,6 +998,7 @@ int main(int argc, char** argv) {
   pipes_and_waits(settings.quick ? 100 : 50'000);
   compare("Pool.map 100k tasks", 0,
           {{"shmq Pool(2).map", [&] { return shmq_pool_map(settings.quick ? 1000 : 100'000); }}}, true);
+  pool_scenarios();
   if (settings.filter.empty()) python_peer(settings.quick ? 1000 : 200'000, settings.quick ? 100 : 20'000, settings.quick ? 1000 : 100'000);
   if (settings.json) {
     print_json();

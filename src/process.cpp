@@ -9,11 +9,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <new>
 
 #include "shmq/detail/demangle.hpp"
@@ -29,6 +31,38 @@ std::string& own_name() {
   return name;
 }
 
+// The process that started this one, for parent_process().
+std::optional<ProcessInfo>& own_parent() {
+  static std::optional<ProcessInfo> parent;
+  return parent;
+}
+
+// The children started by Process::start() in this process, for active_children(); by pid (a
+// recycled pid replaces the entry of the reaped child that had it).
+struct StartedChildren {
+  std::mutex mutex;
+  std::vector<ProcessInfo> children;
+};
+// Replaced, not cleared, in a forked child: another thread of the parent may have held the mutex
+// (or been changing the list) at the fork. The parent's copy is left to leak.
+StartedChildren*& started_children_of_this_process() {
+  static StartedChildren* started = new StartedChildren;
+  return started;
+}
+StartedChildren& started_children() {
+  return *started_children_of_this_process();
+}
+
+void record_started(ProcessInfo child) {
+  auto& started = started_children();
+  std::lock_guard lock(started.mutex);
+  auto& children = started.children;
+  children.erase(std::remove_if(children.begin(), children.end(),
+                                [&](const ProcessInfo& c) { return c.pid == child.pid; }),
+                 children.end());
+  children.push_back(std::move(child));
+}
+
 // Python numbers unnamed processes Process-1, Process-2, ... within each parent.
 std::string default_name() {
   static std::atomic<unsigned> made{0};
@@ -40,8 +74,9 @@ std::string quoted(const std::string& name) {
 }
 
 // The child's side: fn, with its exception (if any) reported as Python prints a traceback.
-int run_target(const std::string& name, const std::function<int()>& target) {
-  own_name() = name;
+int run_target(const std::string& name, const ProcessInfo& parent,
+               const std::function<int()>& target) {
+  detail::set_process_identity(name, parent);
   try {
     return target();
   } catch (const std::exception& e) {
@@ -59,6 +94,40 @@ int run_target(const std::string& name, const std::function<int()>& target) {
 ProcessInfo current_process() {
   return {own_name(), getpid(), getppid()};
 }
+
+std::optional<ProcessInfo> parent_process() {
+  return own_parent();
+}
+
+std::vector<ProcessInfo> active_children() {
+  auto& started = started_children();
+  std::lock_guard lock(started.mutex);
+  auto& children = started.children;
+  // WNOWAIT: look without reaping, which stays the Process object's job. ECHILD: reaped already
+  // (by its Process, or by the kernel under an ignored SIGCHLD).
+  children.erase(std::remove_if(children.begin(), children.end(),
+                                [](const ProcessInfo& child) {
+                                  siginfo_t info{};
+                                  return waitid(P_PID, static_cast<id_t>(child.pid), &info,
+                                                WEXITED | WNOHANG | WNOWAIT) != 0 ||
+                                         info.si_pid != 0;
+                                }),
+                 children.end());
+  return children;
+}
+
+std::size_t cpu_count() {
+  const long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<std::size_t>(n) : 1;
+}
+
+namespace detail {
+void set_process_identity(std::string name, ProcessInfo parent) {
+  own_name() = std::move(name);
+  own_parent() = std::move(parent);
+  started_children_of_this_process() = new StartedChildren;
+}
+}  // namespace detail
 
 Process::Process(ProcessOptions options, Target target)
     : name_(options.name.empty() ? default_name() : std::move(options.name)),
@@ -113,15 +182,17 @@ void Process::start() {
                 ": cannot map its life-sign page: " + std::strerror(errno));
   }
   auto* life_sign = new (page) detail::RobustMutex{};
+  ProcessInfo parent = current_process();
+  parent.parent_pid = 0;  // parent_process() reports the parent's name and pid only
   try {
-    child_ = detail::Child::spawn("process " + quoted(name_), options, [this, life_sign] {
+    child_ = detail::Child::spawn("process " + quoted(name_), options, [this, life_sign, &parent] {
       // Held until the child dies; if the lock cannot be taken, wait() sees the end through the
       // sentinel within kLongestSleep instead.
       try {
         detail::try_lock(*life_sign, detail::this_thread_identity());
       } catch (const Error&) {
       }
-      return run_target(name_, target_);
+      return run_target(name_, parent, target_);
     });
   } catch (...) {
     munmap(page, sizeof(detail::RobustMutex));
@@ -129,6 +200,7 @@ void Process::start() {
   }
   life_sign_ = life_sign;
   sentinel_ = fcntl(child_.pidfd(), F_DUPFD_CLOEXEC, 0);  // -1 (no descriptor left): see sentinel()
+  record_started({name_, child_.pid(), getpid()});
 }
 
 int Process::sentinel() const {

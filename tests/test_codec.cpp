@@ -105,6 +105,29 @@ TEST_CASE("encodings are compact: trivially copyable values are their bytes", "[
   CHECK(shmq::is_bitwise_v<std::array<int, 4>>);
 }
 
+TEST_CASE("large sequences of bytes and of numbers decode exactly, and truncated ones throw",
+          "[codec]") {
+  // 6 MiB plus a few bytes: the decoder's huge-page advice covers an unaligned interior.
+  const std::size_t n = (std::size_t{6} << 20) + 13;
+  std::string text(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) text[i] = static_cast<char>(i * 7 + i / 4096);
+  const auto check = [](const auto& value) {
+    using T = std::decay_t<decltype(value)>;
+    const std::string bytes = shmq::detail::encode_to_string(value);
+    CHECK(shmq::detail::decode_from_string<T>(bytes) == value);
+    CHECK_THROWS_AS(shmq::detail::decode_from_string<T>(bytes.substr(0, bytes.size() - 1)),
+                    shmq::DecodeError);
+  };
+  check(text);
+  check(std::vector<unsigned char>(text.begin(), text.end()));
+  std::vector<std::byte> raw(n);
+  std::memcpy(raw.data(), text.data(), n);
+  check(raw);
+  std::vector<std::uint32_t> numbers(n / 4);
+  std::memcpy(numbers.data(), text.data(), numbers.size() * 4);
+  check(numbers);
+}
+
 TEST_CASE("a user type travels through a queue once it has a codec", "[codec][queue]") {
   shmq::Queue<Point> q;
   q.put(Point{"origin", 0, 0});

@@ -7,7 +7,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <atomic>
 #include <future>
+#include <memory>
+#include <optional>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -40,13 +43,18 @@ int block_until(Queue<int> started, Queue<int> go) {
 pid_t own_pid() { return getpid(); }
 std::string text_of(int size) { return std::string(static_cast<std::size_t>(size), 'x'); }
 
-// The longest text_of result that fits a result queue of `capacity` ring bytes: a frame's 4-byte
-// length plus the encoded result message.
+// The longest text_of result that a result queue of `capacity` ring bytes carries inline (its
+// payload within the 64 bytes the pool keeps for a message's other fields) and holds: a frame's
+// 4-byte length plus the encoded result message.
 int longest_result(std::size_t capacity) {
   int size = static_cast<int>(capacity);
-  while (4 + shmq::encoded_size(shmq::detail::ResultMessage{
-                 1, shmq::detail::TaskOutcome::returned, shmq::detail::encode_to_string(text_of(size)), {}}) >
-         capacity) {
+  const auto message_of = [](int n) {
+    shmq::detail::ResultMessage m;
+    m.result.bytes = shmq::detail::encode_to_string(text_of(n));
+    return m;
+  };
+  while (4 + shmq::encoded_size(message_of(size)) > capacity ||
+         message_of(size).result.bytes.size() + 4 + 64 > capacity) {
     --size;
   }
   return size;
@@ -313,4 +321,179 @@ TEST_CASE("a task whose argument cannot be decoded fails alone; the pool goes on
     CHECK_THAT(e.what(), Catch::Contains(name));
   }
   CHECK(pool.apply(square, 5) == 25);
+}
+
+namespace {
+void nothing() {}
+int worker_number() {
+  const std::string name = shmq::current_process().name;
+  REQUIRE(name.rfind("ForkPoolWorker-", 0) == 0);
+  return std::stoi(name.substr(15));
+}
+std::string parent_seen() {
+  const auto parent = shmq::parent_process();
+  return parent ? parent->name + " " + std::to_string(parent->pid) : "none";
+}
+int init_value = 0;
+std::string init_text;
+void init_with(int value, std::string text) {
+  init_value = value;
+  init_text = std::move(text);
+}
+std::string initialised_with() { return std::to_string(init_value) + init_text; }
+}  // namespace
+
+TEST_CASE("a callback runs in this process even when get() is never called", "[pool][callback]") {
+  Pool pool(2);
+  Queue<int> seen;  // callbacks run on the pool's callback thread: a queue hands their values over
+  const pid_t self = getpid();
+  pool.apply_async(square, 7, shmq::callback([seen, self](int r) mutable {
+                     CHECK(getpid() == self);
+                     seen.put(r);
+                   }));  // the AsyncResult is dropped at once
+  CHECK(seen.get(60s) == 49);
+  pool.map_async(square, std::vector<int>{1, 2, 3}, 0,
+                 shmq::callback([seen](const std::vector<int>& r) mutable {
+                   seen.put(static_cast<int>(r.size()) * 100 + r.back());
+                 }));
+  CHECK(seen.get(60s) == 309);
+  pool.starmap_async([](int a, int b) { return a * b; }, std::vector<std::pair<int, int>>{{6, 7}}, 1,
+                     shmq::callback([seen](const std::vector<int>& r) mutable { seen.put(r[0]); }));
+  CHECK(seen.get(60s) == 42);
+  auto done = pool.apply_async(nothing, shmq::callback([seen]() mutable { seen.put(-1); }));
+  done.get();  // returns once the callback has run
+  CHECK(seen.get_nowait() == -1);
+}
+
+TEST_CASE("error_callback gets the RemoteError of a task that raised, or the WorkerLost",
+          "[pool][callback]") {
+  Pool pool(1);
+  Queue<std::string> errors;
+  auto on_error = shmq::error_callback(
+      [errors](const shmq::Error& e) mutable { errors.put(std::string(e.what())); });
+  auto r = pool.apply_async(fail, 1, shmq::callback([](int) { FAIL("callback on failure"); }),
+                            on_error);
+  CHECK_THAT(errors.get(60s), Catch::Contains("no such thing"));
+  CHECK_THROWS_AS(r.get(), shmq::RemoteError);
+  CHECK_FALSE(r.successful());
+  // An item of a map that raises fails the whole map, as in Python.
+  pool.map_async(fail, std::vector<int>{1, 2}, 1, on_error);
+  CHECK_THAT(errors.get(60s), Catch::Contains("std::out_of_range"));
+  Queue<int> started;
+  Queue<int> go;
+  pool.apply_async(block_until, started, go, on_error);
+  kill(started.get(), SIGKILL);
+  CHECK_THAT(errors.get(60s), Catch::Contains("killed by signal 9"));
+}
+
+TEST_CASE("a callback that throws is reported; the pool, the result and later callbacks go on",
+          "[pool][callback]") {
+  Pool pool(1);
+  Queue<int> seen;
+  auto r = pool.apply_async(square, 3, shmq::callback([](int) { throw std::logic_error("oops"); }));
+  CHECK(r.get() == 9);
+  pool.apply_async(square, 4, shmq::callback([seen](int v) mutable { seen.put(v); }));
+  CHECK(seen.get(60s) == 16);
+}
+
+TEST_CASE("a callback may submit tasks and wait for results without callbacks", "[pool][callback]") {
+  Pool pool(2);
+  Queue<int> seen;
+  pool.apply_async(square, 2, shmq::callback([&pool, seen](int r) mutable {
+                     seen.put(pool.apply(square, r));  // waits inside the callback
+                     pool.apply_async(square, r + 1, shmq::callback([seen](int s) mutable {
+                                        seen.put(s);
+                                      }));
+                   }));
+  CHECK(seen.get(60s) == 16);
+  CHECK(seen.get(60s) == 25);
+}
+
+TEST_CASE("waiting inside a callback for a result whose callback has not run throws Error",
+          "[pool][callback]") {
+  Pool pool(1);
+  Queue<std::string> seen;
+  Queue<int> started;
+  Queue<int> go;
+  Queue<int> filled;
+  auto later = std::make_shared<std::optional<shmq::AsyncResult<int>>>();
+  auto first = pool.apply_async(square, 1, shmq::callback([later, seen, go, filled](int) mutable {
+                                  filled.get();
+                                  try {
+                                    (*later)->get();
+                                    seen.put("returned");
+                                  } catch (const shmq::Error& e) {
+                                    seen.put(e.what());
+                                  }
+                                  go.put(0);
+                                }));
+  // The worker is then held until `go`.
+  *later = pool.apply_async(block_until, started, go, shmq::callback([](int) {}));
+  filled.put(1);
+  first.wait();
+  CHECK_THAT(seen.get(60s), Catch::Contains("would wait forever"));
+}
+
+TEST_CASE("destroying a pool with callbacks pending runs their error_callbacks before it returns",
+          "[pool][callback]") {
+  std::atomic<int> lost{0};
+  Queue<int> started;
+  Queue<int> go;  // never fed
+  {
+    Pool pool(1);
+    for (int i = 0; i < 5; ++i) {
+      pool.apply_async(block_until, started, go, shmq::callback([](int) { FAIL("returned"); }),
+                       shmq::error_callback([&lost](const shmq::Error& e) {
+                         CHECK(dynamic_cast<const shmq::WorkerLost*>(&e) != nullptr);
+                         ++lost;
+                       }));
+    }
+    started.get();
+  }
+  CHECK(lost == 5);
+}
+
+TEST_CASE("close and join wait for every callback", "[pool][callback]") {
+  std::atomic<int> calls{0};
+  Pool pool(2);
+  for (int i = 0; i < 100; ++i) pool.apply_async(square, i, shmq::callback([&calls](int) { ++calls; }));
+  pool.close();
+  pool.join();
+  CHECK(calls == 100);
+}
+
+TEST_CASE("the initializer gets its initargs, as Python's Pool(initializer, initargs)", "[pool]") {
+  Pool pool(PoolOptions{.processes = 2}, init_with, 42, std::string("x"));
+  CHECK(pool.apply(initialised_with) == "42x");
+  CHECK(init_value == 0);  // not in the parent
+}
+
+TEST_CASE("workers are named ForkPoolWorker-N, replacements numbered on", "[pool]") {
+  Pool pool(PoolOptions{.processes = 1, .initializer = {}, .maxtasksperchild = 1});
+  std::vector<int> numbers;
+  for (int i = 0; i < 3; ++i) numbers.push_back(pool.apply(worker_number));
+  CHECK(numbers == std::vector<int>{1, 2, 3});
+  CHECK(pool.apply(parent_seen) == "MainProcess " + std::to_string(getpid()));
+  CHECK(shmq::current_process().name == "MainProcess");
+}
+
+TEST_CASE("parent_process, active_children and cpu_count, as Python's", "[process]") {
+  CHECK_FALSE(shmq::parent_process().has_value());
+  CHECK(shmq::cpu_count() == static_cast<std::size_t>(sysconf(_SC_NPROCESSORS_ONLN)));
+  CHECK(shmq::active_children().empty());
+  Queue<std::string> told;
+  Queue<int> go;
+  shmq::Process child(shmq::ProcessOptions{.name = "kid"}, [told, go]() mutable {
+    told.put(parent_seen() + " " + std::to_string(shmq::active_children().size()));
+    go.get();
+  });
+  child.start();
+  CHECK(told.get(60s) == "MainProcess " + std::to_string(getpid()) + " 0");
+  const auto children = shmq::active_children();
+  REQUIRE(children.size() == 1);
+  CHECK(children[0].name == "kid");
+  CHECK(children[0].pid == child.pid());
+  go.put(1);
+  child.join();
+  CHECK(shmq::active_children().empty());
 }

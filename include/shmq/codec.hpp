@@ -22,6 +22,8 @@
 // are checked against the bytes that remain before anything is allocated.
 #pragma once
 
+#include <sys/mman.h>
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -195,6 +197,22 @@ constexpr std::size_t min_encoded_bytes() {
   }
 }
 
+// Asks for huge pages under a large buffer about to be filled for the first time: a fresh 64 MiB
+// filled through 4 KiB faults costs several copies' time; through 2 MiB pages about one. Only the
+// page-aligned interior is advised; failure (THP off, not anonymous memory) changes nothing.
+inline void advise_fresh_buffer(void* data, std::size_t bytes) noexcept {
+  constexpr std::size_t kHugePage = std::size_t{2} << 20;
+  if (bytes < 2 * kHugePage) return;
+  const auto begin = (reinterpret_cast<std::uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const auto end = (reinterpret_cast<std::uintptr_t>(data) + bytes) & ~(kHugePage - 1);
+#ifdef MADV_HUGEPAGE
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)begin;
+  (void)end;
+#endif
+}
+
 // Shared by every sequence container: a count, then the elements (in bulk when bitwise).
 template <class Seq>
 struct sequence_codec {
@@ -221,8 +239,19 @@ struct sequence_codec {
     const std::size_t n = decode_count(in, min_encoded_bytes<value_type>());
     Seq s;
     if constexpr (is_bitwise_v<value_type>) {
-      s.resize(n);
-      in.read(s.data(), n * sizeof(value_type));
+      // n is checked against the bytes that remain (decode_count), so reserving n is bounded.
+      s.reserve(n);
+      advise_fresh_buffer(s.data(), n * sizeof(value_type));
+      if constexpr (sizeof(value_type) == 1 &&
+                    (std::is_integral_v<value_type> || std::is_same_v<value_type, std::byte>)) {
+        // Characters and bytes: appended straight from the message, with no zero-fill first.
+        const std::byte* bytes = in.take(n);
+        s.insert(s.end(), reinterpret_cast<const value_type*>(bytes),
+                 reinterpret_cast<const value_type*>(bytes) + n);
+      } else {
+        s.resize(n);
+        in.read(s.data(), n * sizeof(value_type));
+      }
     } else {
       s.reserve(n);
       for (std::size_t i = 0; i < n; ++i) s.push_back(codec<value_type>::decode(in));

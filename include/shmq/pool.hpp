@@ -1,22 +1,25 @@
-// shmq::Pool and shmq::AsyncResult: Python's multiprocessing.Pool, by fork().
+// shmq::Pool, shmq::AsyncResult and shmq::IMapIterator: Python's multiprocessing.Pool, by fork().
 #pragma once
 
 #include <sys/types.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstddef>
-#include <cstdint>
+#include <deque>
+#include <exception>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
-#include <string>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "shmq/codec.hpp"
 #include "shmq/detail/deadline.hpp"
+#include "shmq/detail/pool_results.hpp"
+#include "shmq/detail/pool_wire.hpp"
 #include "shmq/errors.hpp"
 
 namespace shmq {
@@ -24,186 +27,58 @@ namespace shmq {
 struct PoolOptions {
   // Worker processes; 0: as many as this process may run on CPUs.
   std::size_t processes = 0;
-  // Run once in each worker as it starts (a copy made when the pool starts, so it may capture).
+  // Run once in each worker as it starts (a copy made when the pool starts, so it may capture;
+  // Pool's constructor also takes an initializer with initargs, as Python's does).
   std::function<void()> initializer{};
   // A worker is replaced after this many tasks; 0: never.
   std::size_t maxtasksperchild = 0;
-  // Ring bytes of the task queue and of the result queue: bounds one task's arguments and one
-  // result (a map chunk's items or results travel as one message).
+  // Ring bytes of the task queue and of the result queue. Arguments, results and chunks of any
+  // size travel: those that do not fit go out of band, each in a memfd of its own.
   std::size_t queue_bytes = std::size_t{4} << 20;
 };
 
 namespace detail {
-
-// How a task travels: which runner to call in the worker, with which function, on which encoded
-// arguments. Runner and function are code addresses, the same in every worker since workers are
-// forks of the process that made the pool.
-struct TaskMessage {
-  std::uint64_t id = 0;
-  std::uint64_t runner = 0;
-  std::uint64_t function = 0;
-  std::string args;
+template <class F>
+struct OnResult {
+  F f;
 };
-
-enum class TaskOutcome : std::uint8_t { returned = 0, raised = 1, lost = 2 };
-
-// What comes back: the encoded result; or the exception's type name and what(); or why the
-// worker was lost.
-struct ResultMessage {
-  std::uint64_t id = 0;
-  TaskOutcome outcome = TaskOutcome::returned;
-  std::string payload;  // the encoded result, or the exception's type name
-  std::string what;     // what() of the exception, or why the worker was lost
+template <class F>
+struct OnError {
+  F f;
 };
-
-// Runs a task in a worker: decodes the arguments, calls the function, encodes what it returns.
-using Runner = std::string (*)(std::uint64_t function, Reader& args);
-
-// A function pointer's parts; a captureless lambda converts to one (a capturing lambda cannot be
-// sent: workers were forked before the capture existed).
+template <class T>
+inline constexpr bool is_callback_v = false;
 template <class F>
-struct signature;
-template <class R, class... P>
-struct signature<R (*)(P...)> {
-  using result = R;
-  using pointer = R (*)(P...);
-  using args = std::tuple<std::decay_t<P>...>;
-};
-template <class R, class... P>
-struct signature<R (*)(P...) noexcept> : signature<R (*)(P...)> {};
-
-template <class Fn>
-auto function_pointer(Fn fn) {
-  if constexpr (std::is_pointer_v<Fn>) {
-    return typename signature<Fn>::pointer{fn};
-  } else {
-    static_assert(std::is_convertible_v<Fn, decltype(+fn)>,
-                  "shmq::Pool: a task must be a function pointer or a captureless lambda");
-    return typename signature<decltype(+fn)>::pointer{+fn};
-  }
-}
-
+inline constexpr bool is_callback_v<OnResult<F>> = true;
 template <class F>
-std::uint64_t address_of(F f) {
-  return reinterpret_cast<std::uint64_t>(reinterpret_cast<void*>(f));
-}
-template <class F>
-F from_address(std::uint64_t address) {
-  return reinterpret_cast<F>(reinterpret_cast<void*>(address));
-}
-
-// apply: one call.
-template <class F>
-std::string run_call(std::uint64_t function, Reader& in) {
-  using S = signature<F>;
-  auto args = codec<typename S::args>::decode(in);
-  if constexpr (std::is_void_v<typename S::result>) {
-    std::apply(from_address<F>(function), args);
-    return {};
-  } else {
-    return encode_to_string(std::apply(from_address<F>(function), args));
-  }
-}
-
-// map (one argument per item) and starmap (a tuple of arguments per item), a chunk at a time.
-template <class F, bool kStar>
-std::string run_chunk(std::uint64_t function, Reader& in) {
-  using S = signature<F>;
-  using Item =
-      std::conditional_t<kStar, typename S::args, std::tuple_element_t<0, typename S::args>>;
-  const auto items = codec<std::vector<Item>>::decode(in);
-  std::vector<typename S::result> results;
-  results.reserve(items.size());
-  const F f = from_address<F>(function);
-  for (const auto& item : items) {
-    if constexpr (kStar) {
-      results.push_back(std::apply(f, item));
-    } else {
-      results.push_back(f(item));
-    }
-  }
-  return encode_to_string(results);
-}
-
-class PoolCore;  // src/pool.cpp: the queues, the manager process, and the results that arrived
-
+inline constexpr bool is_callback_v<OnError<F>> = true;
 }  // namespace detail
 
-template <>
-struct codec<detail::TaskMessage> {
-  static std::size_t size(const detail::TaskMessage& t) { return 24 + encoded_size(t.args); }
-  static void encode(const detail::TaskMessage& t, Writer& out) {
-    out.write(&t.id, 8);
-    out.write(&t.runner, 8);
-    out.write(&t.function, 8);
-    shmq::encode(t.args, out);
-  }
-  static detail::TaskMessage decode(Reader& in) {
-    detail::TaskMessage t;
-    in.read(&t.id, 8);
-    in.read(&t.runner, 8);
-    in.read(&t.function, 8);
-    t.args = shmq::decode<std::string>(in);
-    return t;
-  }
-};
+// Python's callback= for apply_async, map_async and starmap_async: called with the result (no
+// argument for a void task) once it has arrived. Passed after the task's arguments (after the
+// chunksize for the map forms). See Pool's comment for where callbacks run.
+template <class F>
+detail::OnResult<F> callback(F f) {
+  return {std::move(f)};
+}
+// Python's error_callback=: called with the exception (a RemoteError or a WorkerLost, as a
+// `const shmq::Error&`) when the task raised or was lost.
+template <class F>
+detail::OnError<F> error_callback(F f) {
+  return {std::move(f)};
+}
 
-template <>
-struct codec<detail::ResultMessage> {
-  static std::size_t size(const detail::ResultMessage& r) {
-    return 9 + encoded_size(r.payload) + encoded_size(r.what);
-  }
-  static void encode(const detail::ResultMessage& r, Writer& out) {
-    out.write(&r.id, 8);
-    out.write(&r.outcome, 1);
-    shmq::encode(r.payload, out);
-    shmq::encode(r.what, out);
-  }
-  static detail::ResultMessage decode(Reader& in) {
-    detail::ResultMessage r;
-    in.read(&r.id, 8);
-    in.read(&r.outcome, 1);
-    if (static_cast<std::uint8_t>(r.outcome) > 2) throw DecodeError("shmq::Pool: bad task outcome");
-    r.payload = shmq::decode<std::string>(in);
-    r.what = shmq::decode<std::string>(in);
-    return r;
-  }
-};
-
-namespace detail {
-
-// The non-template half of AsyncResult: waits for a set of task ids and holds their results.
-class PendingTasks {
- public:
-  PendingTasks(std::shared_ptr<PoolCore> core, std::vector<std::uint64_t> ids);
-  PendingTasks(PendingTasks&&) noexcept = default;
-  PendingTasks& operator=(PendingTasks&&) noexcept = default;
-  ~PendingTasks();  // tells the pool to drop results nobody will collect
-
-  bool wait(const Deadline& deadline);
-  bool ready();
-  // Requires ready(): throws RemoteError or WorkerLost for the first failed task, else returns
-  // every task's encoded result in order.
-  const std::vector<ResultMessage>& results() const;
-  bool successful() const;
-
- private:
-  std::shared_ptr<PoolCore> core_;
-  std::vector<std::uint64_t> ids_;
-  std::optional<std::vector<ResultMessage>> results_;
-};
-
-}  // namespace detail
-
-// The result of a task submitted with apply_async / map_async / starmap_async. Movable; one owner.
+// The result of apply_async / map_async / starmap_async. Movable; one owner. Thread-safe with
+// respect to the pool (any thread may wait), not to itself.
 template <class R>
 class AsyncResult {
  public:
-  // Blocks until the result arrives; returns it, or throws RemoteError (the task threw) or
-  // WorkerLost (its worker died, or the pool was terminated first). May be called again.
+  // Blocks until the result arrives (and its callback, if any, has run); returns it, or throws
+  // RemoteError (the task, or an item of a map, threw) or WorkerLost (its worker died, or the
+  // pool ended first). May be called again.
   R get() {
     pending_.wait(detail::Deadline::never());
-    return assemble();
+    return assemble_(pending_.results());
   }
   // As get(), for at most `timeout`; throws TimeoutError if the result has not arrived.
   template <class Rep, class Period>
@@ -211,42 +86,183 @@ class AsyncResult {
     if (!pending_.wait(detail::Deadline::after(timeout))) {
       throw TimeoutError("shmq::AsyncResult: no result within the timeout");
     }
-    return assemble();
+    return assemble_(pending_.results());
   }
   void wait() { pending_.wait(detail::Deadline::never()); }
   template <class Rep, class Period>
   bool wait(const std::chrono::duration<Rep, Period>& timeout) {
     return pending_.wait(detail::Deadline::after(timeout));
   }
-  // Whether the result has arrived (never blocks).
-  bool ready() { return pending_.ready(); }
-  // Whether the task returned normally; throws Error if not ready(), as Python raises ValueError.
+  // Whether the result has arrived (collects what has arrived; never blocks on the pool).
+  bool ready() { return pending_.wait(detail::Deadline::now()); }
+  // Whether the task returned normally (every item, for a map); throws Error if not ready(), as
+  // Python raises ValueError.
   bool successful() {
     if (!ready()) throw Error("shmq::AsyncResult: successful() called before the result is ready");
-    return pending_.successful();
+    try {
+      assemble_(pending_.results());
+      return true;
+    } catch (const Error&) {
+      return false;
+    }
   }
 
  private:
   friend class Pool;
-  using Assemble = R (*)(const std::vector<detail::ResultMessage>&);
-  AsyncResult(detail::PendingTasks pending, Assemble assembler)
-      : pending_(std::move(pending)), assemble_(assembler) {}
-  R assemble() { return assemble_(pending_.results()); }
+  using Assemble = R (*)(const std::vector<detail::TaskResult>&);
+  AsyncResult(detail::PendingTasks pending, Assemble assemble)
+      : pending_(std::move(pending)), assemble_(assemble) {}
 
   detail::PendingTasks pending_;
   Assemble assemble_;
 };
 
+// The results of imap / imap_unordered, as Python's IMapIterator: an input range (range-for) and
+// a timed next(). Each item's outcome comes once: its result, or RemoteError (the item threw) or
+// WorkerLost (its worker died; every item of that chunk) thrown at its position, after which
+// iteration goes on with the next item. A range-for stops at such a throw; a later range-for or
+// next() resumes after it. The input is read lazily, as workers take chunks; if its iterator
+// throws, that exception comes once every item before it has. Movable; one owner; not
+// thread-safe. Destroying it early drops the chunks in flight (their tasks still run).
+template <class R>
+class IMapIterator {
+ public:
+  // The next result; nullopt at the end (Python's StopIteration). Blocks until it arrives.
+  std::optional<R> next() { return next_until(detail::Deadline::never()); }
+  // As next(), for at most `timeout`; throws TimeoutError if no result came (the iteration stays
+  // where it was: call again to wait on).
+  template <class Rep, class Period>
+  std::optional<R> next(const std::chrono::duration<Rep, Period>& timeout) {
+    return next_until(detail::Deadline::after(timeout));
+  }
+
+  struct sentinel {};
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    using pointer = R*;
+    using reference = R&;
+
+    explicit iterator(IMapIterator* owner) : owner_(owner) {}
+    // Waits for the next outcome (never throws: a failure is thrown by operator*).
+    bool operator!=(sentinel) const { return owner_->fetch(); }
+    bool operator==(sentinel s) const { return !(*this != s); }
+    // The result; throws the item's RemoteError or WorkerLost.
+    R& operator*() const { return owner_->current(); }
+    iterator& operator++() {
+      owner_->advance();
+      return *this;
+    }
+
+   private:
+    IMapIterator* owner_;
+  };
+  iterator begin() { return iterator(this); }
+  sentinel end() { return {}; }
+
+ private:
+  friend class Pool;
+  explicit IMapIterator(std::unique_ptr<detail::IMapCore> core) : core_(std::move(core)) {}
+
+  std::optional<R> next_until(const detail::Deadline& deadline) {
+    while (position_ == items_) {
+      auto chunk = core_->next(deadline);
+      if (!chunk) return std::nullopt;
+      unpack(chunk->first, chunk->second);
+    }
+    const std::size_t at = position_++;
+    if (lost_) std::rethrow_exception(lost_);
+    if (failure_ != failures_.end() && std::get<0>(*failure_) == at) {
+      const auto& [index, type, what] = *failure_++;
+      throw RemoteError(type, what);
+    }
+    if (value_ == values_.end()) {
+      throw DecodeError("shmq::IMapIterator: a chunk came back with fewer results than items");
+    }
+    return std::move(*value_++);
+  }
+
+  // The chunk's outcomes become the ones next_until gives, item by item.
+  void unpack(const detail::TaskResult& chunk, std::size_t items) {
+    position_ = 0;
+    items_ = items;
+    lost_ = nullptr;
+    values_.clear();
+    failures_.clear();
+    if (chunk.outcome == detail::TaskOutcome::returned) {
+      std::tie(values_, failures_) = chunk.decode<detail::ChunkResults<R>>();
+    } else {
+      try {
+        chunk.throw_failure();
+      } catch (...) {
+        lost_ = std::current_exception();  // every item of the chunk
+      }
+    }
+    value_ = values_.begin();
+    failure_ = failures_.begin();
+  }
+
+  bool fetch() {
+    if (has_current_) return true;
+    try {
+      current_ = next_until(detail::Deadline::never());
+      if (!current_) return false;
+    } catch (...) {
+      current_error_ = std::current_exception();
+    }
+    has_current_ = true;
+    return true;
+  }
+  R& current() {
+    fetch();
+    if (current_error_) {
+      has_current_ = false;
+      std::rethrow_exception(std::exchange(current_error_, nullptr));
+    }
+    return *current_;
+  }
+  void advance() {
+    if (!has_current_) fetch();  // ++ without *: that item is skipped
+    has_current_ = false;
+    current_error_ = nullptr;
+    current_.reset();
+  }
+
+  std::unique_ptr<detail::IMapCore> core_;
+  // The chunk being returned: its item count, the next item's index, and its outcomes.
+  std::size_t items_ = 0;
+  std::size_t position_ = 0;
+  std::exception_ptr lost_;  // the chunk's WorkerLost (or RemoteError), for each of its items
+  std::vector<R> values_;    // the results of the items that returned, in order
+  std::vector<detail::ItemFailure> failures_;
+  typename std::vector<R>::iterator value_ = values_.begin();
+  std::vector<detail::ItemFailure>::iterator failure_ = failures_.begin();
+  // The range-for's current item: fetched by operator!=, given out (or thrown) by operator*.
+  bool has_current_ = false;
+  std::optional<R> current_;
+  std::exception_ptr current_error_;
+};
+
 // A pool of worker processes, forked when the pool is made.
 //
-// A task is a function pointer or a captureless lambda (its address is the same in the forked
-// workers) and its arguments; arguments and results travel through shmq::codec, so a Queue handle
-// is a valid argument and reaches the same queue. A task that throws makes its result throw
-// RemoteError; a worker that dies mid-task is replaced and its task's result throws WorkerLost —
-// never a hang.
+// A task is a plain function or a lambda with no capture (its address is the same in the forked
+// workers) and its arguments; anything else is a compile error that says so. Arguments and
+// results travel through shmq::codec, so a Queue handle is a valid argument and reaches the same
+// queue; they may be of any size (what does not fit the rings travels in a memfd of its own). A
+// task that throws makes its result throw RemoteError; a worker that dies mid-task is replaced
+// and its task's result throws WorkerLost — never a hang. Workers are named ForkPoolWorker-N
+// (current_process()), numbered from 1 in each pool, replacements counting on.
 //
-// The calling process runs no threads for the pool: a small manager process forks, watches and
-// replaces the workers. Results are collected by whichever call waits for them. Thread-safe.
+// Threads: results are collected by whichever call waits for them; the pool starts no thread,
+// except one for callbacks, started by the first submission that has a callback. Callbacks run
+// there, one at a time, in the order their tasks completed, before the AsyncResult becomes
+// ready; one that throws has its exception printed to stderr and the pool goes on. A callback may
+// submit tasks and get() results of tasks without callbacks; get() of one whose callback has not
+// run yet, or join(), from inside a callback throws Error (it would wait for itself). When the
+// pool ends (terminate(), the destructor) the error_callback of every pending task runs with
+// WorkerLost before the destructor returns. Thread-safe.
 //
 // The pool's processes follow the process that made the pool, not the thread: a pool made on a
 // thread that then ends keeps working. They do not depend on the program's signal dispositions
@@ -258,9 +274,16 @@ class Pool {
   Pool() : Pool(PoolOptions{}) {}
   explicit Pool(std::size_t processes) : Pool(PoolOptions{processes}) {}
   explicit Pool(PoolOptions options);
+  // Python's Pool(processes, initializer, initargs): initializer(initargs...) runs in each worker
+  // as it starts (the arguments are copied when the pool is made; any copyable type).
+  template <class Init, class... InitArgs>
+  Pool(PoolOptions options, Init initializer, InitArgs... initargs)
+      : Pool(with_initializer(std::move(options), std::move(initializer),
+                              std::make_tuple(std::move(initargs)...))) {}
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
-  // Terminates the workers, as leaving Python's `with Pool() as pool:` does.
+  // Terminates the workers, as leaving Python's `with Pool() as pool:` does; returns once every
+  // pending callback has run.
   ~Pool();
 
   // Runs fn(args...) in a worker and blocks for its result.
@@ -268,92 +291,270 @@ class Pool {
   auto apply(Fn fn, const Args&... args) {
     return apply_async(fn, args...).get();
   }
+  // As apply, returning at once; shmq::callback(f) and shmq::error_callback(f) may follow args.
   template <class Fn, class... Args>
   auto apply_async(Fn fn, const Args&... args) {
-    const auto f = detail::function_pointer(fn);
-    using F = std::decay_t<decltype(f)>;
-    using R = typename detail::signature<F>::result;
-    const typename detail::signature<F>::args packed(args...);
-    std::vector<detail::TaskMessage> task(1);
-    task[0].runner = detail::address_of(&detail::run_call<F>);
-    task[0].function = detail::address_of(f);
-    task[0].args = detail::encode_to_string(packed);
-    return AsyncResult<R>(submit(std::move(task)), &assemble_one<R>);
+    if constexpr (!detail::is_task_v<Fn>) {
+      detail::RejectTask<Fn>{};
+    } else {
+      constexpr std::size_t kCallbacks = trailing_callbacks<Args...>();
+      const auto all = std::forward_as_tuple(args...);
+      return call_async(static_cast<detail::task_pointer_t<Fn>>(fn), all,
+                        std::make_index_sequence<sizeof...(Args) - kCallbacks>(),
+                        std::make_index_sequence<kCallbacks>());
+    }
   }
 
   // fn applied to each item, results in the order of the items. Items go to workers in chunks of
-  // `chunksize` (0: about a quarter of the items per worker, as Python chooses).
+  // `chunksize` (0: about a quarter of the items per worker, as Python chooses). An item that
+  // throws makes the result throw its RemoteError (the first such item's).
   template <class Fn, class Range>
   auto map(Fn fn, const Range& items, std::size_t chunksize = 0) {
     return map_async(fn, items, chunksize).get();
   }
-  template <class Fn, class Range>
-  auto map_async(Fn fn, const Range& items, std::size_t chunksize = 0) {
-    return chunked<false>(fn, items, chunksize);
+  template <class Fn, class Range, class... Callbacks>
+  auto map_async(Fn fn, const Range& items, std::size_t chunksize = 0, Callbacks... callbacks) {
+    return chunked<false>(fn, items, chunksize, std::move(callbacks)...);
   }
   // fn(args...) for each tuple (or pair) of arguments.
   template <class Fn, class Range>
   auto starmap(Fn fn, const Range& tuples, std::size_t chunksize = 0) {
     return starmap_async(fn, tuples, chunksize).get();
   }
+  template <class Fn, class Range, class... Callbacks>
+  auto starmap_async(Fn fn, const Range& tuples, std::size_t chunksize = 0,
+                     Callbacks... callbacks) {
+    return chunked<true>(fn, tuples, chunksize, std::move(callbacks)...);
+  }
+
+  // Lazily, as Python's imap: results in the order of the items, as an IMapIterator. The input
+  // is read `chunksize` items at a time as workers take them, with at most 4 chunks per worker in
+  // flight; an lvalue range must outlive the iteration, an rvalue one is kept. Throws
+  // InvalidArgument for a chunksize of 0 (Python's ValueError).
   template <class Fn, class Range>
-  auto starmap_async(Fn fn, const Range& tuples, std::size_t chunksize = 0) {
-    return chunked<true>(fn, tuples, chunksize);
+  auto imap(Fn fn, Range&& items, std::size_t chunksize = 1) {
+    return lazily(fn, std::forward<Range>(items), chunksize, true);
+  }
+  // As imap, results in the order they complete.
+  template <class Fn, class Range>
+  auto imap_unordered(Fn fn, Range&& items, std::size_t chunksize = 1) {
+    return lazily(fn, std::forward<Range>(items), chunksize, false);
   }
 
   // No more tasks; the workers finish what was submitted, then exit.
   void close();
-  // Waits for the workers to exit; call close() or terminate() first (Error otherwise).
+  // Waits for the workers to exit and for every callback to have run; call close() or
+  // terminate() first (Error otherwise).
   void join();
   // Ends the workers now; results not yet arrived throw WorkerLost.
   void terminate();
+  // The number of worker processes.
   std::size_t processes() const noexcept;
 
  private:
-  // Queues the tasks (the pool numbers them) and returns their pending results.
-  detail::PendingTasks submit(std::vector<detail::TaskMessage> tasks);
-  std::size_t default_chunksize(std::size_t items) const noexcept;
+  template <class Init, class Tuple>
+  static PoolOptions with_initializer(PoolOptions options, Init initializer, Tuple initargs) {
+    options.initializer = [initializer = std::move(initializer), initargs = std::move(initargs)] {
+      std::apply(initializer, initargs);
+    };
+    return options;
+  }
+
+  // How many of the last Args are callbacks (none may come before the task's arguments end).
+  template <class... Args>
+  static constexpr std::size_t trailing_callbacks() {
+    constexpr bool flags[] = {false, detail::is_callback_v<Args>...};
+    std::size_t n = 0;
+    for (std::size_t i = sizeof...(Args); i > 0 && flags[i]; --i) ++n;
+    return n;
+  }
+
+  // What the callbacks do with a job's outcomes; empty without callbacks.
+  template <class R, class... Callbacks>
+  static detail::Deliver deliver(R (*assemble)(const std::vector<detail::TaskResult>&),
+                                 Callbacks... callbacks) {
+    if constexpr (sizeof...(Callbacks) == 0) {
+      return {};
+    } else {
+      return [assemble, callbacks...](const std::vector<detail::TaskResult>& results) mutable {
+        std::optional<std::conditional_t<std::is_void_v<R>, bool, R>> value;
+        try {
+          if constexpr (std::is_void_v<R>) {
+            assemble(results);
+            value = true;
+          } else {
+            value = assemble(results);
+          }
+        } catch (const Error& e) {
+          (on_error(callbacks, e), ...);
+          return;
+        }
+        (on_result<R>(callbacks, *value), ...);
+      };
+    }
+  }
+  template <class R, class F, class V>
+  static void on_result(detail::OnResult<F>& c, V& value) {
+    if constexpr (std::is_void_v<R>) {
+      c.f();
+    } else {
+      c.f(value);
+    }
+  }
+  template <class R, class F, class V>
+  static void on_result(detail::OnError<F>&, V&) {}
+  template <class F>
+  static void on_error(detail::OnError<F>& c, const Error& e) {
+    c.f(e);
+  }
+  template <class F>
+  static void on_error(detail::OnResult<F>&, const Error&) {}
 
   template <class R>
-  static R assemble_one(const std::vector<detail::ResultMessage>& results) {
-    if constexpr (!std::is_void_v<R>) return detail::decode_from_string<R>(results.front().payload);
+  static R assemble_one(const std::vector<detail::TaskResult>& results) {
+    if constexpr (std::is_void_v<R>) {
+      results.front().decode<std::tuple<>>();
+    } else {
+      return results.front().decode<R>();
+    }
   }
   template <class R>
-  static std::vector<R> assemble_chunks(const std::vector<detail::ResultMessage>& results) {
+  static std::vector<R> assemble_chunks(const std::vector<detail::TaskResult>& results) {
     std::vector<R> all;
     for (const auto& chunk : results) {
-      auto part = detail::decode_from_string<std::vector<R>>(chunk.payload);
-      all.insert(all.end(), std::make_move_iterator(part.begin()),
-                 std::make_move_iterator(part.end()));
+      auto [values, failures] = chunk.decode<detail::ChunkResults<R>>();
+      if (!failures.empty()) {
+        throw RemoteError(std::move(std::get<1>(failures.front())), std::get<2>(failures.front()));
+      }
+      if (all.empty()) {
+        all = std::move(values);
+      } else {
+        all.insert(all.end(), std::make_move_iterator(values.begin()),
+                   std::make_move_iterator(values.end()));
+      }
     }
     return all;
   }
 
-  template <bool kStar, class Fn, class Range>
-  auto chunked(Fn fn, const Range& items, std::size_t chunksize) {
-    const auto f = detail::function_pointer(fn);
-    using F = std::decay_t<decltype(f)>;
+  // A task's message, its arguments encoded (out of band if larger than inline_limit).
+  template <class F, class Args>
+  static detail::OutgoingTask task(detail::Runner runner, F f, const Args& args, std::size_t items,
+                                   std::size_t inline_limit) {
+    detail::OutgoingTask out;
+    auto payload = detail::encode_payload(args, inline_limit, "a task's arguments");
+    out.message.runner = detail::address_of(runner);
+    out.message.function = detail::address_of(f);
+    out.message.args = std::move(payload.wire);
+    out.args = std::move(payload.file);
+    out.items = items;
+    return out;
+  }
+
+  // An argument as the parameter's type: itself if it has that type, else converted.
+  template <class P, class A>
+  static decltype(auto) as_parameter(const A& a) {
+    if constexpr (std::is_same_v<P, A>) {
+      return (a);
+    } else {
+      return P(a);
+    }
+  }
+
+  template <class F, class All, std::size_t... I, std::size_t... C>
+  auto call_async(F f, const All& all, std::index_sequence<I...>, std::index_sequence<C...>) {
     using S = detail::signature<F>;
     using R = typename S::result;
-    using Item =
-        std::conditional_t<kStar, typename S::args, std::tuple_element_t<0, typename S::args>>;
-    static_assert(!std::is_void_v<R>, "shmq::Pool::map: the function must return a value");
-    std::vector<Item> all;
-    for (const auto& item : items) all.emplace_back(item);
-    if (chunksize == 0) chunksize = default_chunksize(all.size());
-    std::vector<detail::TaskMessage> tasks;
-    for (std::size_t at = 0; at < all.size(); at += chunksize) {
-      const auto first = all.begin() + static_cast<std::ptrdiff_t>(at);
-      const std::vector<Item> chunk(
-          first, first + static_cast<std::ptrdiff_t>(std::min(chunksize, all.size() - at)));
-      detail::TaskMessage task;
-      task.runner = detail::address_of(&detail::run_chunk<F, kStar>);
-      task.function = detail::address_of(f);
-      task.args = detail::encode_to_string(chunk);
-      tasks.push_back(std::move(task));
-    }
-    return AsyncResult<std::vector<R>>(submit(std::move(tasks)), &assemble_chunks<R>);
+    static_assert(std::tuple_size_v<typename S::args> == sizeof...(I),
+                  "shmq::Pool::apply: the arguments do not match the task's parameters");
+    using Params = typename S::args;
+    // Encoded as a Params would be, without copying the arguments into one first.
+    const detail::ArgumentPack<decltype(as_parameter<std::tuple_element_t<I, Params>>(
+        std::get<I>(all)))...>
+        packed{{as_parameter<std::tuple_element_t<I, Params>>(std::get<I>(all))...}};
+    std::vector<detail::OutgoingTask> tasks;
+    tasks.push_back(task(&detail::run_call<F>, f, packed, 1, inline_limit()));
+    constexpr std::size_t kArgs = sizeof...(I);
+    return AsyncResult<R>(submit(tasks, deliver(&assemble_one<R>, std::get<kArgs + C>(all)...)),
+                          &assemble_one<R>);
   }
+
+  template <bool kStar, class F>
+  using item_t = std::conditional_t<kStar, typename detail::signature<F>::args,
+                                    std::tuple_element_t<0, typename detail::signature<F>::args>>;
+
+  template <bool kStar, class Fn, class Range, class... Callbacks>
+  auto chunked(Fn fn, const Range& items, std::size_t chunksize, Callbacks... callbacks) {
+    if constexpr (!detail::is_task_v<Fn>) {
+      detail::RejectTask<Fn>{};
+    } else {
+      using F = detail::task_pointer_t<Fn>;
+      using R = typename detail::signature<F>::result;
+      using Item = item_t<kStar, F>;
+      static_assert(!std::is_void_v<R>, "shmq::Pool::map: the function must return a value");
+      const F f = fn;
+      std::vector<Item> all;
+      for (const auto& item : items) all.emplace_back(item);
+      if (chunksize == 0) chunksize = default_chunksize(all.size());
+      std::vector<detail::OutgoingTask> tasks;
+      std::vector<Item> chunk;
+      for (std::size_t at = 0; at < all.size(); at += chunksize) {
+        const std::size_t n = std::min(chunksize, all.size() - at);
+        chunk.assign(std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(at)),
+                     std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(at + n)));
+        tasks.push_back(task(&detail::run_chunk<F, kStar>, f, chunk, n, inline_limit()));
+      }
+      return AsyncResult<std::vector<R>>(
+          submit(tasks, deliver(&assemble_chunks<R>, std::move(callbacks)...)),
+          &assemble_chunks<R>);
+    }
+  }
+
+  // The input of an imap: the range (kept if it was an rvalue) and where it has been read to.
+  template <class Range>
+  struct Source {
+    explicit Source(Range&& r) : range(std::forward<Range>(r)) {}
+    Range range;  // a reference for an lvalue range
+    decltype(std::begin(range)) next = std::begin(range);
+    decltype(std::end(range)) end = std::end(range);
+    std::exception_ptr error;  // thrown while a chunk was being filled; given after that chunk
+  };
+
+  template <class Fn, class Range>
+  auto lazily(Fn fn, Range&& items, std::size_t chunksize, bool ordered) {
+    if constexpr (!detail::is_task_v<Fn>) {
+      detail::RejectTask<Fn>{};
+    } else {
+      using F = detail::task_pointer_t<Fn>;
+      using R = typename detail::signature<F>::result;
+      using Item = item_t<false, F>;
+      static_assert(!std::is_void_v<R>, "shmq::Pool::imap: the function must return a value");
+      if (chunksize == 0)
+        throw InvalidArgument("shmq::Pool::imap: chunksize must be 1 or more, not 0");
+      const F f = fn;
+      auto source = std::make_shared<Source<Range>>(std::forward<Range>(items));
+      detail::IMapCore::Feed feed =
+          [f, source, chunksize, limit = inline_limit()]() -> std::optional<detail::OutgoingTask> {
+        if (source->error) std::rethrow_exception(std::exchange(source->error, nullptr));
+        std::vector<Item> chunk;
+        try {
+          for (; chunk.size() < chunksize && source->next != source->end; ++source->next) {
+            chunk.emplace_back(*source->next);
+          }
+        } catch (...) {
+          if (chunk.empty()) throw;
+          source->error = std::current_exception();
+        }
+        if (chunk.empty()) return std::nullopt;
+        return task(&detail::run_chunk<F, false>, f, chunk, chunk.size(), limit);
+      };
+      return IMapIterator<R>(start_imap(std::move(feed), ordered));
+    }
+  }
+
+  detail::PendingTasks submit(std::vector<detail::OutgoingTask>& tasks, detail::Deliver deliver);
+  std::unique_ptr<detail::IMapCore> start_imap(detail::IMapCore::Feed feed, bool ordered);
+  std::size_t default_chunksize(std::size_t items) const noexcept;
+  std::size_t inline_limit() const noexcept;
 
   std::shared_ptr<detail::PoolCore> core_;
 };

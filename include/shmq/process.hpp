@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -11,6 +12,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "shmq/detail/deadline.hpp"
 #include "shmq/detail/robust_mutex.hpp"
@@ -38,6 +40,26 @@ struct ProcessInfo {
   pid_t parent_pid;
 };
 ProcessInfo current_process();
+
+// Python's parent_process(): the process that started this one with a Process (a pool worker: the
+// process that made its pool), as it was named then; empty in a process shmq did not start. Its
+// parent_pid is 0 (not known here). Never blocks.
+std::optional<ProcessInfo> parent_process();
+
+// Python's active_children(): the children this process started with Process::start() that are
+// still running (pool managers and workers are not among them). Ended children are left for their
+// Process to reap. Never blocks; thread-safe.
+std::vector<ProcessInfo> active_children();
+
+// Python's cpu_count(): the CPUs online in the system (not those this process may run on, which
+// a Pool without a processes count uses). At least 1.
+std::size_t cpu_count();
+
+namespace detail {
+// In a child shmq forked to run the program's code: what current_process() and parent_process()
+// report from now on; forgets the parent's children.
+void set_process_identity(std::string name, ProcessInfo parent);
+}  // namespace detail
 
 // A child process that runs fn(args...) and nothing else of the parent.
 //
