@@ -235,8 +235,7 @@ SlotState leave_slot(detail::SyncObject& object, BarrierSlot& slot) {
 
 detail::ObjectSpec Barrier::spec(unsigned parties, std::optional<double> timeout) {
   detail::ObjectSpec s{detail::ObjectKind::barrier};
-  s.limit = parties;
-  if (parties > detail::kMaxBarrierParties) s.limit = 0;  // rejected by check_spec, as 0 is
+  s.limit = parties;  // check_spec refuses 0 and more than kMaxBarrierParties, naming the number
   if (timeout) {
     const auto deadline = detail::deadline_after_seconds(timeout, "barrier");
     s.timeout = deadline.is_never() ? std::chrono::nanoseconds(0)

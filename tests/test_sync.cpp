@@ -487,6 +487,7 @@ TEST_CASE("a barrier action that throws breaks the barrier; its caller gets the 
   CHECK(barrier.broken());
   CHECK_THROWS_AS(Barrier(0), InvalidArgument);
   CHECK_THROWS_AS(Barrier(4097), InvalidArgument);
+  CHECK_THROWS_WITH(Barrier(4097), Catch::Contains("4097 parties"));  // the number asked for
   Barrier single(1);
   CHECK(single.wait() == 0);
   CHECK(single.wait() == 0);
