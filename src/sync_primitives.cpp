@@ -68,23 +68,24 @@ std::uint32_t count_sleeper(SyncObject& object) {
   return epoch;
 }
 
-// For a thread counted by count_sleeper in `epoch`: sleeps until a notify starts a new epoch or
-// ready() holds (true), or the deadline passes (false); then takes itself off the count. A
-// notifier that finds sleepers starts a new epoch before bumping `seq` and waking, so a notifier
-// killed between the two still counts once the waiter looks again (its sleeps last at most
-// kLongestSleep); and the waiter stays counted across its sleeps, so no notify falls between them.
+// For a thread counted by count_sleeper in `epoch`: polls up to `polls` times, then sleeps, until
+// a notify starts a new epoch or ready() holds (true), or the deadline passes (false); then takes
+// itself off the count. A notifier that finds sleepers starts a new epoch before bumping `seq` and
+// waking, so a notifier killed between the two still counts once the waiter looks again (its
+// sleeps last at most kLongestSleep); and the waiter stays counted across its sleeps, so no
+// notify falls between them.
 template <class Ready>
 bool sleep_until_notified(SyncObject& object, std::uint32_t epoch, const Deadline& deadline,
-                          Ready&& ready) {
+                          unsigned polls, Ready&& ready) {
   EventCount& ev = object.header().wakeups;
-  bool notified = false;
-  for (;;) {
+  const auto notified = [&] {
+    return epoch_of(ev.sleep.load(std::memory_order_acquire)) != epoch || ready();
+  };
+  bool done = false;
+  for (unsigned i = 0; i < polls && !(done = notified()); ++i) cpu_relax();
+  while (!done) {
     const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
-    if (epoch_of(ev.sleep.load(std::memory_order_acquire)) != epoch || ready()) {
-      notified = true;
-      break;
-    }
-    if (deadline.expired()) break;
+    if ((done = notified()) || deadline.expired()) break;
     futex_wait(ev.seq, seq, deadline.capped(kLongestSleep));
   }
   // Off the count, unless a notifier already cleared it by starting a new epoch.
@@ -92,22 +93,18 @@ bool sleep_until_notified(SyncObject& object, std::uint32_t epoch, const Deadlin
   while (epoch_of(now) == epoch && sleepers_of(now) != 0 &&
          !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
   }
-  return notified;
+  return done;
 }
 
 }  // namespace
 
-// A waiter counts itself before it looks at the flag: a set() after that look finds it counted
-// and starts a new epoch, which releases it even if a clear() follows at once (Python's Event
-// releases every thread waiting when set() is called).
+// A waiter counts itself before it looks at the flag, even to poll it: a set() after that look
+// finds it counted and starts a new epoch, which releases it even if a clear() follows at once
+// (Python's Event releases every thread waiting when set() is called).
 bool event_wait(SyncObject& object, const Deadline& deadline) {
   auto& flag = object.header().count;
-  const auto is_set = [&] { return flag.load(std::memory_order_acquire) != 0; };
-  for (unsigned i = 0, polls = object.spin().polls(); i < polls; ++i) {
-    if (is_set()) return true;
-    cpu_relax();
-  }
-  return sleep_until_notified(object, count_sleeper(object), deadline, is_set);
+  return sleep_until_notified(object, count_sleeper(object), deadline, object.spin().polls(),
+                              [&] { return flag.load(std::memory_order_acquire) != 0; });
 }
 
 }  // namespace detail
@@ -135,7 +132,7 @@ bool Condition::wait_until(const detail::Deadline& deadline) {
   const std::uint32_t epoch = detail::count_sleeper(*object_);
   const std::uint32_t depth = lock.release_all();
   const bool notified =
-      detail::sleep_until_notified(*object_, epoch, deadline, [] { return false; });
+      detail::sleep_until_notified(*object_, epoch, deadline, 0, [] { return false; });
   lock.reacquire(depth);
   return notified;
 }
