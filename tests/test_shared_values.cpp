@@ -144,10 +144,9 @@ TEST_CASE("named arrays: open_or_create refuses another length", "[sync][value]"
   CHECK_THROWS_WITH(Array<int>::open_or_create(name.name(), 5), Catch::Contains("not the 20"));
 }
 
-TEST_CASE(
-    "a Value's get() or set() that takes its lock from a dead holder leaves owner_died() "
-    "to the next holder of the lock",
-    "[sync][value]") {
+TEST_CASE("a Value's get() or set() that takes its lock from a dead holder leaves owner_died() "
+          "to the next holder of the lock",
+          "[sync][value]") {
   Value<long> v(1);
   Array<long> a(3, 1);
   Child holder([&] {
@@ -202,7 +201,8 @@ TEST_CASE("a Value or Array whose header claims a size its type does not fill is
   }
 }
 
-TEST_CASE("SharedMemory: create, open, buf as a span, size, close, unlink, 0600", "[sync][value]") {
+TEST_CASE("SharedMemory: create, open, buf as a span, size, close, unlink, 0600",
+          "[sync][value]") {
   NameGuard name(unique_name("shm"));
   auto shm = SharedMemory::create(name.name(), 10000);
   CHECK(shm.size() == 10000);

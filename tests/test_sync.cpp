@@ -25,8 +25,8 @@
 
 using namespace shmq;
 using shmq::test::Child;
-using shmq::test::eventually;
 using shmq::test::NameGuard;
+using shmq::test::eventually;
 using shmq::test::unique_name;
 
 namespace {
@@ -48,9 +48,7 @@ bool set_in_worker(Event ev, Condition cond) {
   cond.notify_all();
   return true;
 }
-unsigned wait_in_worker(Barrier barrier) {
-  return barrier.wait(10);
-}
+unsigned wait_in_worker(Barrier barrier) { return barrier.wait(10); }
 }  // namespace
 
 // ---- Lock
@@ -69,8 +67,7 @@ TEST_CASE("a lock held in one process blocks another until released", "[sync]") 
   CHECK_FALSE(lock.acquire(false));
   CHECK_FALSE(lock.acquire(true, 0.05));
   CHECK_FALSE(lock.try_lock_for(std::chrono::milliseconds(20)));
-  CHECK_FALSE(
-      lock.try_lock_until(std::chrono::system_clock::now() + std::chrono::milliseconds(20)));
+  CHECK_FALSE(lock.try_lock_until(std::chrono::system_clock::now() + std::chrono::milliseconds(20)));
   go.put(1);
   CHECK(lock.acquire(true, 10));
   CHECK_FALSE(lock.owner_died());
@@ -95,8 +92,7 @@ TEST_CASE("std::scoped_lock and std::unique_lock take a Lock and an RLock", "[sy
   CHECK(held.try_lock_until(std::chrono::steady_clock::now() + std::chrono::milliseconds(5)));
 }
 
-TEST_CASE("releasing a lock this thread does not hold throws NotHeld and changes nothing",
-          "[sync]") {
+TEST_CASE("releasing a lock this thread does not hold throws NotHeld and changes nothing", "[sync]") {
   Lock lock;
   RLock rlock;
   CHECK_THROWS_AS(lock.release(), NotHeld);
@@ -227,15 +223,14 @@ TEST_CASE("a queue's name opened as a lock, semaphore or event is refused as Inc
   CHECK_THROWS_AS(Barrier::open(name.name()), Incompatible);
 }
 
-TEST_CASE("locks, semaphores and events pass to Process children and as Pool arguments", "[sync]") {
+TEST_CASE("locks, semaphores and events pass to Process children and as Pool arguments",
+          "[sync]") {
   Lock lock;
   Semaphore sem(0);
-  Process p(
-      [](Lock l, Semaphore s) {
-        std::scoped_lock held(l);
-        s.release();
-      },
-      lock, sem);
+  Process p([](Lock l, Semaphore s) {
+    std::scoped_lock held(l);
+    s.release();
+  }, lock, sem);
   p.start();
   CHECK(sem.acquire(true, 10));
   p.join();
@@ -426,10 +421,8 @@ TEST_CASE("a named condition opens with its lock", "[sync]") {
 
 // ---- Barrier
 
-TEST_CASE(
-    "a barrier releases its parties together with distinct indices, and runs the action "
-    "once per trip",
-    "[sync]") {
+TEST_CASE("a barrier releases its parties together with distinct indices, and runs the action "
+          "once per trip", "[sync]") {
   Barrier barrier(3, [] {});
   Value<int> actions(0);
   Barrier counted(3, [&] { actions.set(actions.get() + 1); });
