@@ -270,8 +270,11 @@ bool LockCore::acquire_contended(const Deadline& deadline) {
   const int rc = lock_contended(state_->mutex, me, deadline);
   if (rc == 0 || rc == EOWNERDEAD) {
     state_->depth = 1;
-    state_->owner_died = rc == EOWNERDEAD ? 1 : 0;
-    if (rc == EOWNERDEAD) state_->recoveries.fetch_add(1, std::memory_order_relaxed);
+    // Not cleared otherwise: a mark passed on by a Value's get() or set() stays for this holder.
+    if (rc == EOWNERDEAD) {
+      state_->owner_died = 1;
+      state_->recoveries.fetch_add(1, std::memory_order_relaxed);
+    }
     return true;
   }
   if (rc == ETIMEDOUT) return false;

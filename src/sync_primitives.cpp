@@ -58,9 +58,53 @@ void semaphore_release(SyncObject& object, std::uint32_t bound) {
   notify(object.header().wakeups);
 }
 
+namespace {
+
+// Counts the calling thread as a sleeper on the object's EventCount: the epoch it waits in.
+std::uint32_t count_sleeper(SyncObject& object) {
+  EventCount& ev = object.header().wakeups;
+  const std::uint32_t epoch = epoch_of(ev.sleep.fetch_add(1, std::memory_order_relaxed));
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with has_sleepers() (Dekker)
+  return epoch;
+}
+
+// For a thread counted by count_sleeper in `epoch`: polls up to `polls` times, then sleeps, until
+// a notify starts a new epoch or ready() holds (true), or the deadline passes (false); then takes
+// itself off the count. A notifier that finds sleepers starts a new epoch before bumping `seq` and
+// waking, so a notifier killed between the two still counts once the waiter looks again (its
+// sleeps last at most kLongestSleep); and the waiter stays counted across its sleeps, so no
+// notify falls between them.
+template <class Ready>
+bool sleep_until_notified(SyncObject& object, std::uint32_t epoch, const Deadline& deadline,
+                          unsigned polls, Ready&& ready) {
+  EventCount& ev = object.header().wakeups;
+  const auto notified = [&] {
+    return epoch_of(ev.sleep.load(std::memory_order_acquire)) != epoch || ready();
+  };
+  bool done = false;
+  for (unsigned i = 0; i < polls && !(done = notified()); ++i) cpu_relax();
+  while (!done) {
+    const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
+    if ((done = notified()) || deadline.expired()) break;
+    futex_wait(ev.seq, seq, deadline.capped(kLongestSleep));
+  }
+  // Off the count, unless a notifier already cleared it by starting a new epoch.
+  std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
+  while (epoch_of(now) == epoch && sleepers_of(now) != 0 &&
+         !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
+  }
+  return done;
+}
+
+}  // namespace
+
+// A waiter counts itself before it looks at the flag, even to poll it: a set() after that look
+// finds it counted and starts a new epoch, which releases it even if a clear() follows at once
+// (Python's Event releases every thread waiting when set() is called).
 bool event_wait(SyncObject& object, const Deadline& deadline) {
   auto& flag = object.header().count;
-  return await_ready(object, deadline, [&] { return flag.load(std::memory_order_acquire) != 0; });
+  return sleep_until_notified(object, count_sleeper(object), deadline, object.spin().polls(),
+                              [&] { return flag.load(std::memory_order_acquire) != 0; });
 }
 
 }  // namespace detail
@@ -69,9 +113,7 @@ bool event_wait(SyncObject& object, const Deadline& deadline) {
 //
 // A waiter counts itself on the EventCount while it holds the lock, then lets go of the lock and
 // sleeps until the EventCount's epoch moves: a notifier (holding the lock, so after the waiter
-// counted itself) that finds sleepers starts a new epoch before bumping `seq` and waking. The
-// epoch, not `seq`, is what the waiter watches, so a notifier killed between the two still counts
-// as a notification once the waiter looks again (its sleeps last at most kLongestSleep).
+// counted itself) that finds sleepers starts a new epoch (detail::sleep_until_notified).
 
 Condition Condition::open(std::string_view name) {
   auto object = detail::SyncObject::open(name, kinds());
@@ -87,24 +129,10 @@ bool Condition::wait_until(const detail::Deadline& deadline) {
   if (!lock.held_by_this_thread()) {
     throw NotHeld("shmq: " + object_->description() + ": wait() without holding its lock");
   }
-  detail::EventCount& ev = object_->header().wakeups;
-  const std::uint32_t epoch = detail::epoch_of(ev.sleep.fetch_add(1, std::memory_order_relaxed));
+  const std::uint32_t epoch = detail::count_sleeper(*object_);
   const std::uint32_t depth = lock.release_all();
-  bool notified = false;
-  for (;;) {
-    const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
-    if (detail::epoch_of(ev.sleep.load(std::memory_order_acquire)) != epoch) {
-      notified = true;
-      break;
-    }
-    if (deadline.expired()) break;
-    detail::futex_wait(ev.seq, seq, deadline.capped(detail::kLongestSleep));
-  }
-  // Off the count, unless a notifier already cleared it by starting a new epoch.
-  std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
-  while (detail::epoch_of(now) == epoch && detail::sleepers_of(now) != 0 &&
-         !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
-  }
+  const bool notified =
+      detail::sleep_until_notified(*object_, epoch, deadline, 0, [] { return false; });
   lock.reacquire(depth);
   return notified;
 }
@@ -235,8 +263,7 @@ SlotState leave_slot(detail::SyncObject& object, BarrierSlot& slot) {
 
 detail::ObjectSpec Barrier::spec(unsigned parties, std::optional<double> timeout) {
   detail::ObjectSpec s{detail::ObjectKind::barrier};
-  s.limit = parties;
-  if (parties > detail::kMaxBarrierParties) s.limit = 0;  // rejected by check_spec, as 0 is
+  s.limit = parties;  // check_spec refuses 0 and more than kMaxBarrierParties, naming the number
   if (timeout) {
     const auto deadline = detail::deadline_after_seconds(timeout, "barrier");
     s.timeout = deadline.is_never() ? std::chrono::nanoseconds(0)

@@ -1,13 +1,18 @@
 // Value<T>, Array<T> and SharedMemory across processes: every call, locks, names, errors.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <mutex>
 #include <span>
 #include <vector>
 
+#include "shmq/detail/sync_object.hpp"
 #include "shmq/lock.hpp"
 #include "shmq/pool.hpp"
 #include "shmq/process.hpp"
@@ -137,6 +142,63 @@ TEST_CASE("named arrays: open_or_create refuses another length", "[sync][value]"
   auto b = Array<int>::open_or_create(name.name(), 4);
   CHECK(b.get(3) == 1);
   CHECK_THROWS_WITH(Array<int>::open_or_create(name.name(), 5), Catch::Contains("not the 20"));
+}
+
+TEST_CASE("a Value's get() or set() that takes its lock from a dead holder leaves owner_died() "
+          "to the next holder of the lock",
+          "[sync][value]") {
+  Value<long> v(1);
+  Array<long> a(3, 1);
+  Child holder([&] {
+    v.get_lock().lock();
+    a.get_lock().lock();
+    raise(SIGKILL);  // dies holding both, as a writer killed inside set()
+  });
+  holder.wait_status();
+  CHECK(v.get() == 1);  // takes the lock over, and cannot say so
+  v.set(2);
+  CHECK(a.get(0) == 1);
+  for (RLock lock : {v.get_lock(), a.get_lock()}) {
+    std::scoped_lock held(lock);
+    CHECK(lock.owner_died());  // the mark waited for a holder who can repair
+  }
+  for (RLock lock : {v.get_lock(), a.get_lock()}) {
+    std::scoped_lock held(lock);
+    CHECK_FALSE(lock.owner_died());  // told once
+  }
+}
+
+TEST_CASE("a Value or Array whose header claims a size its type does not fill is refused at open",
+          "[sync][value]") {
+  NameGuard name(unique_name("value"));
+  const auto set_payload = [&](std::uint64_t bytes) {
+    const int fd = open(("/dev/shm/shmq." + name.name()).c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    void* page =
+        mmap(nullptr, detail::kObjectHeaderBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    REQUIRE(page != MAP_FAILED);
+    auto* header = static_cast<detail::ObjectHeader*>(page);
+    header->data_bytes = bytes;  // hostile, but consistent with the file's size
+    header->element_bytes = 0;   // which no longer tells the element size
+    munmap(page, detail::kObjectHeaderBytes);
+    REQUIRE(ftruncate(fd, static_cast<off_t>(detail::kObjectHeaderBytes + bytes)) == 0);
+    close(fd);
+  };
+  SECTION("a Value of no bytes: get() would read past the file") {
+    Value<long>::create(name.name(), 5);
+    set_payload(0);
+    CHECK_THROWS_AS(Value<long>::open(name.name()), Incompatible);
+  }
+  SECTION("a Value of half an element") {
+    Value<long>::create(name.name(), 5);
+    set_payload(4);
+    CHECK_THROWS_AS(Value<long>::open(name.name()), Incompatible);
+  }
+  SECTION("an Array of 2.5 elements") {
+    Array<long>::create(name.name(), 3);
+    set_payload(20);
+    CHECK_THROWS_AS(Array<long>::open(name.name()), Incompatible);
+  }
 }
 
 TEST_CASE("SharedMemory: create, open, buf as a span, size, close, unlink, 0600",

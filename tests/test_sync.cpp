@@ -306,6 +306,23 @@ TEST_CASE("named semaphores share units; open_or_create keeps the existing count
 
 // ---- Event
 
+TEST_CASE("an event set and cleared at once releases every waiter that was waiting, as Python's",
+          "[sync]") {
+  Event ev;
+  std::vector<Child> waiters;
+  for (int i = 0; i < 3; ++i) {
+    waiters.emplace_back([&] {
+      if (!ev.wait(2)) throw std::runtime_error("the set() was missed");
+    });
+  }
+  const auto& sleep = ev.wakeup_count().sleep;
+  REQUIRE(eventually([&] { return detail::sleepers_of(sleep.load()) == 3; }));  // all asleep
+  ev.set();
+  ev.clear();
+  for (auto& waiter : waiters) CHECK(waiter.succeeded());
+  CHECK_FALSE(ev.is_set());
+}
+
 TEST_CASE("an event set in one process wakes waiters in others; clear and timeouts", "[sync]") {
   Event ev;
   CHECK_FALSE(ev.is_set());
@@ -487,6 +504,7 @@ TEST_CASE("a barrier action that throws breaks the barrier; its caller gets the 
   CHECK(barrier.broken());
   CHECK_THROWS_AS(Barrier(0), InvalidArgument);
   CHECK_THROWS_AS(Barrier(4097), InvalidArgument);
+  CHECK_THROWS_WITH(Barrier(4097), Catch::Contains("4097 parties"));  // the number asked for
   Barrier single(1);
   CHECK(single.wait() == 0);
   CHECK(single.wait() == 0);

@@ -87,6 +87,8 @@ class BasicLock : public NamedObject<Handle> {
 
  private:
   friend class shmq::Condition;
+  template <class T, ObjectKind K>
+  friend class SharedElements;
   LockCore core_;
 };
 

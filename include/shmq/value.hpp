@@ -64,6 +64,14 @@ class SharedElements : public NamedObject<SharedElements<T, Kind>> {
  protected:
   explicit SharedElements(std::shared_ptr<SyncObject> object)
       : NamedObject<SharedElements>(std::move(object)) {
+    // The header's sizes are not trusted (hostile bytes): only whole elements of T are read.
+    const std::uint64_t bytes = this->object_->data_bytes();
+    if (Kind == ObjectKind::value ? bytes != sizeof(T) : bytes % sizeof(T) != 0) {
+      throw Incompatible("shmq: " + this->object_->description() + " holds " +
+                         std::to_string(bytes) + " bytes, not " +
+                         (Kind == ObjectKind::value ? "one" : "a whole number of") +
+                         " element(s) of " + std::to_string(sizeof(T)) + " bytes");
+    }
     if (this->object_->header().has_lock != 0) lock_.emplace(RLock(this->object_));
   }
   static std::shared_ptr<SyncObject> opened(std::string_view name) {
@@ -85,12 +93,13 @@ class SharedElements : public NamedObject<SharedElements<T, Kind>> {
     return or_open ? SyncObject::open_or_create(*name, s, mode)
                    : SyncObject::create(*name, s, mode);
   }
-  // Copies n elements from `from` to `to` under the lock, if there is one.
+  // Copies n elements from `from` to `to` under the lock, if there is one. A copy that takes the
+  // lock over from a dead holder leaves owner_died() for the next holder, who can repair.
   void copy(T* to, const T* from, std::size_t n) const {
     if (n == 0) return;  // an empty vector's data() may be null, which memcpy must not see
-    if (lock_) lock_->lock();
+    if (lock_) lock_->core_.acquire(Deadline::never());
     std::memcpy(static_cast<void*>(to), static_cast<const void*>(from), n * sizeof(T));
-    if (lock_) lock_->unlock();
+    if (lock_) lock_->core_.release(true);
   }
   void check_index(std::size_t i) const {
     if (i >= size()) {

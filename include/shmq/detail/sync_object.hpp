@@ -73,8 +73,9 @@ const char* kind_name(std::uint32_t kind) noexcept;
 struct LockState {
   RobustMutex mutex;         // robust_mutex.hpp: the holder's TID, FUTEX_WAITERS, FUTEX_OWNER_DIED
   std::uint32_t depth;       // RLock: acquires by the holder not yet released; guarded by mutex
-  std::uint32_t owner_died;  // 1 while held by the thread that took it over from a dead holder,
-                             // until that thread releases it; guarded by mutex
+  std::uint32_t owner_died;  // 1 from a takeover from a dead holder until a holder that can
+                             // report it (not a Value's get() or set()) releases it; every other
+                             // release writes 0 and no acquire clears it; guarded by mutex
   std::atomic<std::uint64_t> recoveries;  // relaxed; takeovers from dead holders, for `shmq stat`
 };
 
@@ -202,8 +203,10 @@ class LockCore {
     }
     return acquire_contended(deadline);
   }
-  // Throws NotHeld unless this thread holds it.
-  void release() {
+  // Throws NotHeld unless this thread holds it. The last release clears the mark of a dead
+  // holder, unless `pass_on_owner_died` (a Value's get() or set(), which took the lock only for a
+  // copy and cannot report the death themselves): the next holder is then told instead.
+  void release(bool pass_on_owner_died = false) {
     ThisThread& me = this_thread_identity();
     if (!held_by(me)) throw_not_held();
     if (recursive_ && state_->depth > 1) {
@@ -211,7 +214,7 @@ class LockCore {
       return;
     }
     state_->depth = 0;
-    state_->owner_died = 0;
+    if (!pass_on_owner_died) state_->owner_died = 0;
     unlock(state_->mutex, me);
   }
   bool held_by_this_thread() const { return held_by(this_thread_identity()); }
