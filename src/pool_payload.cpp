@@ -174,15 +174,31 @@ void PayloadChannel::close_sending_end() noexcept {
   send_fd_ = -1;
 }
 
-void PayloadChannel::send(std::uint64_t id, const PayloadFile& file) {
+namespace {
+
+// One datagram of the channel: a task id, and room for the one descriptor that travels with it.
+struct DescriptorDatagram {
+  std::uint64_t id = 0;
   iovec data{&id, sizeof id};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr message{};
-  message.msg_iov = &data;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  cmsghdr* header = CMSG_FIRSTHDR(&message);
+
+  DescriptorDatagram() {
+    message.msg_iov = &data;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+  }
+  DescriptorDatagram(const DescriptorDatagram&) = delete;  // `message` points into itself
+  DescriptorDatagram& operator=(const DescriptorDatagram&) = delete;
+};
+
+}  // namespace
+
+void PayloadChannel::send(std::uint64_t id, const PayloadFile& file) {
+  DescriptorDatagram datagram;
+  datagram.id = id;
+  cmsghdr* header = CMSG_FIRSTHDR(&datagram.message);
   header->cmsg_level = SOL_SOCKET;
   header->cmsg_type = SCM_RIGHTS;
   header->cmsg_len = CMSG_LEN(sizeof(int));
@@ -190,7 +206,7 @@ void PayloadChannel::send(std::uint64_t id, const PayloadFile& file) {
   std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
   ssize_t sent;
   do {
-    sent = sendmsg(send_fd_, &message, MSG_NOSIGNAL);
+    sent = sendmsg(send_fd_, &datagram.message, MSG_NOSIGNAL);
   } while (sent < 0 && errno == EINTR);
   if (sent < 0) {
     throw Error("shmq::Pool: cannot pass a result of " + std::to_string(file.size()) +
@@ -200,27 +216,20 @@ void PayloadChannel::send(std::uint64_t id, const PayloadFile& file) {
 
 void PayloadChannel::drain() {
   for (;;) {
-    std::uint64_t id = 0;
-    iovec data{&id, sizeof id};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr message{};
-    message.msg_iov = &data;
-    message.msg_iovlen = 1;
-    message.msg_control = control;
-    message.msg_controllen = sizeof control;
-    const ssize_t n = recvmsg(receive_fd_, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    DescriptorDatagram datagram;
+    const ssize_t n = recvmsg(receive_fd_, &datagram.message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return;  // EAGAIN: nothing more waiting
-    const cmsghdr* header = CMSG_FIRSTHDR(&message);
+    const cmsghdr* header = CMSG_FIRSTHDR(&datagram.message);
     if (header == nullptr || header->cmsg_type != SCM_RIGHTS) continue;
     int fd;
     std::memcpy(&fd, CMSG_DATA(header), sizeof fd);
-    if (n != sizeof id || (message.msg_flags & MSG_CTRUNC) != 0) {
+    if (n != sizeof datagram.id || (datagram.message.msg_flags & MSG_CTRUNC) != 0) {
       close(fd);
       continue;
     }
     // A second datagram for one id (a task run twice): the first stands, as for results.
-    if (!received_.emplace(id, fd).second) close(fd);
+    if (!received_.emplace(datagram.id, fd).second) close(fd);
   }
 }
 

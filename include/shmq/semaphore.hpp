@@ -63,6 +63,14 @@ class BasicSemaphore : public NamedObject<Handle> {
     return take(Deadline::after(timeout));
   }
 
+  // Named: as Queue's create / open_or_create (open and remove: NamedObject).
+  static Handle create(std::string_view name, std::uint32_t value = 1, mode_t mode = 0600) {
+    return Handle(SyncObject::create(name, spec(value), mode));
+  }
+  static Handle open_or_create(std::string_view name, std::uint32_t value = 1, mode_t mode = 0600) {
+    return Handle(SyncObject::open_or_create(name, spec(value), mode));
+  }
+
   static constexpr std::uint32_t kinds() { return kind_bit(Kind); }
 
  protected:
@@ -95,16 +103,10 @@ class Semaphore : public detail::BasicSemaphore<Semaphore, detail::ObjectKind::s
   // Unnamed; InvalidArgument for a value over 2^31 - 1.
   explicit Semaphore(std::uint32_t value = 1)
       : Semaphore(detail::SyncObject::create_anonymous(spec(value))) {}
-  static Semaphore create(std::string_view name, std::uint32_t value = 1, mode_t mode = 0600) {
-    return Semaphore(detail::SyncObject::create(name, spec(value), mode));
-  }
-  static Semaphore open_or_create(std::string_view name, std::uint32_t value = 1,
-                                  mode_t mode = 0600) {
-    return Semaphore(detail::SyncObject::open_or_create(name, spec(value), mode));
-  }
 
  private:
   friend class detail::NamedObject<Semaphore>;
+  friend BasicSemaphore;
   using BasicSemaphore::BasicSemaphore;
 };
 
@@ -114,17 +116,10 @@ class BoundedSemaphore
  public:
   explicit BoundedSemaphore(std::uint32_t value = 1)
       : BoundedSemaphore(detail::SyncObject::create_anonymous(spec(value))) {}
-  static BoundedSemaphore create(std::string_view name, std::uint32_t value = 1,
-                                 mode_t mode = 0600) {
-    return BoundedSemaphore(detail::SyncObject::create(name, spec(value), mode));
-  }
-  static BoundedSemaphore open_or_create(std::string_view name, std::uint32_t value = 1,
-                                         mode_t mode = 0600) {
-    return BoundedSemaphore(detail::SyncObject::open_or_create(name, spec(value), mode));
-  }
 
  private:
   friend class detail::NamedObject<BoundedSemaphore>;
+  friend BasicSemaphore;
   using BasicSemaphore::BasicSemaphore;
 };
 
