@@ -85,31 +85,14 @@ def test_a_blocked_get_releases_the_gil_and_returns_what_a_thread_puts():
     t.join()
 
 
-def test_ctrl_c_interrupts_a_blocked_get_and_put_within_100ms():
-    for blocked in (lambda q: q.get(), lambda q: (q.put(0), q.put(1))):
-        q = shmq.Queue(1)
-        sent = []
-
-        def interrupt():
-            time.sleep(0.3)  # let the main thread block (it cannot tell us when it sleeps)
-            sent.append(time.monotonic())
-            os.kill(os.getpid(), signal.SIGINT)
-
-        t = threading.Thread(target=interrupt)
-        t.start()
-        with pytest.raises(KeyboardInterrupt):
-            blocked(q)
-        latency = time.monotonic() - sent[0]
-        t.join()
-        assert latency < 0.1, f"KeyboardInterrupt came {latency * 1000:.0f} ms after SIGINT"
+def _join_a_task(q):
+    q.put(0)
+    q.join()
 
 
-def test_ctrl_c_interrupts_a_blocked_join_get_many_and_put_many_within_100ms():
-    def join(q):
-        q.put(0)
-        q.join()
-
-    for blocked in (join, lambda q: q.get_many(5), lambda q: q.put_many(range(3))):
+def test_ctrl_c_interrupts_every_blocking_call_within_100ms():
+    for blocked in (lambda q: q.get(), lambda q: (q.put(0), q.put(1)), lambda q: q.get_many(5),
+                    lambda q: q.put_many(range(3)), _join_a_task):
         q = shmq.JoinableQueue(1)
         sent = []
 
