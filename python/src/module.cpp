@@ -11,7 +11,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <time.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -56,6 +56,32 @@ constexpr std::chrono::milliseconds kSignalSlice{50};
 // trip between two Python processes, p50 7.5 us without this and 1.6 us with it. 20 us costs
 // about what a sleep and a wake-up do.
 constexpr std::chrono::microseconds kPythonSpin{20};
+// Releases the GIL for as long as it lives, like py::gil_scoped_release, but never takes it back
+// while the interpreter is exiting. Python ends a daemon thread that takes the GIL back then with
+// pthread_exit, whose forced unwinding through this (noexcept) destructor aborts the whole process
+// ("terminate called without an active exception") at exit. Such a thread instead sleeps until
+// the process ends, as Python 3.14 does with its own threads.
+class WithoutGil {
+ public:
+  WithoutGil() : state_(PyEval_SaveThread()) {}
+  WithoutGil(const WithoutGil&) = delete;
+  WithoutGil& operator=(const WithoutGil&) = delete;
+  ~WithoutGil() {
+    while (interpreter_exiting()) pause();
+    PyEval_RestoreThread(state_);
+  }
+
+ private:
+  static bool interpreter_exiting() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+  }
+  PyThreadState* state_;
+};
+
 // The most a thread keeps allocated between gets for copying messages out of the ring.
 constexpr std::size_t kKeptBufferBytes = 1 << 20;
 
@@ -247,24 +273,21 @@ class PyQueue {
     }
   }
   std::int64_t unfinished_tasks() const { return segment_->ring().unfinished_tasks(); }
-  // Waits until every task put is done. The ring's own join sleeps without a deadline, which
-  // would leave Ctrl-C unanswered, so this polls the count without the GIL, backing off from
-  // 100 µs to 5 ms between looks (a join waits for work to finish, not for microseconds).
+  // Waits until every task put is done: sleeps in the ring's join, in slices (Ctrl-C).
   void join() {
-    auto pause = std::chrono::microseconds(100);
-    while (unfinished_tasks() != 0) {
-      if (segment_->ring().shutdown_state() == detail::ShutdownState::immediate) {
+    while (true) {
+      Outcome outcome;
+      {
+        WithoutGil nogil;
+        outcome = segment_->ring().join_tasks(Deadline::after(kSignalSlice));
+      }
+      if (outcome == Outcome::done) return;
+      if (outcome == Outcome::shut_down) {
         throw ShutDown("shmq: " + segment_->description() + " was shut down immediately with " +
                        std::to_string(unfinished_tasks()) +
                        " tasks unfinished: join() refused (queued items will never be got)");
       }
-      {
-        py::gil_scoped_release nogil;
-        const timespec ts = Deadline::to_timespec(Deadline::clock::time_point(pause));
-        nanosleep(&ts, nullptr);
-      }
       check_signals();
-      pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(5));
     }
   }
 
@@ -363,7 +386,7 @@ class PyQueue {
     }
     bool paid_off = false;
     {
-      py::gil_scoped_release nogil;
+      WithoutGil nogil;
       const auto until = Deadline::clock::now() + kPythonSpin;
       do {
         for (int i = 0; i < 16; ++i) detail::cpu_relax();
@@ -386,16 +409,17 @@ class PyQueue {
                    const char* call) {
     std::size_t done = 0;
     if (n != 0) poll_briefly(deadline, [&] { return has_room_for(messages[0].size()); });
+    detail::SlicedWait sliced{deadline};
     while (true) {
       check_open(call);
       detail::Progress progress;
       {
-        py::gil_scoped_release nogil;
+        WithoutGil nogil;
         progress = segment_->ring().put_many(
             n - done,
             [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
             [&](std::size_t i, std::byte* dst, std::uint32_t) { messages[done + i].write_to(dst); },
-            deadline.capped(kSignalSlice));
+            deadline.capped(kSignalSlice), &sliced);
       }
       done += progress.count;
       if (progress.outcome == Outcome::done) return;
@@ -411,12 +435,13 @@ class PyQueue {
   template <class Copy>
   void take(std::size_t max, const Deadline& deadline, const char* call, Copy&& copy) {
     poll_briefly(deadline, [this] { return qsize() != 0; });
+    detail::SlicedWait sliced{deadline};
     while (true) {
       check_open(call);
       detail::Progress progress;
       {
-        py::gil_scoped_release nogil;
-        progress = segment_->ring().get_many(max, copy, deadline.capped(kSignalSlice));
+        WithoutGil nogil;
+        progress = segment_->ring().get_many(max, copy, deadline.capped(kSignalSlice), &sliced);
       }
       if (progress.outcome == Outcome::done) return;
       if (progress.outcome == Outcome::shut_down || deadline.expired()) {

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -211,3 +212,29 @@ def test_random_bytes_in_a_typed_queue_decode_or_raise_decode_error(qname, spell
     assert q.empty()
     q.put(valid)
     assert q.get_nowait() == valid
+
+
+_EXIT_WITH_BLOCKED_THREADS = """
+import threading, time, shmq
+q, full, tasks = shmq.Queue(), shmq.Queue(1), shmq.JoinableQueue()
+full.put(0)
+tasks.put(0)
+calls = [q.get, lambda: q.get_many(5), lambda: full.put(1), tasks.join]
+blocked = threading.Barrier(33)
+def run(call):
+    blocked.wait()
+    call()
+for i in range(32):
+    threading.Thread(target=run, args=(calls[i % 4],), daemon=True).start()
+blocked.wait()
+time.sleep(0.1)  # let them reach their waits (nothing tells when a thread sleeps)
+"""
+
+
+def test_the_interpreter_exits_cleanly_with_daemon_threads_blocked_in_every_wait():
+    # A daemon thread that takes the GIL back during finalization is ended by pthread_exit; its
+    # forced unwinding through a C++ GIL guard used to abort the process (exit status -6).
+    for _ in range(20):
+        r = subprocess.run([sys.executable, "-c", _EXIT_WITH_BLOCKED_THREADS],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr

@@ -85,9 +85,15 @@ def test_a_blocked_get_releases_the_gil_and_returns_what_a_thread_puts():
     t.join()
 
 
-def test_ctrl_c_interrupts_a_blocked_get_and_put_within_100ms():
-    for blocked in (lambda q: q.get(), lambda q: (q.put(0), q.put(1))):
-        q = shmq.Queue(1)
+def _join_a_task(q):
+    q.put(0)
+    q.join()
+
+
+def test_ctrl_c_interrupts_every_blocking_call_within_100ms():
+    for blocked in (lambda q: q.get(), lambda q: (q.put(0), q.put(1)), lambda q: q.get_many(5),
+                    lambda q: q.put_many(range(3)), _join_a_task):
+        q = shmq.JoinableQueue(1)
         sent = []
 
         def interrupt():
@@ -102,6 +108,60 @@ def test_ctrl_c_interrupts_a_blocked_get_and_put_within_100ms():
         latency = time.monotonic() - sent[0]
         t.join()
         assert latency < 0.1, f"KeyboardInterrupt came {latency * 1000:.0f} ms after SIGINT"
+
+
+def test_a_long_timed_wait_counts_one_timeout_and_one_sleep_in_stats():
+    # The module waits in 50 ms slices (to run signal handlers): a slice's end is not a timeout.
+    q = shmq.Queue(1)
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.4)
+    with pytest.raises(queue.Empty):
+        q.get_many(3, timeout=0.4)
+    q.put(0)
+    with pytest.raises(queue.Full):
+        q.put(1, timeout=0.4)
+    with pytest.raises(queue.Full):
+        q.put_many([1, 2], timeout=0.4)
+    s = q.stats()
+    assert (s["get_timeouts"], s["empty_waits"]) == (2, 2), s
+    assert (s["put_timeouts"], s["full_waits"]) == (2, 2), s
+
+
+def test_a_get_that_waits_many_slices_and_then_succeeds_counts_no_timeout():
+    q = shmq.Queue()
+    t = threading.Timer(0.4, q.put, args=(1,))  # a wait longer than several slices
+    t.start()
+    assert q.get(timeout=10) == 1
+    t.join()
+    s = q.stats()
+    assert (s["get_timeouts"], s["empty_waits"]) == (0, 1), s
+
+
+def _voluntary_switches(tid):
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_an_idle_join_sleeps_instead_of_polling():
+    q = shmq.JoinableQueue()
+    q.put(1)
+    started = threading.Event()
+    t = threading.Thread(target=lambda: (started.set(), q.join()))
+    t.start()
+    started.wait()
+    time.sleep(0.1)  # let it settle into its wait (a poll would not settle)
+    before = _voluntary_switches(t.native_id)
+    time.sleep(1.0)
+    woke = _voluntary_switches(t.native_id) - before
+    q.get()
+    q.task_done()
+    t.join(5)
+    assert not t.is_alive()
+    # Sleeping in 50 ms slices wakes ~20 times a second; the old poll woke every 5 ms or sooner.
+    assert woke <= 40, f"an idle join woke {woke} times in 1 s"
 
 
 def test_close_refuses_puts_and_gets_on_this_handle_only():

@@ -137,25 +137,37 @@ inline void withdraw_sleeper(EventCount& ev, SleeperTicket ticket) noexcept {
 
 // Waits until ready() or the deadline, or a wake-up: callers loop and re-check under their lock.
 // ready() runs without any lock and must not throw; it may return true spuriously. `sleeps`
-// (optional) counts the times the caller actually went to sleep.
+// (optional) counts the times the caller actually went to sleep. Returns whether it slept.
 template <class Ready>
-void await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin, Ready&& ready,
+bool await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin, Ready&& ready,
            const Deadline& deadline) {
   for (unsigned i = 0, polls = spin.polls(); i < polls; ++i) {
     if (ready()) {
       spin.paid_off();
-      return;
+      return false;
     }
     cpu_relax();
   }
   spin.wasted();
   const SleeperTicket ticket = announce_sleeper(ev);
-  if (!ready()) {
+  const bool sleeps_now = !ready();
+  if (sleeps_now) {
     if (sleeps != nullptr) sleeps->fetch_add(1, std::memory_order_relaxed);
     futex_wait(ev.seq, ticket.seq, deadline.capped(kLongestSleep));
   }
   withdraw_sleeper(ev, ticket);
+  return sleeps_now;
 }
+
+// For a caller that waits in slices, each slice one put_many/get_many call whose deadline is the
+// slice's end (the Python module, which runs signal handlers between slices). So that stats()
+// count the caller's wait and not its slices: a slice's end counts as a timeout only once
+// `whole` (the caller's own deadline) has passed, and only the first sleep of all the slices
+// counts as a full/empty wait.
+struct SlicedWait {
+  Deadline whole;
+  bool slept = false;  // a sleep of an earlier slice was counted
+};
 
 // Holds one of the ring's robust mutexes. Taking over a lock whose holder died counts the
 // recovery: the ring's state needs no repair (see the file comment).
@@ -261,8 +273,10 @@ class Ring {
   // then it waits for room for the rest, until the deadline. Returns how it ended and how many
   // frames were published. If fill throws, the frames before the failing one are published and the
   // exception propagates.
+  // `sliced`: see SlicedWait.
   template <class SizeOf, class Fill>
-  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline) {
+  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline,
+                    SlicedWait* sliced = nullptr) {
     if (count == 0) return {Outcome::done, 0};
     std::size_t done = 0;
     std::uint32_t next_payload = size_of(0);  // of frame `done`, still to be written
@@ -298,10 +312,10 @@ class Ring {
         }
         commit_put(tail, end, end.count - head.count, lock);
         if (done == count) return {Outcome::done, done};
-        if (deadline.expired()) return {count_timeout(h_->put_timeouts), done};
+        if (deadline.expired()) return {count_timeout(h_->put_timeouts, sliced), done};
       }
-      await(
-          h_->not_full, &h_->full_waits, spin_,
+      await_counted(
+          h_->not_full, h_->full_waits, sliced,
           [&] {
             return shutdown_state() != ShutdownState::running ||
                    might_have_room(frame_bytes(next_payload));
@@ -316,8 +330,10 @@ class Ring {
   // ring's frames, all under one lock hold; the frames are released with one store. If take
   // throws DecodeError its message is dropped (it will never decode); any other exception leaves
   // that message queued. Either way the messages before it are taken and the exception propagates.
+  // `sliced`: see SlicedWait.
   template <class Take>
-  Progress get_many(std::size_t max, Take&& take, const Deadline& deadline) {
+  Progress get_many(std::size_t max, Take&& take, const Deadline& deadline,
+                    SlicedWait* sliced = nullptr) {
     if (max == 0) return {Outcome::done, 0};
     return consume(
         [&](RobustLock& lock, std::uint64_t) -> std::size_t {
@@ -356,7 +372,7 @@ class Ring {
           return taken;
         },
         [&] { return might_have_message() || (leases_ != nullptr && leases_->ready_hint()); },
-        deadline);
+        deadline, sliced);
   }
 
   // The leased get (lease_table.hpp): takes up to `max` messages (at most kMaxLeaseBatch per lock
@@ -434,19 +450,22 @@ class Ring {
     if (left == 1) notify(h_->all_tasks_done);
     return true;
   }
-  // Blocks until every task put has been marked done (true), or until the queue is shut down
-  // immediately with tasks unfinished (false): the messages still queued will never be got, so
-  // waiting for them would be forever. A draining shutdown wakes it too, and it goes on waiting:
-  // consumers still get every queued message. Puts never wake it: they only add tasks.
-  bool join_tasks() {
+  // Blocks until every task put has been marked done (done / true), or until the queue is shut down
+  // immediately with tasks unfinished (shut_down / false): the messages still queued will never be
+  // got, so waiting for them would be forever; or until the deadline (timed_out). A draining
+  // shutdown wakes it too, and it goes on waiting: consumers still get every queued message. Puts
+  // never wake it: they only add tasks.
+  bool join_tasks() { return join_tasks(Deadline::never()) == Outcome::done; }
+  Outcome join_tasks(const Deadline& deadline) {
     const auto abandoned = [&] { return shutdown_state() == ShutdownState::immediate; };
     while (unfinished_tasks() > 0) {
-      if (abandoned()) return false;
+      if (abandoned()) return Outcome::shut_down;
+      if (deadline.expired()) return Outcome::timed_out;
       await(
           h_->all_tasks_done, nullptr, spin_,
-          [&] { return unfinished_tasks() == 0 || abandoned(); }, Deadline::never());
+          [&] { return unfinished_tasks() == 0 || abandoned(); }, deadline);
     }
-    return true;
+    return Outcome::done;
   }
   // Puts counted minus task_done() calls. tasks_done is loaded first: every task_done it counts
   // had seen a count of puts at least as large, which the acquire load of tasks_done makes the
@@ -565,7 +584,8 @@ class Ring {
   // dead holders are found then too. A draining queue ends the get once nothing is queued and no
   // lease can still come back.
   template <class Body, class Ready>
-  Progress consume(Body&& body, Ready&& ready, const Deadline& deadline) {
+  Progress consume(Body&& body, Ready&& ready, const Deadline& deadline,
+                   SlicedWait* sliced = nullptr) {
     for (;;) {
       {
         RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries);
@@ -580,10 +600,10 @@ class Ring {
         }
         if (const std::size_t taken = body(lock, now); taken != 0) return {Outcome::done, taken};
         if (state == ShutdownState::draining && drained()) return {Outcome::shut_down, 0};
-        if (deadline.expired()) return {count_timeout(h_->get_timeouts), 0};
+        if (deadline.expired()) return {count_timeout(h_->get_timeouts, sliced), 0};
       }
-      await(
-          h_->not_empty, &h_->empty_waits, spin_,
+      await_counted(
+          h_->not_empty, h_->empty_waits, sliced,
           [&] {
             const ShutdownState state = shutdown_state();
             return state == ShutdownState::immediate || ready() ||
@@ -705,9 +725,21 @@ class Ring {
     counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
 
-  Outcome count_timeout(std::atomic<std::uint64_t>& counter) noexcept {
-    counter.fetch_add(1, std::memory_order_relaxed);
+  // Counts a call's timeout, unless it only ended a slice (SlicedWait).
+  static Outcome count_timeout(std::atomic<std::uint64_t>& counter,
+                               const SlicedWait* sliced) noexcept {
+    if (sliced == nullptr || sliced->whole.expired()) {
+      counter.fetch_add(1, std::memory_order_relaxed);
+    }
     return Outcome::timed_out;
+  }
+  // await() for a put or get, counting a sleep in `sleeps` unless a slice before already did.
+  template <class Ready>
+  void await_counted(EventCount& ev, std::atomic<std::uint64_t>& sleeps, SlicedWait* sliced,
+                     Ready&& ready, const Deadline& deadline) {
+    const bool counts = sliced == nullptr || !sliced->slept;
+    const bool slept = await(ev, counts ? &sleeps : nullptr, spin_, ready, deadline);
+    if (sliced != nullptr && slept) sliced->slept = true;
   }
 
   // Lock-free readiness hints for await(): true when worth taking the lock to look (including
