@@ -93,6 +93,7 @@ LeaseTable::LeaseTable(SharedHeader& header, std::byte* area, std::uint32_t slot
 LeaseTable::~LeaseTable() = default;
 
 bool LeaseTable::ack(const LeaseTicket& ticket) noexcept {
+  if (!still_holds(ticket)) return false;
   std::uint64_t held = ticket.word;
   const LeaseState s = LeaseState::unpack(held);
   if (!slot(ticket.slot)
@@ -106,6 +107,7 @@ bool LeaseTable::ack(const LeaseTicket& ticket) noexcept {
 }
 
 bool LeaseTable::nack(const LeaseTicket& ticket) noexcept {
+  if (!still_holds(ticket)) return false;
   std::uint64_t held = ticket.word;
   const LeaseState s = LeaseState::unpack(held);
   LeaseState ready = s;
@@ -139,7 +141,15 @@ void LeaseTable::settle_takes(std::uint64_t head) noexcept {
 
 bool LeaseTable::any_outstanding() const noexcept {
   for (std::uint32_t i = 0; i < slots_; ++i) {
-    if (state(i).kind != LeaseKind::free) return true;
+    const LeaseState s = state(i);
+    // A ready slot past max_deliveries is never delivered here again: it waits for room in the
+    // dead-letter queue (which may be gone, full for good or of another type), and no consumer of
+    // this queue can help it, so a draining get must not wait for it. It stays in its slot
+    // (`shmq stat` shows it) and moves whenever a get of this queue finds the dead-letter queue
+    // able to take it.
+    if (s.kind != LeaseKind::free && !(s.kind == LeaseKind::ready && over_deliveries(s))) {
+      return true;
+    }
   }
   return false;
 }

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
@@ -459,4 +460,153 @@ TEST_CASE("a taker killed inside get_leased after its commit has its message del
   CHECK(lease.deliveries() == 2);
   lease.ack();
   CHECK(q.get(1s) == 1);
+}
+
+// ---- Red-team attacks (issue 15).
+
+TEST_CASE("a leased get that meets a corrupt frame after taking a redelivery gives it back",
+          "[lease]") {
+  NameGuard name(unique_name("corruptframe"));
+  auto q = Queue<int>::create(name.name(), leased(4));
+  q.put(1);
+  q.get_leased().nack();  // ready: the next leased get takes it first, then looks at the ring
+  q.put(2);
+  LeaseAreaView view(name.name());
+  const auto head = shmq::detail::Cursor::unpack(view.header->head.load());
+  std::byte* frame = static_cast<std::byte*>(view.base) + shmq::detail::kHeaderBytes + head.offset;
+  std::uint32_t good = 0;
+  std::memcpy(&good, frame, sizeof good);
+  const std::uint32_t hostile = 0x7fffffff;
+  std::memcpy(frame, &hostile, sizeof hostile);
+  std::vector<Lease<int>> out;
+  CHECK_THROWS_AS(q.get_leased_many(out, 2), shmq::Incompatible);
+  CHECK(out.empty());
+  std::memcpy(frame, &good, sizeof good);  // repaired: both messages must still be there
+  auto first = q.try_get_leased();
+  REQUIRE(first.has_value());  // before the fix: held, by nobody, for as long as we live
+  CHECK(first->value() == 1);
+  first->ack();
+  CHECK(q.get_nowait() == 2);
+  CHECK(q.stats().leases.empty());
+}
+
+TEST_CASE("a draining queue whose dead-letter queue is gone does not hang its consumers",
+          "[lease]") {
+  NameGuard dead(unique_name("gone"));
+  (void)Queue<int>::create(dead.name());
+  QueueOptions o = leased(4);
+  o.max_deliveries = 1;
+  o.dead_letter_queue = dead.name();
+  Queue<int> q(o);
+  REQUIRE(Queue<int>::remove(dead.name()));  // removed after the queue was made
+  q.put(5);
+  q.get_leased().nack();  // over max_deliveries, and nowhere to go
+  q.shutdown();
+  CHECK_THROWS_AS(q.get(2s), shmq::ShutDown);  // before the fix: waits forever (TimeoutError here)
+  CHECK_THROWS_AS(q.get_leased(2s), shmq::ShutDown);
+}
+
+TEST_CASE("every put form refuses a message one byte over lease_message_bytes", "[lease]") {
+  Queue<std::string> q(leased(2));  // lease_message_bytes 1024: a string's 4-byte length + 1020
+  const std::string fits(1020, 'a');
+  const std::string over(1021, 'b');
+  q.put(fits);
+  CHECK_THROWS_AS(q.put(over), shmq::MessageTooLarge);
+  CHECK_THROWS_AS(q.put(over, 10ms), shmq::MessageTooLarge);
+  CHECK_THROWS_AS(q.put_nowait(over), shmq::MessageTooLarge);
+  CHECK_THROWS_AS(q.try_put(over), shmq::MessageTooLarge);
+  CHECK_THROWS_AS(q.put_many(std::vector<std::string>{over}), shmq::MessageTooLarge);
+  CHECK_THROWS_AS(q.try_put_many(std::vector<std::string>{over}), shmq::MessageTooLarge);
+  CHECK_THROWS_AS(q.put_with(1025, [](std::byte*, std::size_t) {}), shmq::MessageTooLarge);
+  CHECK(q.qsize() == 1);
+  auto first = q.get_leased();
+  CHECK(first.value() == fits);
+  first.ack();
+  q.put_with(1024, [](std::byte* p, std::size_t n) { std::memset(p, 0, n); });
+  CHECK(q.qsize() == 1);
+}
+
+TEST_CASE("a late ack of a timed-out lease never frees a later lease of the same slot",
+          "[lease]") {
+  QueueOptions o = leased(1);
+  o.lease_timeout = std::chrono::milliseconds(1);
+  Queue<int> q(o);
+  q.put(0);
+  auto stale = q.get_leased();
+  std::optional<Lease<int>> again;
+  REQUIRE(eventually([&] {
+    again = q.try_get_leased();  // taken back once the timeout passed
+    return again.has_value();
+  }));
+  again->ack();
+  // The slot's generation moved twice (taken back, acked); every later lease moves it once more
+  // and the state word keeps 14 bits of it: after 2^14 - 2 more leases the slot holds a lease of
+  // this process whose word is the stale lease's, to the bit.
+  for (int i = 0; i < (1 << 14) - 2; ++i) {
+    q.put(i);
+    q.get_leased().ack();
+  }
+  q.put(7);
+  auto current = q.get_leased();
+  CHECK_THROWS_AS(stale.ack(), shmq::LeaseExpired);  // before the fix: frees `current`
+  CHECK_NOTHROW(current.ack());
+  CHECK(q.stats().leases.empty());
+}
+
+TEST_CASE("a forked child's copy of a lease gives nothing back when destroyed", "[lease][process]") {
+  Queue<int> q(leased(2));
+  q.put(1);
+  auto lease = q.get_leased();
+  Child child([&] {
+    Lease<int> inherited = std::move(lease);  // destroyed here, unacked, in the child
+  });
+  CHECK(child.succeeded());
+  CHECK_FALSE(q.try_get_leased().has_value());  // not nacked by the child: still the parent's
+  CHECK_NOTHROW(lease.ack());
+  CHECK(q.stats().leases.empty());
+}
+
+TEST_CASE("a draining shutdown with the ring full, every slot ready and a producer blocked ends "
+          "everyone with every message delivered",
+          "[lease]") {
+  QueueOptions o = leased(2);
+  o.maxsize = 2;
+  Queue<int> q(o);
+  q.put(1);
+  q.put(2);
+  {
+    auto a = q.get_leased();
+    auto b = q.get_leased();
+  }  // both nacked: every slot ready
+  q.put(3);
+  q.put(4);  // the ring is full
+  std::thread producer([&] { CHECK_THROWS_AS(q.put(5), shmq::ShutDown); });
+  REQUIRE(eventually([&] { return q.stats().full_waits != 0; }));
+  q.shutdown();
+  producer.join();
+  std::vector<int> got;
+  auto lease = q.get_leased(1s);
+  got.push_back(lease.value());
+  lease.ack();
+  for (int i = 0; i < 3; ++i) got.push_back(q.get(1s));
+  std::sort(got.begin(), got.end());
+  CHECK(got == std::vector<int>{1, 2, 3, 4});
+  CHECK_THROWS_AS(q.get(1s), shmq::ShutDown);
+  CHECK_THROWS_AS(q.get_leased(1s), shmq::ShutDown);
+}
+
+TEST_CASE("wait() returns a queue whose only message is a killed holder's lease", "[lease][wait]") {
+  Queue<int> q(leased(2));
+  q.put(7);
+  Child holder([&] {
+    auto lease = q.get_leased();
+    raise(SIGKILL);
+  });
+  holder.wait_status();
+  // No get runs to find the dead holder: the wait itself must (before the fix: empty, 2 s later).
+  CHECK(shmq::wait({q}, 2s) == std::vector<std::size_t>{0});
+  auto again = q.get_leased_nowait();
+  CHECK(again.value() == 7);
+  CHECK(again.deliveries() == 2);
+  again.ack();
 }

@@ -413,7 +413,7 @@ class Queue {
   // taking it); for the try_ form, a word of 0 if there was none (a taken slot's word never is:
   // its kind is held).
   detail::LeaseTicket lease_one(const detail::Deadline& deadline, const char* call) {
-    detail::LeaseTicket got{0, 0};
+    detail::LeaseTicket got{0, 0, 0};
     lease_core(
         1, [&](const detail::LeaseTicket& ticket) { got = ticket; }, deadline, call);
     return got;

@@ -81,10 +81,15 @@ inline std::uint64_t monotonic_ns() noexcept {
          static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-// One lease as a get hands it out: its slot and the state word its holder got.
+// One lease as a get hands it out: its slot, the state word its holder got, and when it was
+// taken (the slot's taken_ns). The word alone may recur: its generation has 14 bits, so a slot
+// taken back from a stuck thread comes back to the same word, in the same process, after 2^14
+// later leases. taken_ns tells them apart: a lease is taken back by lease_timeout only at a
+// later coarse-clock reading than its taking, and every later lease is taken later still.
 struct LeaseTicket {
   std::uint32_t slot;
   std::uint64_t word;
+  std::uint64_t taken_ns;
 };
 
 // The most leases one get takes under one lock hold (a batch asking more gets them in rounds).
@@ -175,12 +180,20 @@ class LeaseTable {
   }
   bool has_free_slot() const noexcept { return free_slot(0) != slots_; }
   bool ready_hint() const noexcept { return h_->leases_ready.load(std::memory_order_relaxed) != 0; }
-  // Whether any slot is not free: a message that may still come back, which a draining queue
-  // must wait for.
+  // Whether any slot holds a message that may still be delivered (taking, held, or ready and not
+  // past max_deliveries), which a draining queue must wait for.
   bool any_outstanding() const noexcept;
-  // Every get calls this (under get_lock) before it looks for messages: at most once per 10 ms
-  // per process it makes ready every held slot whose holder has died or whose lease has timed
-  // out, and sets the hint if any slot is ready (one the hint missed included).
+  // Whether `ticket`'s lease still holds its slot (ack and nack then CAS from its word): the
+  // word, and then (read after the word's acquire, so that a later lease's taken_ns is seen)
+  // the time it was taken.
+  bool still_holds(const LeaseTicket& ticket) const noexcept {
+    return slot(ticket.slot).state.load(std::memory_order_acquire) == ticket.word &&
+           slot(ticket.slot).taken_ns.load(std::memory_order_relaxed) == ticket.taken_ns;
+  }
+  // Every get calls this (under get_lock) before it looks for messages, and so does a wait()
+  // looking at the queue (without the lock: its only moves are CASes from held, as a nack's): at
+  // most once per 10 ms per process it makes ready every held slot whose holder has died or whose
+  // lease has timed out, and sets the hint if any slot is ready (one the hint missed included).
   // `now` is monotonic_ns(), which the caller needs anyway.
   void reclaim_if_due(std::uint64_t now) noexcept {
     if (now >= next_reclaim_ns_.load(std::memory_order_relaxed)) reclaim(now);

@@ -390,13 +390,20 @@ class Ring {
           const std::size_t want = std::min(max, kMaxLeaseBatch);
           const LeaseState me = this_holder();
           std::size_t n = 0;
-          leases.take_ready(want, [&](std::uint32_t i, LeaseState s, std::uint32_t) {
-            leases.slot(i).taken_ns.store(now, std::memory_order_relaxed);
-            s = LeaseState{me.pid, me.ticks, s.generation, s.deliveries + 1, LeaseKind::held};
-            leases.slot(i).state.store(s.pack(), std::memory_order_release);
-            got[n++] = {i, s.pack()};
-          });
-          n = take_fresh(leases, got, n, want, me, now, lock);
+          try {
+            leases.take_ready(want, [&](std::uint32_t i, LeaseState s, std::uint32_t) {
+              leases.slot(i).taken_ns.store(now, std::memory_order_relaxed);
+              s = LeaseState{me.pid, me.ticks, s.generation, s.deliveries + 1, LeaseKind::held};
+              leases.slot(i).state.store(s.pack(), std::memory_order_release);
+              got[n++] = {i, s.pack(), now};
+            });
+            n = take_fresh(leases, got, n, want, me, now, lock);
+          } catch (...) {
+            // A corrupt slot or frame: the redeliveries already taken (take_fresh gives back its
+            // own) would stay held by this live process, nobody's, for as long as it lives.
+            for (std::size_t j = 0; j < n; ++j) leases.nack(got[j]);
+            throw;
+          }
           if (n == 0) return 0;
           lock.unlock();
           for (std::size_t j = 0; j < n; ++j) {
@@ -479,10 +486,13 @@ class Ring {
   // For shmq::wait and Pipe (lock-free, never waits): whether a get would not sleep now — a message
   // is queued, a lease waits for redelivery, or the queue is shut down (a snapshot; also true on
   // corrupt words, so that the get reports them); the EventCount a put, a nack or a shutdown bumps;
-  // the header's pipe ends.
+  // the header's pipe ends. A waiter looks at least every kLongestSleep, and no get may run to
+  // find a dead or timed-out holder's lease, so it checks for them itself (reclaim_if_due).
   bool readable() const noexcept {
-    return shutdown_state() != ShutdownState::running || might_have_message() ||
-           (leases_ != nullptr && leases_->ready_hint());
+    if (shutdown_state() != ShutdownState::running || might_have_message()) return true;
+    if (leases_ == nullptr) return false;
+    leases_->reclaim_if_due(monotonic_ns());
+    return leases_->ready_hint();
   }
   EventCount& not_empty() noexcept { return h_->not_empty; }
   EndTable& pipe_end(int which) noexcept { return h_->pipe_ends[which]; }
@@ -656,7 +666,7 @@ class Ring {
         slot.taken_ns.store(now, std::memory_order_relaxed);
         const LeaseState s{me.pid, me.ticks, leases.state(i).generation, 1, LeaseKind::taking};
         slot.state.store(s.pack(), std::memory_order_release);
-        got[n++] = {i, s.pack()};
+        got[n++] = {i, s.pack(), now};
         queued -= frame_bytes(payload);
         end = Cursor{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
       }
