@@ -286,7 +286,10 @@ TEST_CASE("a connection passed as a Pool task's argument sends from the worker",
       b, 5);
   CHECK(sent == 5);
   for (int i = 0; i < 5; ++i) CHECK(a.recv() == i);
-  // The worker has sent on b and let its copy go; the parent never used its own.
+  // The worker has sent on b and let its copy go; the parent's copy, which it passed, keeps the
+  // end open (it may pass it to the next task) until the parent closes it, as in Python.
+  CHECK_FALSE(a.poll(150ms));
+  b.close();
   CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
 }
 
@@ -362,5 +365,22 @@ TEST_CASE("a child killed right after the fork, before taking over its slot, sti
   child.wait_status();
   b.close();
   // A slot kept for a child that never took it over counts for at most 5 s (kPendingMs).
+  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
+}
+
+TEST_CASE("a connection passed to two Pool tasks in turn serves both while the parent holds it",
+          "[pipe][pool][attack]") {
+  auto [a, b] = shmq::Pipe<int>();
+  shmq::Pool pool(1);
+  const auto task = [](Connection<int> c, int n) {
+    c.send(n);
+    return n;
+  };
+  CHECK(pool.apply(task, b, 1) == 1);
+  CHECK(a.recv() == 1);
+  CHECK(pool.apply(task, b, 2) == 2);
+  CHECK(a.recv(10s) == 2);
+  b.close();
+  CHECK_THROWS_AS(pool.apply(task, b, 3), shmq::Closed);  // a closed end is not passed on
   CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
 }

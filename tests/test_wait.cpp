@@ -222,3 +222,29 @@ TEST_CASE("wait returns a queue whose nacked lease waits for redelivery", "[wait
   CHECK(shmq::wait({q}, 10s) == Ready{0});
   CHECK(q.get() == 7);
 }
+
+TEST_CASE("wait on the same object listed many times reports every copy, and wakes on a put",
+          "[wait][attack]") {
+  Queue<int> q;
+  std::vector<shmq::Waitable> same(128, shmq::Waitable(q));
+  CHECK(shmq::wait(same, 0ms).empty());
+  std::thread putter([&] {
+    std::this_thread::sleep_for(50ms);  // let the waiter reach futex_waitv (not a sync: a delay)
+    q.put(1);
+  });
+  const Ready ready = shmq::wait(same, 10s);
+  putter.join();
+  CHECK(ready.size() == 128);
+  auto [a, b] = shmq::Pipe<int>();
+  b.send(7);
+  CHECK(shmq::wait({a, a, q}, 0ms) == Ready{0, 1, 2});
+}
+
+TEST_CASE("wait on a joined process is ready at once; on a closed one it refuses", "[wait][attack]") {
+  Process p([] {});
+  p.start();
+  p.join();
+  CHECK(shmq::wait({p, p}, 10s) == Ready{0, 1});
+  p.close();
+  CHECK_THROWS_AS(shmq::wait({p}, 0ms), shmq::InvalidArgument);
+}

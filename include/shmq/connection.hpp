@@ -36,7 +36,8 @@ namespace shmq {
 //  - but once any process has sent or received on an end, only processes that have sent or received
 //    on it count: a parent that passed the end to a child and never used it does not keep the
 //    stream open when the child dies, even if it never closed its copy (unlike Python, where that
-//    parent's recv would hang).
+//    parent's recv would hang). Passing an end through a queue (a Pool task's argument) is a use:
+//    the passing process holds it until it closes its copy.
 // Once gone, an end stays gone: its remaining copies fail too (send: BrokenPipeError, recv: the
 // rest of what was sent, then EOFError). A send to a peer killed without closing fails with
 // BrokenPipeError once the death is noticed: at once if the pipe is full (the send waits), else
@@ -236,7 +237,9 @@ class Connection {
 
 // A Connection travels through queues (as a Pool task's argument, say) by the names of its rings:
 // the process that decodes it becomes a holder of the end (see "End of stream"), and gives its hold
-// up when its last copy goes, as a forked child does when it ends. Decoding opens the rings, which
+// up when its last copy goes, as a forked child does when it ends. Encoding counts as a use of the
+// end by the passing process: its copy keeps the stream open until it closes it (or dies), so
+// that one end can serve task after task. Decoding opens the rings, which
 // works while the process that made the Pipe still holds a handle to either end.
 template <class T>
 struct codec<Connection<T>> {
@@ -248,6 +251,10 @@ struct codec<Connection<T>> {
            codec<std::string>::size(name_of(c.end_->out()));
   }
   static void encode(const Connection<T>& c, Writer& out) {
+    // Passing an end on is a use: the passing process keeps counting as a holder (to pass it to the
+    // next task) until it closes its copy, whatever the receivers do, as in Python.
+    c.check_open("passing it on");
+    c.end_->mark_used();
     codec<std::string>::encode(name_of(c.end_->in()), out);
     codec<std::string>::encode(name_of(c.end_->out()), out);
   }
