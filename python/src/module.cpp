@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cxxabi.h>
 #include <unistd.h>
 
 #include <array>
@@ -58,15 +59,19 @@ constexpr std::chrono::milliseconds kSignalSlice{50};
 constexpr std::chrono::microseconds kPythonSpin{20};
 // Releases the GIL for as long as it lives, like py::gil_scoped_release, but never takes it back
 // while the interpreter is exiting. Python ends a daemon thread that takes the GIL back then with
-// pthread_exit, whose forced unwinding through this (noexcept) destructor aborts the whole process
+// pthread_exit, whose forced unwinding through a noexcept frame aborts the whole process
 // ("terminate called without an active exception") at exit. Such a thread instead sleeps until
-// the process ends, as Python 3.14 does with its own threads.
+// the process ends, as Python 3.14 does with its own threads; one that finalization catches
+// already waiting for the GIL is ended by CPython, and its unwinding passes through here.
 class WithoutGil {
  public:
   WithoutGil() : state_(PyEval_SaveThread()) {}
   WithoutGil(const WithoutGil&) = delete;
   WithoutGil& operator=(const WithoutGil&) = delete;
-  ~WithoutGil() {
+  // noexcept(false): if finalization begins while this thread waits for the GIL, CPython ends the
+  // thread with pthread_exit, whose forced unwinding must pass through here (and through guarded
+  // below) to the thread's start; a noexcept frame on the way would abort the process.
+  ~WithoutGil() noexcept(false) {
     while (interpreter_exiting()) pause();
     PyEval_RestoreThread(state_);
   }
@@ -562,9 +567,11 @@ bool block_of(PyObject* block) {
 }
 
 template <class Body>
-PyObject* guarded(Body&& body) noexcept {
+PyObject* guarded(Body&& body) {
   try {
     return body();
+  } catch (abi::__forced_unwind&) {
+    throw;  // the thread is being ended (see ~WithoutGil)
   } catch (...) {
     set_python_error(std::current_exception());
     return nullptr;
