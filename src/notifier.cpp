@@ -39,16 +39,7 @@ struct Notifier::Helper {
   detail::EventCount control{};         // bumped with stop and looks
   std::thread thread;
 
-  static inline const detail::WaitOps kControlOps{
-      [](const void* h) noexcept {
-        const auto& self = *static_cast<const Helper*>(h);
-        return self.stop.load(std::memory_order_acquire) ||
-               self.looks.load(std::memory_order_acquire) != self.looks_seen;
-      },
-      [](const void* h) noexcept -> detail::EventCount* {
-        return &const_cast<Helper*>(static_cast<const Helper*>(h))->control;
-      },
-      nullptr, nullptr};
+  static const detail::WaitOps kControlOps;  // defined below, once Helper is complete
 
   std::size_t size() const noexcept { return items.size(); }
   detail::EventCount* event(std::size_t i) const noexcept {
@@ -151,6 +142,17 @@ struct Notifier::Helper {
     }
   }
 };
+
+const detail::WaitOps Notifier::Helper::kControlOps{
+    [](const void* h) noexcept {
+      const auto& self = *static_cast<const Helper*>(h);
+      return self.stop.load(std::memory_order_acquire) ||
+             self.looks.load(std::memory_order_acquire) != self.looks_seen;
+    },
+    [](const void* h) noexcept -> detail::EventCount* {
+      return &const_cast<Helper*>(static_cast<const Helper*>(h))->control;
+    },
+    nullptr, nullptr};
 
 Notifier::Notifier(const std::vector<Waitable>& objects)
     : owner_(getpid()), helper_(std::make_unique<Helper>()) {
