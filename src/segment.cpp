@@ -404,9 +404,12 @@ std::pair<std::size_t, LeaseGeometry> geometry(const SharedHeader& h, std::size_
 // one, made before it is initialised; never an unnamed one, reachable only once initialised.
 enum class Publication { may_be_pending, done };
 
-// Maps the segment behind fd once its creator has published the header. The size comes from
-// fstat, never from the header, so the mapping always matches the file.
-std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publication publication) {
+// Polls fd until its creator has published it: `published` is handed the file's current stat and
+// returns the opened object once the creator's last store is visible, or null while it is not. A
+// segment whose publication may be pending gets kInitPatience; any other must be published already.
+template <class Published>
+auto await_publication(int fd, const std::string& what, Publication publication,
+                       Published&& published) {
   const auto give_up =
       std::chrono::steady_clock::now() +
       (publication == Publication::may_be_pending ? kInitPatience : std::chrono::seconds(0));
@@ -416,22 +419,7 @@ std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publicat
     if (fstat(fd, &st) != 0) {
       throw Error("shmq: cannot stat " + what + ": " + errno_text(errno));
     }
-    const auto size = static_cast<std::size_t>(st.st_size);
-    if (size != 0) {  // the creator sets the whole size in one posix_fallocate
-      if (size < kHeaderBytes + kMinCapacity || (size - kHeaderBytes) % page_size() != 0) {
-        throw Incompatible("shmq: " + what + " is not a shmq queue: a segment of " +
-                           std::to_string(size) + " bytes");
-      }
-      const HeaderView view(fd, what);
-      const std::uint64_t magic = view.header().magic.load(std::memory_order_acquire);
-      if (magic == kMagic) {
-        const auto [capacity, leases] = geometry(view.header(), size, what);
-        return std::make_unique<Mapping>(fd, capacity, leases, what);
-      }
-      if (magic != 0) {
-        throw Incompatible("shmq: " + what + " is not a shmq queue (magic " + hex(magic) + ")");
-      }
-    }
+    if (auto object = published(st)) return object;
     if (std::chrono::steady_clock::now() >= give_up) {
       throw Incompatible("shmq: " + what + " was never initialised" +
                          (publication == Publication::may_be_pending
@@ -440,6 +428,29 @@ std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publicat
     }
     std::this_thread::sleep_for(pause);
   }
+}
+
+// Maps the segment behind fd once its creator has published the header. The size comes from
+// fstat, never from the header, so the mapping always matches the file.
+std::unique_ptr<Mapping> map_published(int fd, const std::string& what, Publication publication) {
+  return await_publication(fd, what, publication, [&](const struct stat& st) {
+    const auto size = static_cast<std::size_t>(st.st_size);
+    std::unique_ptr<Mapping> mapping;
+    if (size == 0) return mapping;  // the creator sets the whole size in one posix_fallocate
+    if (size < kHeaderBytes + kMinCapacity || (size - kHeaderBytes) % page_size() != 0) {
+      throw Incompatible("shmq: " + what + " is not a shmq queue: a segment of " +
+                         std::to_string(size) + " bytes");
+    }
+    const HeaderView view(fd, what);
+    const std::uint64_t magic = view.header().magic.load(std::memory_order_acquire);
+    if (magic == kMagic) {
+      const auto [capacity, leases] = geometry(view.header(), size, what);
+      mapping = std::make_unique<Mapping>(fd, capacity, leases, what);
+    } else if (magic != 0) {
+      throw Incompatible("shmq: " + what + " is not a shmq queue (magic " + hex(magic) + ")");
+    }
+    return mapping;
+  });
 }
 
 // Refuses to share a segment that open_or_create did not make and would not have made.
@@ -1072,31 +1083,20 @@ std::unique_ptr<ObjectFile> ObjectFile::open(std::string_view raw_name, std::str
     check_ownership(fd->get(), options, what);
   }
   // As map_published: the creator sets the size in one call, then stores its magic word last.
-  const auto give_up =
-      std::chrono::steady_clock::now() +
-      (publication == Publication::may_be_pending ? kInitPatience : std::chrono::seconds(0));
-  for (auto pause = std::chrono::microseconds(50);;
-       pause = std::min(pause * 2, decltype(pause)(5000))) {
-    struct stat st;
-    if (fstat(fd->get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-      throw Incompatible("shmq: " + what + " is not a regular file");
-    }
+  return await_publication(fd->get(), what, publication, [&](const struct stat& st) {
+    std::unique_ptr<ObjectFile> file;
+    if (!S_ISREG(st.st_mode)) throw Incompatible("shmq: " + what + " is not a regular file");
     if (static_cast<std::size_t>(st.st_size) >= sizeof(std::uint64_t)) {
-      auto file = std::unique_ptr<ObjectFile>(new ObjectFile(fd->get(), name, what, false));
-      if (__atomic_load_n(reinterpret_cast<const std::uint64_t*>(file->data()), __ATOMIC_ACQUIRE) !=
+      file.reset(new ObjectFile(fd->get(), name, what, false));
+      if (__atomic_load_n(reinterpret_cast<const std::uint64_t*>(file->data()), __ATOMIC_ACQUIRE) ==
           0)
-        return file;
+        file.reset();
     } else if (st.st_size != 0) {
       throw Incompatible("shmq: " + what + " is not a shmq object: a file of " +
                          std::to_string(st.st_size) + " bytes");
     }
-    if (std::chrono::steady_clock::now() >= give_up) {
-      throw Incompatible("shmq: " + what +
-                         " was never initialised (did its creator die while "
-                         "creating it?); remove it");
-    }
-    std::this_thread::sleep_for(pause);
-  }
+    return file;
+  });
 }
 
 }  // namespace shmq::detail
