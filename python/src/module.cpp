@@ -467,50 +467,68 @@ class PyQueue {
     return ring.capacity() - now.bytes >= detail::frame_bytes(static_cast<std::uint32_t>(bytes));
   }
 
-  // The one wait of every put form: all of `messages`, in order, in slices.
+  // The one wait of every put form: all of `messages`, in order.
   void put_encoded(const Encoded* messages, std::size_t n, const Deadline& deadline,
                    const char* call) {
     std::size_t done = 0;
-    if (n != 0) peer_poll_.wait(deadline, [&] { return has_room_for(messages[0].size()); });
     detail::SlicedWait sliced{deadline};
-    while (true) {
-      check_open(call);
-      detail::Progress progress;
-      {
-        WithoutGil nogil;
-        progress = segment_->ring().put_many(
-            n - done,
-            [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
-            [&](std::size_t i, std::byte* dst, std::uint32_t) { messages[done + i].write_to(dst); },
-            deadline.capped(kSignalSlice), &sliced);
-      }
-      done += progress.count;
-      if (progress.outcome == Outcome::done) return;
-      if (progress.outcome == Outcome::shut_down || deadline.expired()) {
-        segment_->throw_put_failure(progress.outcome, deadline, call);
-      }
-      check_signals();
-    }
+    const Outcome outcome = wait_in_slices(
+        deadline, call,
+        [&](const Deadline& slice) {
+          const detail::Progress progress = segment_->ring().put_many(
+              n - done,
+              [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
+              [&](std::size_t i, std::byte* dst, std::uint32_t) {
+                messages[done + i].write_to(dst);
+              },
+              slice, &sliced);
+          done += progress.count;
+          return progress.outcome;
+        },
+        [&] { return has_room_for(messages[done].size()); });
+    if (outcome != Outcome::done) segment_->throw_put_failure(outcome, deadline, call);
   }
 
-  // The one wait of every get form: up to `max` messages' bytes, in slices.
+  // The one wait of every get form: up to `max` messages' bytes.
   // `copy` runs without the GIL, under the consumers' lock: it only copies the bytes out.
   template <class Copy>
   void take(std::size_t max, const Deadline& deadline, const char* call, Copy&& copy) {
-    peer_poll_.wait(deadline, [this] { return qsize() != 0; });
     detail::SlicedWait sliced{deadline};
+    const Outcome outcome = wait_in_slices(
+        deadline, call,
+        [&](const Deadline& slice) {
+          return segment_->ring().get_many(max, copy, slice, &sliced).outcome;
+        },
+        [this] { return qsize() != 0; });
+    if (outcome != Outcome::done) segment_->throw_get_failure(outcome, deadline, call);
+  }
+
+  // Runs attempt(slice), one put or get of the ring, without the GIL until it is done, is shut
+  // down, or `deadline` passes; returns how the last attempt ended. The first attempt does not
+  // wait (no lock-free look at the ring first: the ring's own calls read the other side's word
+  // only when their cached copy says they must); if it finds no room or no message, the call
+  // polls for the peer (PeerPoll) until ready() says the next attempt may succeed, then waits in
+  // slices of kSignalSlice, running Python's signal handlers between them.
+  template <class Attempt, class Ready>
+  Outcome wait_in_slices(const Deadline& deadline, const char* call, Attempt&& attempt,
+                         Ready&& ready) {
+    Deadline slice = Deadline::now();
     while (true) {
       check_open(call);
-      detail::Progress progress;
+      Outcome outcome;
       {
         WithoutGil nogil;
-        progress = segment_->ring().get_many(max, copy, deadline.capped(kSignalSlice), &sliced);
+        outcome = attempt(slice);
       }
-      if (progress.outcome == Outcome::done) return;
-      if (progress.outcome == Outcome::shut_down || deadline.expired()) {
-        segment_->throw_get_failure(progress.outcome, deadline, call);
+      if (outcome == Outcome::done || outcome == Outcome::shut_down || deadline.expired()) {
+        return outcome;
       }
-      check_signals();
+      if (slice.is_now()) {
+        peer_poll_.wait(deadline, ready);
+      } else {
+        check_signals();
+      }
+      slice = deadline.capped(kSignalSlice);
     }
   }
 
