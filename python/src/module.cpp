@@ -91,16 +91,23 @@ class WithoutGil {
 //  - yielding (sched_yield between looks) hands this core to the peer when both share it, for a
 //    context switch (round trip p50 4 us; a C ping-pong of sched_yield between two processes on
 //    one core takes 2.8 us here), and costs a system call (0.3-0.7 us) per look otherwise.
-// Spinning is preferred where it pays: a yield hands the core to any process that wants it, and
-// one busy with something else may keep it for a time slice. So a wait spins for up to
-// kSpinFirst, then yields, unless the last answer came after a yield during which the peer most
-// likely ran on this core (see yield_until): then it yields at once. An answer seen while
-// spinning, or after a yield that ran nobody (the peer is on another core) or ran something for
-// longer than the peer takes, makes the next wait spin first again.
-// After kMissesToStop waits in a row that the polling did not answer (the peer is busy with
-// something else), only every kMissProbeEvery-th wait polls, and the first that pays polls every
-// time again. The state is a hint shared by a handle's threads (relaxed: a lost update only
-// changes how the next wait starts).
+// A yield hands the core to any process that wants it, and the scheduler charges a whole time
+// slice for each (Linux's EEVDF pushes the yielder's deadline back a slice): with a third process
+// busy on the same core, yielding loses the core to it for milliseconds (measured: round trip p99
+// 16 ms), where a sleeper woken by a futex preempts it. So:
+//  - a wait spins for up to kSpinFirst, then yields; unless the last answer came after a yield
+//    during which the peer most likely ran on this core (see yield_until): then it yields at
+//    once. An answer seen while spinning, or after a yield that ran nobody (the peer is on
+//    another core), makes the next wait spin first again;
+//  - a yield that loses the core for kPoll or longer (another process took it) ends the polling,
+//    and for kNoYieldTime after it waits only spin (then the ring's futex wait), as on a core
+//    shared with a busy process the sleep and wake-up cost less: with such a process there for
+//    good, one hand-off in kNoYieldTime pays a time slice;
+//  - after kMissesToStop waits in a row that the polling did not answer (the peer is busy with
+//    something else), only every kMissProbeEvery-th wait polls, and the first that pays polls
+//    every time again.
+// The state is a hint shared by a handle's threads (relaxed: a lost update only changes how the
+// next wait starts).
 class PeerPoll {
  public:
   template <class Ready>
@@ -118,10 +125,18 @@ class PeerPoll {
       const auto cap = [&](std::chrono::microseconds d) {
         return std::min(start + d, deadline.at());
       };
-      if (!yield_first_.load(std::memory_order_relaxed)) {
-        answer = spin_until(ready, cap(kSpinFirst));
+      if (start.time_since_epoch().count() < no_yield_until_.load(std::memory_order_relaxed)) {
+        answer = spin_until(ready, cap(kPoll));
+      } else {
+        if (!yield_first_.load(std::memory_order_relaxed)) {
+          answer = spin_until(ready, cap(kSpinFirst));
+        }
+        if (answer == Answer::none) answer = yield_until(ready, cap(kPoll));
       }
-      if (answer == Answer::none) answer = yield_until(ready, cap(kPoll));
+      if (answer == Answer::core_taken) {
+        const auto until = Deadline::clock::now() + kNoYieldTime;
+        no_yield_until_.store(until.time_since_epoch().count(), std::memory_order_relaxed);
+      }
     }
     misses_.store(answer == Answer::none ? misses + 1 : 0, std::memory_order_relaxed);
     if (answer != Answer::none) {
@@ -136,10 +151,12 @@ class PeerPoll {
   // A yield that returns within this ran nobody else (a system call); one that switched to the
   // peer and back takes the peer's put or get and two context switches (over 2.8 us).
   static constexpr std::chrono::nanoseconds kSwitched{1500};
+  static constexpr std::chrono::seconds kNoYieldTime{1};
   static constexpr unsigned kMissesToStop = 4;
   static constexpr unsigned kMissProbeEvery = 16;
 
-  enum class Answer { none, seen, after_peer_ran };
+  // core_taken: a yield lost the core for kPoll or longer (whether or not the answer came).
+  enum class Answer { none, seen, after_peer_ran, core_taken };
 
   template <class Ready>
   static Answer spin_until(Ready& ready, TimePoint until) {
@@ -157,16 +174,16 @@ class PeerPoll {
     while (before < until) {
       sched_yield();
       const TimePoint after = Deadline::clock::now();
-      if (ready()) {
-        const auto took = after - before;
-        return took >= kSwitched && took < kPoll ? Answer::after_peer_ran : Answer::seen;
-      }
+      const auto took = after - before;
+      if (took >= kPoll) return Answer::core_taken;
+      if (ready()) return took >= kSwitched ? Answer::after_peer_ran : Answer::seen;
       before = after;
     }
     return Answer::none;
   }
 
   std::atomic<unsigned> misses_{0};  // waits in a row that the polling did not answer
+  std::atomic<Deadline::clock::rep> no_yield_until_{0};  // a time_since_epoch().count()
   std::atomic<bool> yield_first_{false};
 };
 
