@@ -99,10 +99,10 @@ class WithoutGil {
 //    during which the peer most likely ran on this core (see yield_until): then it yields at
 //    once. An answer seen while spinning, or after a yield that ran nobody (the peer is on
 //    another core), makes the next wait spin first again;
-//  - a yield that loses the core for kPoll or longer (another process took it) ends the polling,
-//    and for kNoYieldTime after it waits only spin (then the ring's futex wait), as on a core
-//    shared with a busy process the sleep and wake-up cost less: with such a process there for
-//    good, one hand-off in kNoYieldTime pays a time slice;
+//  - a yield that loses the core for kPoll or longer without the peer answering (another process
+//    took the core) ends the polling, and for kNoYieldTime after it waits only spin (then the
+//    ring's futex wait), as on a core shared with a busy process the sleep and wake-up cost
+//    less: with such a process there for good, one hand-off in kNoYieldTime pays a time slice;
 //  - after kMissesToStop waits in a row that the polling did not answer (the peer is busy with
 //    something else), only every kMissProbeEvery-th wait polls, and the first that pays polls
 //    every time again.
@@ -155,7 +155,6 @@ class PeerPoll {
   static constexpr unsigned kMissesToStop = 4;
   static constexpr unsigned kMissProbeEvery = 16;
 
-  // core_taken: a yield lost the core for kPoll or longer (whether or not the answer came).
   enum class Answer { none, seen, after_peer_ran, core_taken };
 
   template <class Ready>
@@ -167,7 +166,9 @@ class PeerPoll {
     return Answer::none;
   }
 
-  // after_peer_ran: the answer came after a yield that took from kSwitched to kPoll.
+  // after_peer_ran: the answer came after a yield that took kSwitched or longer (a yield to a
+  // peer with much to do, such as a consumer draining a full queue, takes long and pays).
+  // core_taken: a yield took kPoll or longer and brought no answer: another process used it.
   template <class Ready>
   static Answer yield_until(Ready& ready, TimePoint until) {
     TimePoint before = Deadline::clock::now();
@@ -175,8 +176,8 @@ class PeerPoll {
       sched_yield();
       const TimePoint after = Deadline::clock::now();
       const auto took = after - before;
-      if (took >= kPoll) return Answer::core_taken;
       if (ready()) return took >= kSwitched ? Answer::after_peer_ran : Answer::seen;
+      if (took >= kPoll) return Answer::core_taken;
       before = after;
     }
     return Answer::none;
