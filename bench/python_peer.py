@@ -5,8 +5,10 @@ Prints one JSON object per line: {"scenario": ..., "msgs_per_s": ...} for throug
 for Pool.map. Medians of --reps runs. Every run is verified (count and checksum).
 """
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -46,7 +48,9 @@ def throughput(n, size):
     return n / seconds
 
 
-def echo(there, back, r):
+def echo(there, back, r, cpu=None):
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     for _ in range(r):
         back.put(there.get())
 
@@ -65,13 +69,30 @@ def timed_round_trips(r, echo_process, ask):
     return us[len(us) // 2], us[len(us) * 99 // 100]
 
 
-def round_trips(r):
-    there, back = mp.Queue(), mp.Queue()
+@contextlib.contextmanager
+def pinned(cpu):
+    """Runs the body on CPU `cpu` only (None: where the scheduler likes)."""
+    if cpu is None:
+        yield
+        return
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def round_trips(r, make=mp.Queue, cpus=(None, None)):
+    """Round trips through two queues from make() (multiprocessing's unless given): put, echoed
+    by another process, get. cpus: the CPUs of this process and of the echo's (None: unpinned)."""
+    there, back = make(), make()
 
     def ask(i):
         there.put(i)
         return back.get()
-    return timed_round_trips(r, mp.Process(target=echo, args=(there, back, r)), ask)
+    with pinned(cpus[0]):
+        return timed_round_trips(r, mp.Process(target=echo, args=(there, back, r, cpus[1])), ask)
 
 
 def pipe_echo(conn, r):

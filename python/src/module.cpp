@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include <cxxabi.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <array>
@@ -50,13 +51,6 @@ using detail::Segment;
 using detail::TypeTag;
 
 constexpr std::chrono::milliseconds kSignalSlice{50};
-// How long a put or get polls for room or a message, without the GIL, before the ring's own wait.
-// The ring adapts its polling to how fast the peer answers and, where it sleeps anyway, halves it
-// down to a few hundred nanoseconds; a Python peer takes 1-3 us to answer (its own put or get),
-// so from there every hand-off would go to sleep and pay a futex wake-up: measured on a round
-// trip between two Python processes, p50 7.5 us without this and 1.6 us with it. 20 us costs
-// about what a sleep and a wake-up do.
-constexpr std::chrono::microseconds kPythonSpin{20};
 // Releases the GIL for as long as it lives, like py::gil_scoped_release, but never takes it back
 // while the interpreter is exiting. Python ends a daemon thread that takes the GIL back then with
 // pthread_exit, whose forced unwinding through a noexcept frame aborts the whole process
@@ -85,6 +79,113 @@ class WithoutGil {
 #endif
   }
   PyThreadState* state_;
+};
+
+// How a put or get waits for a Python peer before the ring's own wait. The ring polls for a few
+// hundred nanoseconds, then sleeps on a futex; a Python peer takes 1-3 us to answer (its own put
+// or get), so from there every hand-off would pay a sleep and a wake-up. So a put or get first
+// looks at the queue without the GIL, for up to kPoll (or its deadline), in one of two ways:
+//  - spinning (a pause between looks) sees the answer within ~0.1 us, but pays only while the
+//    peer runs on another core: on this core it only keeps the peer from answering (measured:
+//    round trip p50 50 us, against 7 us for sleeping at once);
+//  - yielding (sched_yield between looks) hands this core to the peer when both share it, for a
+//    context switch (round trip p50 4 us; a C ping-pong of sched_yield between two processes on
+//    one core takes 2.8 us here), and costs a system call (0.3-0.7 us) per look otherwise.
+// A yield hands the core to any process that wants it, and the scheduler charges a whole time
+// slice for each (Linux's EEVDF pushes the yielder's deadline back a slice): with a third process
+// busy on the same core, yielding loses the core to it for milliseconds (measured: round trip p99
+// 16 ms), where a sleeper woken by a futex preempts it. So:
+//  - a wait spins for up to kSpinFirst, then yields; unless the last answer came after a yield
+//    during which the peer most likely ran on this core (see yield_until): then it yields at
+//    once. An answer seen while spinning, or after a yield that ran nobody (the peer is on
+//    another core), makes the next wait spin first again;
+//  - a yield that loses the core for kPoll or longer without the peer answering (another process
+//    took the core) ends the polling, and for kNoYieldTime after it waits only spin (then the
+//    ring's futex wait), as on a core shared with a busy process the sleep and wake-up cost
+//    less: with such a process there for good, one hand-off in kNoYieldTime pays a time slice;
+//  - after kMissesToStop waits in a row that the polling did not answer (the peer is busy with
+//    something else), only every kMissProbeEvery-th wait polls, and the first that pays polls
+//    every time again.
+// The state is a hint shared by a handle's threads (relaxed: a lost update only changes how the
+// next wait starts).
+class PeerPoll {
+ public:
+  template <class Ready>
+  void wait(const Deadline& deadline, Ready&& ready) {
+    if (deadline.is_now() || ready()) return;
+    const unsigned misses = misses_.load(std::memory_order_relaxed);
+    if (misses >= kMissesToStop && misses % kMissProbeEvery != 0) {
+      misses_.store(misses + 1, std::memory_order_relaxed);
+      return;
+    }
+    Answer answer = Answer::none;
+    {
+      WithoutGil nogil;
+      const auto start = Deadline::clock::now();
+      const auto cap = [&](std::chrono::microseconds d) {
+        return std::min(start + d, deadline.at());
+      };
+      if (start.time_since_epoch().count() < no_yield_until_.load(std::memory_order_relaxed)) {
+        answer = spin_until(ready, cap(kPoll));
+      } else {
+        if (!yield_first_.load(std::memory_order_relaxed)) {
+          answer = spin_until(ready, cap(kSpinFirst));
+        }
+        if (answer == Answer::none) answer = yield_until(ready, cap(kPoll));
+      }
+      if (answer == Answer::core_taken) {
+        const auto until = Deadline::clock::now() + kNoYieldTime;
+        no_yield_until_.store(until.time_since_epoch().count(), std::memory_order_relaxed);
+      }
+    }
+    misses_.store(answer == Answer::none ? misses + 1 : 0, std::memory_order_relaxed);
+    if (answer != Answer::none) {
+      yield_first_.store(answer == Answer::after_peer_ran, std::memory_order_relaxed);
+    }
+  }
+
+ private:
+  using TimePoint = Deadline::clock::time_point;
+  static constexpr std::chrono::microseconds kPoll{20};  // about a futex sleep and wake-up
+  static constexpr std::chrono::microseconds kSpinFirst{3};
+  // A yield that returns within this ran nobody else (a system call); one that switched to the
+  // peer and back takes the peer's put or get and two context switches (over 2.8 us).
+  static constexpr std::chrono::nanoseconds kSwitched{1500};
+  static constexpr std::chrono::seconds kNoYieldTime{1};
+  static constexpr unsigned kMissesToStop = 4;
+  static constexpr unsigned kMissProbeEvery = 16;
+
+  enum class Answer { none, seen, after_peer_ran, core_taken };
+
+  template <class Ready>
+  static Answer spin_until(Ready& ready, TimePoint until) {
+    do {
+      for (int i = 0; i < 16; ++i) detail::cpu_relax();
+      if (ready()) return Answer::seen;
+    } while (Deadline::clock::now() < until);
+    return Answer::none;
+  }
+
+  // after_peer_ran: the answer came after a yield that took kSwitched or longer (a yield to a
+  // peer with much to do, such as a consumer draining a full queue, takes long and pays).
+  // core_taken: a yield took kPoll or longer and brought no answer: another process used it.
+  template <class Ready>
+  static Answer yield_until(Ready& ready, TimePoint until) {
+    TimePoint before = Deadline::clock::now();
+    while (before < until) {
+      sched_yield();
+      const TimePoint after = Deadline::clock::now();
+      const auto took = after - before;
+      if (ready()) return took >= kSwitched ? Answer::after_peer_ran : Answer::seen;
+      if (took >= kPoll) return Answer::core_taken;
+      before = after;
+    }
+    return Answer::none;
+  }
+
+  std::atomic<unsigned> misses_{0};  // waits in a row that the polling did not answer
+  std::atomic<Deadline::clock::rep> no_yield_until_{0};  // a time_since_epoch().count()
+  std::atomic<bool> yield_first_{false};
 };
 
 // The most a thread keeps allocated between gets for copying messages out of the ring.
@@ -376,31 +477,6 @@ class PyQueue {
     }
   }
 
-  // Polls ready() without the GIL for up to kPythonSpin (see there), unless it is already true.
-  // Polling pays only while the peer runs on another core; when it does not (the scheduler put
-  // both on one core), a poll only delays the sleep that lets the peer run (measured: p50 50 us
-  // instead of 7.5). So after 4 polls in a row that found nothing, only every 16th wait polls,
-  // as a probe, and the first that pays polls again every time.
-  template <class Ready>
-  void poll_briefly(const Deadline& deadline, Ready&& ready) {
-    if (deadline.is_now() || ready()) return;
-    const unsigned misses = poll_misses_.load(std::memory_order_relaxed);
-    if (misses >= 4 && misses % 16 != 0) {
-      poll_misses_.store(misses + 1, std::memory_order_relaxed);
-      return;
-    }
-    bool paid_off = false;
-    {
-      WithoutGil nogil;
-      const auto until = Deadline::clock::now() + kPythonSpin;
-      do {
-        for (int i = 0; i < 16; ++i) detail::cpu_relax();
-        paid_off = ready();
-      } while (!paid_off && Deadline::clock::now() < until);
-    }
-    poll_misses_.store(paid_off ? 0 : misses + 1, std::memory_order_relaxed);
-  }
-
   // Whether a message of `bytes` fits now (a snapshot).
   bool has_room_for(std::size_t bytes) const {
     const auto& ring = segment_->ring();
@@ -409,59 +485,75 @@ class PyQueue {
     return ring.capacity() - now.bytes >= detail::frame_bytes(static_cast<std::uint32_t>(bytes));
   }
 
-  // The one wait of every put form: all of `messages`, in order, in slices.
+  // The one wait of every put form: all of `messages`, in order.
   void put_encoded(const Encoded* messages, std::size_t n, const Deadline& deadline,
                    const char* call) {
     std::size_t done = 0;
-    if (n != 0) poll_briefly(deadline, [&] { return has_room_for(messages[0].size()); });
     detail::SlicedWait sliced{deadline};
-    while (true) {
-      check_open(call);
-      detail::Progress progress;
-      {
-        WithoutGil nogil;
-        progress = segment_->ring().put_many(
-            n - done,
-            [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
-            [&](std::size_t i, std::byte* dst, std::uint32_t) { messages[done + i].write_to(dst); },
-            deadline.capped(kSignalSlice), &sliced);
-      }
-      done += progress.count;
-      if (progress.outcome == Outcome::done) return;
-      if (progress.outcome == Outcome::shut_down || deadline.expired()) {
-        segment_->throw_put_failure(progress.outcome, deadline, call);
-      }
-      check_signals();
-    }
+    const Outcome outcome = wait_in_slices(
+        deadline, call,
+        [&](const Deadline& slice) {
+          const detail::Progress progress = segment_->ring().put_many(
+              n - done,
+              [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
+              [&](std::size_t i, std::byte* dst, std::uint32_t) {
+                messages[done + i].write_to(dst);
+              },
+              slice, &sliced);
+          done += progress.count;
+          return progress.outcome;
+        },
+        [&] { return has_room_for(messages[done].size()); });
+    if (outcome != Outcome::done) segment_->throw_put_failure(outcome, deadline, call);
   }
 
-  // The one wait of every get form: up to `max` messages' bytes, in slices.
+  // The one wait of every get form: up to `max` messages' bytes.
   // `copy` runs without the GIL, under the consumers' lock: it only copies the bytes out.
   template <class Copy>
   void take(std::size_t max, const Deadline& deadline, const char* call, Copy&& copy) {
-    poll_briefly(deadline, [this] { return qsize() != 0; });
     detail::SlicedWait sliced{deadline};
+    const Outcome outcome = wait_in_slices(
+        deadline, call,
+        [&](const Deadline& slice) {
+          return segment_->ring().get_many(max, copy, slice, &sliced).outcome;
+        },
+        [this] { return qsize() != 0; });
+    if (outcome != Outcome::done) segment_->throw_get_failure(outcome, deadline, call);
+  }
+
+  // Runs attempt(slice), one put or get of the ring, without the GIL until it is done, is shut
+  // down, or `deadline` passes; returns how the last attempt ended. The first attempt does not
+  // wait (no lock-free look at the ring first: the ring's own calls read the other side's word
+  // only when their cached copy says they must); if it finds no room or no message, the call
+  // polls for the peer (PeerPoll) until ready() says the next attempt may succeed, then waits in
+  // slices of kSignalSlice, running Python's signal handlers between them.
+  template <class Attempt, class Ready>
+  Outcome wait_in_slices(const Deadline& deadline, const char* call, Attempt&& attempt,
+                         Ready&& ready) {
+    Deadline slice = Deadline::now();
     while (true) {
       check_open(call);
-      detail::Progress progress;
+      Outcome outcome;
       {
         WithoutGil nogil;
-        progress = segment_->ring().get_many(max, copy, deadline.capped(kSignalSlice), &sliced);
+        outcome = attempt(slice);
       }
-      if (progress.outcome == Outcome::done) return;
-      if (progress.outcome == Outcome::shut_down || deadline.expired()) {
-        segment_->throw_get_failure(progress.outcome, deadline, call);
+      if (outcome == Outcome::done || outcome == Outcome::shut_down || deadline.expired()) {
+        return outcome;
       }
-      check_signals();
+      if (slice.is_now()) {
+        peer_poll_.wait(deadline, ready);
+      } else {
+        check_signals();
+      }
+      slice = deadline.capped(kSignalSlice);
     }
   }
 
   std::shared_ptr<Segment> segment_;
   std::shared_ptr<const Format> format_;
   bool closed_ = false;
-  // Consecutive brief polls that found nothing (poll_briefly); a hint, shared by this handle's
-  // threads (relaxed: a lost update only changes when the next probe comes).
-  std::atomic<unsigned> poll_misses_{0};
+  PeerPoll peer_poll_;  // see there
 };
 
 // Raises, as a Python exception, the C++ exception `p`: shmq's errors as the classes

@@ -238,3 +238,58 @@ def test_the_interpreter_exits_cleanly_with_daemon_threads_blocked_in_every_wait
         r = subprocess.run([sys.executable, "-c", _EXIT_WITH_BLOCKED_THREADS],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
+
+
+# A daemon thread that finalization catches waiting for the GIL, on its way out of a get: the
+# main thread holds the GIL from the moment the message arrives (a forked child puts it) until
+# finalization, whose first release of the GIL (a __del__ that sleeps) hands it to the waiting
+# thread, which CPython then ends with pthread_exit from inside the get.
+_EXIT_WHILE_A_GET_WAITS_FOR_THE_GIL = """
+import ctypes, os, sys, threading, time, shmq
+
+FUTEX = %d
+libc = ctypes.PyDLL(None)  # a PyDLL's calls keep the GIL
+libc.open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+def syscall_of(thread):
+    # The number of the system call `thread` is blocked in, or None (running).
+    fd = libc.open(f"/proc/self/task/{thread.native_id}/syscall".encode(), os.O_RDONLY)
+    buf = ctypes.create_string_buffer(128)
+    n = libc.read(fd, buf, 127)
+    libc.close(fd)
+    first = buf.raw[:max(n, 0)].split()[:1]
+    return int(first[0]) if first and first[0].isdigit() else None
+
+class GivesUpTheGilInFinalization:
+    def __del__(self, sleep=time.sleep):
+        sleep(0.05)
+
+sys.setswitchinterval(1000)  # a thread waiting for the GIL never makes this one give it up
+q, go = shmq.Queue(), shmq.Queue()
+getter = threading.Thread(target=q.get, daemon=True)
+getter.start()
+while q.stats()["sleeping_consumers"] == 0:  # asleep in the ring's wait, without the GIL
+    time.sleep(0.001)
+if os.fork() == 0:
+    go.get()
+    q.put(1)
+    os._exit(0)
+go.put(0)  # from here on this thread keeps the GIL until finalization releases it
+while q.stats()["gets"] == 0:
+    pass
+while syscall_of(getter) != FUTEX:  # the getter has the message and waits for the GIL
+    pass
+keeper = GivesUpTheGilInFinalization()  # released in finalization, after this line
+"""
+
+
+def test_a_daemon_thread_that_finalization_ends_inside_a_get_exits_cleanly():
+    # Without the GIL guard's noexcept(false) the process aborts ("terminate called without an
+    # active exception"); without the method wrapper rethrowing abi::__forced_unwind it crashes.
+    futex = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+    if futex is None:
+        pytest.skip("the futex system call's number is known for x86_64 and aarch64 only")
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", _EXIT_WHILE_A_GET_WAITS_FOR_THE_GIL % futex],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", (r.returncode, r.stderr)
