@@ -92,33 +92,13 @@ LeaseTable::LeaseTable(SharedHeader& header, std::byte* area, std::uint32_t slot
 
 LeaseTable::~LeaseTable() = default;
 
-bool LeaseTable::ack(const LeaseTicket& ticket) noexcept {
-  if (!still_holds(ticket)) return false;
-  std::uint64_t held = ticket.word;
-  const LeaseState s = LeaseState::unpack(held);
-  if (!slot(ticket.slot)
-           .state.compare_exchange_strong(
-               held, LeaseState{0, 0, s.generation + 1, 0, LeaseKind::free}.pack(),
-               std::memory_order_acq_rel)) {
-    return false;
-  }
-  notify(h_->not_empty);  // a leased get may wait for a free slot
-  return true;
-}
-
 bool LeaseTable::nack(const LeaseTicket& ticket) noexcept {
-  if (!still_holds(ticket)) return false;
-  std::uint64_t held = ticket.word;
-  const LeaseState s = LeaseState::unpack(held);
-  LeaseState ready = s;
-  ready.generation = s.generation + 1;
+  LeaseState ready = LeaseState::unpack(ticket.word);
+  ready.generation += 1;
   ready.kind = LeaseKind::ready;
-  if (!slot(ticket.slot)
-           .state.compare_exchange_strong(held, ready.pack(), std::memory_order_seq_cst)) {
-    return false;
-  }
+  if (!end_lease(ticket, ready.pack())) return false;
   mark_ready();
-  notify(h_->not_empty);
+  wake_getters();
   return true;
 }
 
@@ -181,7 +161,7 @@ void LeaseTable::reclaim(std::uint64_t now) noexcept {
   }
   if (ready) {
     mark_ready();
-    notify(h_->not_empty);
+    wake_getters();
   }
 }
 

@@ -174,6 +174,44 @@ TEST_CASE("batch leased gets take what is queued up to the free slots", "[lease]
   CHECK(q.qsize() == 2);
 }
 
+TEST_CASE("a leased get finds the one free slot wherever acks left it", "[lease]") {
+  // Each process starts its search for a free slot after the one it took last, wrapping around.
+  Queue<int> q(leased(4));
+  for (int i = 0; i < 7; ++i) q.put(i);
+  std::vector<Lease<int>> held;
+  REQUIRE(q.try_get_leased_many(held, 4) == 4);  // every slot held
+  held[1].ack();
+  held[2].ack();
+  auto e = q.try_get_leased();  // into the second slot
+  auto f = q.try_get_leased();  // into the third: the search would go on from the fourth
+  REQUIRE(e.has_value());
+  REQUIRE(f.has_value());
+  CHECK_FALSE(q.try_get_leased().has_value());
+  held[0].ack();  // only the first slot is free, before where the search starts
+  auto g = q.try_get_leased();
+  REQUIRE(g.has_value());
+  CHECK(std::vector<int>{e->value(), f->value(), g->value()} == std::vector<int>{4, 5, 6});
+  CHECK_FALSE(q.try_get_leased().has_value());
+  held[3].ack();
+  e->ack();
+  f->ack();
+  g->ack();
+  CHECK(q.stats().leases.empty());
+}
+
+TEST_CASE("a leased message of every length up to a few words arrives intact", "[lease]") {
+  // Short messages are copied into their slot by words, not by memcpy: check each length.
+  Queue<std::string> q(leased(4));
+  for (std::size_t n = 0; n <= 40; ++n) {
+    std::string s(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + n) % 26);
+    q.put(s);
+    auto lease = q.get_leased();
+    CHECK(lease.value() == s);
+    lease.ack();
+  }
+}
+
 TEST_CASE("a redelivery is never lost or blocked by a full ring", "[lease]") {
   QueueOptions o = leased(2, 4096);
   o.maxsize = 3;

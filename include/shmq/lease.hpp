@@ -71,9 +71,9 @@ class Lease {
 
   // Done with the message: the queue forgets it. Throws LeaseExpired if it was already delivered
   // again (lease_timeout), InvalidArgument if this lease was already acked or nacked.
-  void ack() { finish(&detail::LeaseTable::ack, "ack"); }
+  void ack() { finish(true, "ack"); }
   // Gives the message back now, for its next delivery (before the ring's messages). Throws as ack.
-  void nack() { finish(&detail::LeaseTable::nack, "nack"); }
+  void nack() { finish(false, "nack"); }
 
   // For Queue<T> (the key): the lease `ticket`, its value made in place by decode().
   template <class Decode>
@@ -86,11 +86,12 @@ class Lease {
         held_(true) {}
 
  private:
-  void finish(bool (detail::LeaseTable::*step)(const detail::LeaseTicket&) noexcept,
-              const char* call) {
+  // Ends the lease, once: acks it or nacks it (called directly, so that the ack inlines).
+  void finish(bool ack, const char* call) {
     if (!held_) detail::throw_lease_refused(*segment_, ticket_, true, call);
     held_ = false;
-    if (!(segment_->leases()->*step)(ticket_)) {
+    detail::LeaseTable& leases = *segment_->leases();
+    if (!(ack ? leases.ack(ticket_) : leases.nack(ticket_))) {
       detail::throw_lease_refused(*segment_, ticket_, false, call);
     }
   }

@@ -40,6 +40,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -50,6 +51,9 @@ namespace shmq::detail {
 
 class Segment;
 
+// Wakes every process asleep on `ev` if any is counted (ring.hpp; out of line in src/sync.cpp).
+void wake(EventCount& ev) noexcept;
+
 // This process's holder word, cached on a page that every fork wipes (lease.cpp); null where the
 // kernel refuses that, or before lease.cpp's static initialisers ran.
 extern std::atomic<std::uint64_t>* const holder_cache;
@@ -58,14 +62,17 @@ std::uint64_t compute_this_holder() noexcept;
 // This process as a lease holder: its pid and the low bits of its start time (recomputed after a
 // fork: the child is another holder), as a held state word of generation 0. Inline: no call and
 // no syscall once known, on every leased get.
-inline LeaseState this_holder() noexcept {
+inline std::uint64_t this_holder_word() noexcept {
   if (holder_cache != nullptr) {
     // Never 0 once computed: its kind is held.
     if (const std::uint64_t word = holder_cache->load(std::memory_order_relaxed); word != 0) {
-      return LeaseState::unpack(word);
+      return word;
     }
   }
-  return LeaseState::unpack(compute_this_holder());
+  return compute_this_holder();
+}
+inline LeaseState this_holder() noexcept {
+  return LeaseState::unpack(this_holder_word());
 }
 // Whether the process that `s` names still runs: its pid exists, is not a zombie and started at
 // the recorded time. A process that /proc does not show to us counts as alive unless kill says
@@ -122,8 +129,16 @@ class LeaseTable {
   }
 
   // ---- Lock-free, by the holder.
-  // Frees the slot if `ticket` still holds it; false if it was delivered again meanwhile.
-  bool ack(const LeaseTicket& ticket) noexcept;
+  // Frees the slot if `ticket` still holds it; false if it was delivered again meanwhile. Inline:
+  // every leased get ends with one.
+  bool ack(const LeaseTicket& ticket) noexcept {
+    const std::uint32_t generation = LeaseState::unpack(ticket.word).generation;
+    if (!end_lease(ticket, LeaseState{0, 0, generation + 1, 0, LeaseKind::free}.pack())) {
+      return false;
+    }
+    wake_getters();  // a leased get may wait for a free slot
+    return true;
+  }
   // Makes the message ready for its next delivery; false as ack.
   bool nack(const LeaseTicket& ticket) noexcept;
 
@@ -171,14 +186,43 @@ class LeaseTable {
                      std::memory_order_release);
   }
   void mark_ready() noexcept { h_->leases_ready.store(1, std::memory_order_seq_cst); }
-  // A free slot for a fresh take, searching from `from`; slots() if none.
-  std::uint32_t free_slot(std::uint32_t from) const noexcept {
-    for (std::uint32_t i = from; i < slots_; ++i) {
-      if (state(i).kind == LeaseKind::free) return i;
-    }
-    return slots_;
+  // Copies a message of `size` bytes (at most payload()) from `src` into a free slot and marks it
+  // taking by `me` (this_holder_word()), recording `from_head` (head's word before the take
+  // commits) and `now`; false if no slot is free. The search starts after the slot this process
+  // claimed last, so a consumer holding many leases does not scan its own held slots every get.
+  // Inlined: it is most of a small message's leased get.
+  __attribute__((always_inline)) bool claim(std::uint64_t me, std::uint64_t from_head,
+                                            std::uint64_t now, const std::byte* src,
+                                            std::uint32_t size, LeaseTicket& ticket) noexcept {
+    std::uint64_t free_word;
+    const std::uint32_t i = free_slot(next_claim_, free_word);
+    if (i == slots_) return false;
+    LeaseSlot& s = slot(i);
+    copy_message(bytes(i), src, size);
+    s.bytes.store(size, std::memory_order_relaxed);
+    s.from_head.store(from_head, std::memory_order_relaxed);
+    s.taken_ns.store(now, std::memory_order_relaxed);
+    // Field by field as LeaseState{me's pid and ticks, the free word's generation, 1, taking}.
+    constexpr LeaseState kFirstTaking{0, 0, 0, 1, LeaseKind::taking};
+    constexpr LeaseState kHolder{LeaseState::kPidMask, LeaseState::kTicksMask, 0, 0,
+                                 LeaseKind::free};
+    constexpr LeaseState kGeneration{0, 0, LeaseState::kGenerationMask, 0, LeaseKind::free};
+    const std::uint64_t word =
+        (me & kHolder.pack()) | (free_word & kGeneration.pack()) | kFirstTaking.pack();
+    s.state.store(word, std::memory_order_release);
+    ticket = {i, word, now};
+    next_claim_ = i + 1 == slots_ ? 0 : i + 1;
+    return true;
   }
-  bool has_free_slot() const noexcept { return free_slot(0) != slots_; }
+  // A claimed slot once head has moved past its frame: the message is its holder's.
+  void commit(LeaseTicket& ticket) noexcept {
+    ticket.word = frozen(ticket.word, LeaseKind::held);
+    slot(ticket.slot).state.store(ticket.word, std::memory_order_release);
+  }
+  bool has_free_slot() const noexcept {
+    std::uint64_t word;
+    return free_slot(0, word) != slots_;
+  }
   bool ready_hint() const noexcept { return h_->leases_ready.load(std::memory_order_relaxed) != 0; }
   // Whether any slot holds a message that may still be delivered (taking, held, or ready and not
   // past max_deliveries), which a draining queue must wait for.
@@ -187,8 +231,9 @@ class LeaseTable {
   // word, and then (read after the word's acquire, so that a later lease's taken_ns is seen)
   // the time it was taken.
   bool still_holds(const LeaseTicket& ticket) const noexcept {
-    return slot(ticket.slot).state.load(std::memory_order_acquire) == ticket.word &&
-           slot(ticket.slot).taken_ns.load(std::memory_order_relaxed) == ticket.taken_ns;
+    const LeaseSlot& s = slot(ticket.slot);
+    return s.state.load(std::memory_order_acquire) == ticket.word &&
+           s.taken_ns.load(std::memory_order_relaxed) == ticket.taken_ns;
   }
   // Every get calls this (under get_lock) before it looks for messages, and so does a wait()
   // looking at the queue (without the lock: its only moves are CASes from held, as a nack's): at
@@ -205,6 +250,44 @@ class LeaseTable {
   }
 
  private:
+  // The first free slot at or after `from`, wrapping around, and its state `word`; slots() if
+  // none. The acquire load of a free state orders the last holder's reads of the bytes before
+  // the caller's writes.
+  std::uint32_t free_slot(std::uint32_t from, std::uint64_t& word) const noexcept {
+    for (std::uint32_t k = 0, i = from; k < slots_; ++k, i = i + 1 == slots_ ? 0 : i + 1) {
+      word = slot(i).state.load(std::memory_order_acquire);
+      if (LeaseState::unpack(word).kind == LeaseKind::free) return i;
+    }
+    return slots_;
+  }
+  // Moves `ticket`'s slot from the word its holder got to `next` (seq_cst: see wake_getters), if
+  // the lease still holds it (ack, nack).
+  bool end_lease(const LeaseTicket& ticket, std::uint64_t next) noexcept {
+    std::uint64_t held = ticket.word;
+    return still_holds(ticket) &&
+           slot(ticket.slot).state.compare_exchange_strong(held, next, std::memory_order_seq_cst);
+  }
+  // memcpy, with the short messages (up to 16 bytes, the common small values) copied inline as
+  // two overlapping words instead of through the library call.
+  static void copy_message(std::byte* dst, const std::byte* src, std::uint32_t size) noexcept {
+    if (size >= 8 && size <= 16) {
+      std::uint64_t first, last;
+      std::memcpy(&first, src, 8);
+      std::memcpy(&last, src + size - 8, 8);
+      std::memcpy(dst, &first, 8);
+      std::memcpy(dst + size - 8, &last, 8);
+    } else if (size != 0) {
+      std::memcpy(dst, src, size);
+    }
+  }
+  // Wakes the gets asleep on the queue (a nack's ready slot, an ack's free slot). Called right
+  // after a seq_cst store or read-modify-write W of a slot's state or the ready hint, so the sleep
+  // count is loaded seq_cst without has_sleepers()'s fence: against a sleeper's fence F
+  // (announce_sleeper), if F precedes W in the single total order the sleeper's re-check after F
+  // sees W; otherwise F precedes this load in that order, which then sees the sleeper counted.
+  void wake_getters() noexcept {
+    if (sleepers_of(h_->not_empty.sleep.load(std::memory_order_seq_cst)) != 0) wake(h_->not_empty);
+  }
   bool over_deliveries(const LeaseState& s) const noexcept {
     return max_deliveries_ != 0 && s.deliveries >= max_deliveries_;
   }
@@ -227,7 +310,8 @@ class LeaseTable {
   std::string dead_letter_queue_;
   const std::string* queue_;
   std::atomic<std::uint64_t> next_reclaim_ns_{0};  // this process's; relaxed
-  std::shared_ptr<Segment> dead_letters_;          // opened on first use, under get_lock
+  std::uint32_t next_claim_ = 0;           // this process's hint of a free slot; under get_lock
+  std::shared_ptr<Segment> dead_letters_;  // opened on first use, under get_lock
 };
 
 }  // namespace shmq::detail
