@@ -389,7 +389,7 @@ TEST_CASE("a holder killed while its queue lock is named by list_op_pending alon
       Pipe held;  // not a queue: its put would take a lock of its own, and list_op_pending with it
       Child holder([&] {
         lock_or_throw(a);
-        shmq::detail::RobustLock lock(lock_of(*view, side), std::try_to_lock);
+        shmq::detail::PendingLock lock(lock_of(*view, side));
         if (!lock) throw std::runtime_error("the free lock was not taken");
         send_byte(held.fds[1]);
         for (;;) pause();

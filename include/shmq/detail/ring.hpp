@@ -38,7 +38,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -211,12 +210,6 @@ class RobustLock {
       listed_ = false;
     }
   }
-  // Takes `mutex` only if it is free at once, held through list_op_pending alone
-  // (Tracking::pending); never waits. Test with operator bool.
-  RobustLock(RobustMutex& mutex, std::try_to_lock_t)
-      : mutex_(&mutex), me_(&this_thread_identity()), listed_(false) {
-    if (!try_lock_pending(mutex, *me_)) mutex_ = nullptr;
-  }
   RobustLock(const RobustLock&) = delete;
   RobustLock& operator=(const RobustLock&) = delete;
   ~RobustLock() { unlock(); }
@@ -253,6 +246,28 @@ class RobustLock {
   ThisThread* me_;
   bool listed_ = true;  // held through the robust list, else through list_op_pending alone
   bool recovered_ = false;
+};
+
+// Holds one of the ring's robust mutexes if it was free at once, through list_op_pending alone
+// (Tracking::pending); never waits. For the single puts and gets that try once (Ring::put_at_once).
+class PendingLock {
+ public:
+  __attribute__((always_inline)) explicit PendingLock(RobustMutex& mutex)
+      : mutex_(&mutex), me_(&this_thread_identity()) {
+    if (!try_lock_pending(mutex, *me_)) mutex_ = nullptr;
+  }
+  PendingLock(const PendingLock&) = delete;
+  PendingLock& operator=(const PendingLock&) = delete;
+  ~PendingLock() { unlock(); }
+
+  explicit operator bool() const noexcept { return mutex_ != nullptr; }
+  void unlock() noexcept {
+    if (mutex_ != nullptr) unlock_pending(*std::exchange(mutex_, nullptr), *me_);
+  }
+
+ private:
+  RobustMutex* mutex_;
+  ThisThread* me_;
 };
 
 // timed_out: no room or no message by the deadline; lock_busy: the side's lock stayed held by
@@ -623,7 +638,7 @@ class Ring {
   // throws for corrupt cursors or frames.
   template <class Fill>
   __attribute__((always_inline)) bool put_at_once(std::uint32_t payload, Fill& fill) {
-    RobustLock lock(h_->put_lock, std::try_to_lock);
+    PendingLock lock(h_->put_lock);
     if (!lock || shutdown_state() != ShutdownState::running) return false;
     const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
     Cursor head = Cursor::unpack(h_->head_seen);
@@ -637,7 +652,7 @@ class Ring {
   template <class Take>
   __attribute__((always_inline)) bool get_at_once(Take& take) {
     if (leases_ != nullptr) return false;
-    RobustLock lock(h_->get_lock, std::try_to_lock);
+    PendingLock lock(h_->get_lock);
     if (!lock || shutdown_state() == ShutdownState::immediate) return false;
     return take_frames(1, take, lock) != 0;
   }
@@ -710,9 +725,8 @@ class Ring {
 
   // Consumer side, under get_lock: passes up to `max` of the ring's frames to take (as get_many
   // says), releases them with one store and wakes the producers; returns how many it took.
-  template <class Take>
-  __attribute__((always_inline)) std::size_t take_frames(std::size_t max, Take& take,
-                                                         RobustLock& lock) {
+  template <class Take, class Lock>
+  __attribute__((always_inline)) std::size_t take_frames(std::size_t max, Take& take, Lock& lock) {
     const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
     const Cursor tail = readable_tail(head);
     if (tail.count == head.count) return 0;
@@ -826,7 +840,8 @@ class Ring {
 
   // Publishes the frames written in [tail, end) (if any), and wakes the consumers asleep, if any.
   // `depth` is the queue depth with them, as producers last saw the head (an upper bound).
-  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
+  template <class Lock>
+  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, Lock& lock) noexcept {
     if (end.count == tail.count) return;
     h_->tail.store(end.pack(), std::memory_order_release);
     if (end.count < tail.count) bump(h_->put_wraps);  // fewer than 2^32 frames a batch
@@ -839,7 +854,8 @@ class Ring {
 
   // Releases the frames read in [head, end) (if any) and wakes the producers asleep, if any: each
   // may need a different amount of room, so all of them look.
-  void commit_get(Cursor head, Cursor end, RobustLock& lock) noexcept {
+  template <class Lock>
+  void commit_get(Cursor head, Cursor end, Lock& lock) noexcept {
     if (end.count == head.count) return;
     release_frames(head, end);
     lock.unlock();
