@@ -692,9 +692,9 @@ class Ring {
       }
       // While it polls, a producer waits for room for its frame and kRefillBytes more: one that
       // went on as soon as one frame fitted would live at the full ring's edge, loading head
-      // after every get and writing the line the consumer has just read, so that each message
-      // would move cache lines between the two (the 1->1 rate halved when the ring ran full). It
-      // never waits longer for it than it polls: then room for its frame is enough.
+      // after every get and writing the line the consumer has just read, so that every message
+      // moved cache lines between the cores (1->1 runs with a consumer slower than its producer
+      // keep the ring full). It never waits for more than it polls: then its frame is enough.
       const auto room_for = [&](std::uint32_t extra) {
         return [&, extra] {
           return shutdown_state() != ShutdownState::running ||
