@@ -134,7 +134,8 @@ class Queue {
   // `out`, reusing its storage (codec.hpp, decode_into): a std::string or std::vector whose
   // capacity suffices allocates nothing. Not in Python; for speed. `out` is left untouched when
   // there is no message (Empty, try_get's false); if the message does not decode it is dropped,
-  // DecodeError is thrown and `out` holds a valid but unspecified value.
+  // DecodeError is thrown and `out` holds a valid but unspecified value. (In a queue of
+  // std::chrono durations, q.get(d) with a non-const d is this call: pass timeouts as const.)
   // Blocks while the queue is empty, however long that takes.
   void get(T& out) { get_into(out, detail::Deadline::never(), "get"); }
   // Waits at most `timeout` in all, then throws Empty; a timeout of zero or less is get_nowait.
