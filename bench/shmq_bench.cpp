@@ -100,6 +100,32 @@ struct ShmqChannel {
   }
 };
 
+// Strings (issue 17): Queue<std::string> of S-byte strings, received with get() (a new string
+// each time) or get(out) (one string reused). Each side keeps one std::string: the producer's is
+// assigned the message's bytes before each put (a copy the byte-buffer peers do not make), and
+// the consumer hands on the first 8 bytes, the value the harness checks, as a user would read
+// the string it got.
+template <bool kIntoOut>
+struct ShmqStringChannel {
+  shmq::Queue<std::string> q{shmq::QueueOptions{.maxsize = 0, .capacity_bytes = kRingBytes}};
+  std::size_t size;
+  std::string sent, got;
+  explicit ShmqStringChannel(std::size_t s) : size(s) {}
+  void send(const std::byte* m) {
+    sent.assign(reinterpret_cast<const char*>(m), size);
+    q.put(sent);
+  }
+  void recv(std::byte* m) {
+    if constexpr (kIntoOut) {
+      q.get(got);
+      std::memcpy(m, got.data(), 8);
+    } else {
+      const std::string s = q.get();
+      std::memcpy(m, s.data(), 8);
+    }
+  }
+};
+
 // Leased gets (issue 15): plain get against get_leased + ack, both decoding the value, on queues
 // that differ only in the lease area.
 template <std::size_t S, bool kLeased>
@@ -606,6 +632,17 @@ void leased_gets(long n) {
           });
 }
 
+// Issue 17: strings, against Boost receiving into a reused buffer.
+void string_messages(long n) {
+  constexpr std::size_t kBytes = 256;
+  compare("1->1 256 B std::string", kBytes,
+          {
+              {"shmq Queue<std::string> get()", [n] { return throughput<ShmqStringChannel<false>>(kBytes, n, 1, 1); }},
+              {"shmq Queue<std::string> get(out)", [n] { return throughput<ShmqStringChannel<true>>(kBytes, n, 1, 1); }},
+              {"boost::interprocess::message_queue", [n] { return throughput<BoostChannel>(kBytes, n, 1, 1); }},
+          });
+}
+
 void four_to_four(long n) {
   compare("4->4 8 B", 8,
           {
@@ -991,6 +1028,7 @@ int main(int argc, char** argv) {
   batches(5000 * k);
   leased_gets<8>(2000 * k);
   leased_gets<4096>(200 * k);
+  string_messages(1000 * k);
   four_to_four(500 * k);
   ping_pong(settings.quick ? 100 : 100'000);
   lock_uncontended(settings.quick ? 10'000 : 10'000'000);

@@ -222,6 +222,11 @@ std::vector<GetForm<T>> every_get_form() {
       {"get_many(timeout)",
        [](Q& q) { std::vector<T> out; q.get_many(out, 1, 10s); return only(std::move(out)); }},
       {"try_get_many", [](Q& q) { std::vector<T> out; q.try_get_many(out, 1); return only(std::move(out)); }},
+      {"get(out)", [](Q& q) { T out{}; q.get(out); return std::optional<T>(std::move(out)); }},
+      {"get(out, timeout)", [](Q& q) { T out{}; q.get(out, 10s); return std::optional<T>(std::move(out)); }},
+      {"get_nowait(out)", [](Q& q) { T out{}; q.get_nowait(out); return std::optional<T>(std::move(out)); }},
+      {"try_get(out)",
+       [](Q& q) { T out{}; return q.try_get(out) ? std::optional<T>(std::move(out)) : std::nullopt; }},
   };
 }
 

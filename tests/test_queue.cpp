@@ -650,3 +650,100 @@ TEST_CASE("try_ and _nowait calls wait about 50 ms for a lock another process ho
     CHECK(q.try_get() == 2);
   }
 }
+
+TEST_CASE("every form of get(out) assigns the next message and leaves out alone when there is none",
+          "[queue][get-into]") {
+  Queue<std::string> q;
+  std::string out = "untouched";
+  CHECK_FALSE(q.try_get(out));
+  CHECK_THROWS_AS(q.get_nowait(out), shmq::Empty);
+  CHECK_THROWS_AS(q.get(out, 1ms), shmq::Empty);
+  CHECK(out == "untouched");
+  for (const char* v : {"one", "two", "three", "four"}) q.put(v);
+  q.get(out);
+  CHECK(out == "one");
+  q.get(out, 10s);
+  CHECK(out == "two");
+  q.get_nowait(out);
+  CHECK(out == "three");
+  CHECK(q.try_get(out));
+  CHECK(out == "four");
+  CHECK(q.empty());
+  q.close();
+  CHECK_THROWS_AS(q.get(out), shmq::Closed);
+  CHECK_THROWS_AS(q.try_get(out), shmq::Closed);
+}
+
+TEST_CASE("get(out) of a bitwise type matches get, in order, across many turns of the ring",
+          "[queue][get-into]") {
+  Queue<long> q(QueueOptions{.maxsize = 0, .capacity_bytes = 4096});
+  long out = -1;
+  for (long i = 0; i < 5000; ++i) {
+    q.put(i);
+    q.put(~i);
+    q.get(out);
+    REQUIRE(out == i);
+    REQUIRE(q.get() == ~i);
+  }
+  CHECK(q.empty());
+}
+
+TEST_CASE("get(out) reuses the storage of a string or vector whose capacity suffices",
+          "[queue][get-into]") {
+  SECTION("std::string") {
+    Queue<std::string> q;
+    std::string out;
+    out.reserve(1000);
+    const char* const storage = out.data();
+    for (const std::size_t n : {std::size_t{300}, std::size_t{1000}, std::size_t{7}, std::size_t{0}}) {
+      const std::string sent(n, static_cast<char>('a' + n % 26));
+      q.put(sent);
+      q.get(out);
+      CHECK(out == sent);
+      CHECK(static_cast<const void*>(out.data()) == static_cast<const void*>(storage));
+    }
+    q.put(std::string(5000, 'z'));  // more than the capacity: a larger buffer, the value intact
+    q.get(out);
+    CHECK(out == std::string(5000, 'z'));
+  }
+  SECTION("std::vector of a bitwise type") {
+    Queue<std::vector<int>> q;
+    std::vector<int> out(64, -1);
+    const int* const storage = out.data();
+    q.put({1, 2, 3});
+    q.get(out);
+    CHECK(out == std::vector<int>{1, 2, 3});
+    CHECK(out.data() == storage);
+  }
+  SECTION("the strings of a vector of strings") {
+    Queue<std::vector<std::string>> q;
+    std::vector<std::string> out{std::string(100, 'x'), std::string(100, 'y')};
+    const char* const first = out[0].data();
+    const char* const second = out[1].data();
+    q.put({std::string(50, 'a'), std::string(60, 'b')});
+    q.get(out);
+    CHECK(out == std::vector<std::string>{std::string(50, 'a'), std::string(60, 'b')});
+    CHECK(static_cast<const void*>(out[0].data()) == static_cast<const void*>(first));
+    CHECK(static_cast<const void*>(out[1].data()) == static_cast<const void*>(second));
+    q.put({"only"});
+    q.get(out);
+    CHECK(out == std::vector<std::string>{"only"});
+  }
+}
+
+TEST_CASE("get(out) drops a message that does not decode, and the next get(out) gets the next one",
+          "[queue][get-into]") {
+  Queue<std::string> q;
+  // A string whose length says 1000 bytes while the message holds 3.
+  q.put_with(7, [](std::byte* at, std::size_t) {
+    const std::uint32_t length = 1000;
+    std::memcpy(at, &length, sizeof length);
+    std::memcpy(at + 4, "abc", 3);
+  });
+  q.put("good");
+  std::string out = "before";
+  CHECK_THROWS_AS(q.get(out), shmq::DecodeError);
+  q.get(out);
+  CHECK(out == "good");
+  CHECK(q.empty());
+}

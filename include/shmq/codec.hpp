@@ -7,6 +7,14 @@
 //   static T decode(Reader& in);                  // reads them back; throws DecodeError on bad
 //   bytes
 //
+// A codec may also have
+//
+//   static void decode_into(Reader& in, T& out);  // as decode, into an existing value, reusing its
+//                                                 // storage (Queue::get(T&) uses it)
+//
+// which the built-in string and vector codecs have: decoding into a string or vector whose
+// capacity suffices allocates nothing. Without it, decode_into assigns a decoded value.
+//
 // Built in: trivially copyable types (copied as their bytes), std::string, std::vector, std::array,
 // std::pair, std::tuple, std::optional, std::map, std::unordered_map, nested freely. For another
 // type, specialize shmq::codec in namespace shmq, composing the codecs of its members:
@@ -134,6 +142,26 @@ T decode(Reader& in) {
 }
 
 namespace detail {
+template <class T, class = void>
+struct has_decode_into : std::false_type {};
+template <class T>
+struct has_decode_into<
+    T, std::void_t<decltype(codec<T>::decode_into(std::declval<Reader&>(), std::declval<T&>()))>>
+    : std::true_type {};
+}  // namespace detail
+
+// Decodes into `out`, reusing its storage where codec<T> has decode_into; otherwise assigns a
+// decoded value. If it throws, `out` holds a valid but unspecified value.
+template <class T>
+void decode_into(Reader& in, T& out) {
+  if constexpr (detail::has_decode_into<T>::value) {
+    codec<T>::decode_into(in, out);
+  } else {
+    out = codec<T>::decode(in);
+  }
+}
+
+namespace detail {
 
 // A value's encoding as a byte string (for messages that carry other messages: Pool tasks).
 template <class T>
@@ -143,16 +171,49 @@ std::string encode_to_string(const T& v) {
   codec<T>::encode(v, out);
   return bytes;
 }
+// Out of line, so that the decoders below inline: a message of `size` bytes where decoding read
+// `used` (used <= size) or wanted `used` (used > size).
+[[noreturn]] __attribute__((noinline, cold)) inline void throw_size_mismatch(std::size_t used,
+                                                                             std::size_t size) {
+  if (used > size) {
+    throw DecodeError("shmq::codec: message truncated: needs " + std::to_string(used) +
+                      " more bytes, has " + std::to_string(size));
+  }
+  throw DecodeError("shmq::codec: " + std::to_string(size - used) +
+                    " bytes left over after decoding");
+}
+inline void expect_end(const Reader& in) {
+  if (in.remaining() != 0) throw_size_mismatch(0, in.remaining());
+}
+// Whether a whole message of T is a copy of its bytes into a default-constructed T.
+template <class T>
+inline constexpr bool is_plain_copy_v = is_bitwise_v<T>&& std::is_default_constructible_v<T>;
+
 // Decodes a whole message as one T; DecodeError if bytes are left over.
 template <class T>
 T decode_exactly(const std::byte* data, std::size_t size) {
-  Reader in(data, size);
-  T v = codec<T>::decode(in);
-  if (in.remaining() != 0) {
-    throw DecodeError("shmq::codec: " + std::to_string(in.remaining()) +
-                      " bytes left over after decoding");
+  if constexpr (is_plain_copy_v<T>) {
+    if (size != sizeof(T)) throw_size_mismatch(sizeof(T), size);
+    T v;
+    std::memcpy(&v, data, sizeof(T));
+    return v;
+  } else {
+    Reader in(data, size);
+    T v = codec<T>::decode(in);
+    expect_end(in);
+    return v;
   }
-  return v;
+}
+// As decode_exactly, into `out` (shmq::decode_into).
+template <class T>
+void decode_exactly_into(const std::byte* data, std::size_t size, T& out) {
+  if constexpr (is_plain_copy_v<T>) {
+    out = decode_exactly<T>(data, size);
+  } else {
+    Reader in(data, size);
+    decode_into(in, out);
+    expect_end(in);
+  }
 }
 template <class T>
 T decode_from_string(const std::string& bytes) {
@@ -236,27 +297,41 @@ struct sequence_codec {
     }
   }
   static Seq decode(Reader& in) {
-    const std::size_t n = decode_count(in, min_encoded_bytes<value_type>());
     Seq s;
+    decode_into(in, s);
+    return s;
+  }
+  // Into `s`: its storage is reused, and nothing is allocated while its capacity suffices; the
+  // elements of a sequence of sequences (or strings) reuse theirs too.
+  static void decode_into(Reader& in, Seq& s) {
+    const std::size_t n = decode_count(in, min_encoded_bytes<value_type>());
     if constexpr (is_bitwise_v<value_type>) {
-      // n is checked against the bytes that remain (decode_count), so reserving n is bounded.
-      s.reserve(n);
-      advise_fresh_buffer(s.data(), n * sizeof(value_type));
+      if (s.capacity() < n) {
+        s.clear();  // nothing to carry over into the new buffer
+        // n is checked against the bytes that remain (decode_count), so reserving n is bounded.
+        s.reserve(n);
+        advise_fresh_buffer(s.data(), n * sizeof(value_type));
+      }
       if constexpr (sizeof(value_type) == 1 &&
                     (std::is_integral_v<value_type> || std::is_same_v<value_type, std::byte>)) {
-        // Characters and bytes: appended straight from the message, with no zero-fill first.
-        const std::byte* bytes = in.take(n);
-        s.insert(s.end(), reinterpret_cast<const value_type*>(bytes),
-                 reinterpret_cast<const value_type*>(bytes) + n);
+        // Characters and bytes: assigned straight from the message, with no zero-fill first.
+        const auto* bytes = reinterpret_cast<const value_type*>(in.take(n));
+        s.assign(bytes, bytes + n);
       } else {
         s.resize(n);
         in.read(s.data(), n * sizeof(value_type));
       }
     } else {
+      if (s.size() > n) s.erase(s.begin() + static_cast<std::ptrdiff_t>(n), s.end());
       s.reserve(n);
-      for (std::size_t i = 0; i < n; ++i) s.push_back(codec<value_type>::decode(in));
+      for (std::size_t i = 0; i < n; ++i) {
+        if (i < s.size()) {
+          shmq::decode_into(in, s[i]);
+        } else {
+          s.push_back(codec<value_type>::decode(in));
+        }
+      }
     }
-    return s;
   }
 };
 

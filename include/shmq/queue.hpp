@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstring>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -128,6 +129,24 @@ class Queue {
   // As get_nowait (the same 50 ms at most for the lock), but returns nullopt instead of throwing
   // Empty; still throws DecodeError (the bad message is dropped), Closed and ShutDown.
   std::optional<T> try_get() { return get_one(detail::Deadline::now(), nullptr); }
+
+  // ---- get into an existing value: as the get of the same form, but assigns the message to
+  // `out`, reusing its storage (codec.hpp, decode_into): a std::string or std::vector whose
+  // capacity suffices allocates nothing. Not in Python; for speed. `out` is left untouched when
+  // there is no message (Empty, try_get's false); if the message does not decode it is dropped,
+  // DecodeError is thrown and `out` holds a valid but unspecified value. (In a queue of
+  // std::chrono durations, q.get(d) with a non-const d is this call: pass timeouts as const.)
+  // Blocks while the queue is empty, however long that takes.
+  void get(T& out) { get_into(out, detail::Deadline::never(), "get"); }
+  // Waits at most `timeout` in all, then throws Empty; a timeout of zero or less is get_nowait.
+  template <class Rep, class Period>
+  void get(T& out, const std::chrono::duration<Rep, Period>& timeout) {
+    get_into(out, detail::Deadline::after(timeout), "get");
+  }
+  // Never sleeps on an empty queue (the same 50 ms at most for the lock as get_nowait()).
+  void get_nowait(T& out) { get_into(out, detail::Deadline::now(), "get_nowait"); }
+  // As get_nowait(out), but returns false instead of throwing Empty.
+  bool try_get(T& out) { return get_into(out, detail::Deadline::now(), nullptr); }
 
   // ---- Batches: many messages per lock hold, one wake-up per batch. Not in Python; for speed.
   // Puts every value of a random-access range in order, blocking while full, however long that
@@ -302,6 +321,11 @@ class Queue {
       return std::begin(values)[static_cast<std::ptrdiff_t>(i)];
     };
   }
+  // A single put or get of a bitwise T runs none but shmq's code under the queue's lock, which
+  // then needs no place in the thread's robust list (detail::Tracking).
+  static constexpr detail::Tracking kSingleTracking =
+      is_bitwise_v<T> ? detail::Tracking::pending : detail::Tracking::listed;
+
   static auto appender(std::vector<T>& out) {
     return [&out](const std::byte* at, std::size_t bytes) {
       out.push_back(decode_message(at, bytes));
@@ -313,11 +337,13 @@ class Queue {
   // that makes the ring drop it: any other exception would leave it at the head, failing every
   // later get (a handle naming a removed queue throws NotFound; a hostile length, bad_alloc).
   // Only decoding is covered: `out` running out of memory in appender leaves the message queued.
-  // Always inlined, so that its try block costs nothing on the hot path (out of line, GCC 12 made
-  // it 14 instructions a get: 3% of a put+get pair).
-  __attribute__((always_inline)) static T decode_message(const std::byte* at, std::size_t bytes) {
+  // decode() decodes, returning what it returns. Always inlined, so that its try block costs
+  // nothing on the hot path (out of line, GCC 12 made it 14 instructions a get: 3% of a put+get
+  // pair).
+  template <class Decode>
+  __attribute__((always_inline)) static decltype(auto) decoding(Decode&& decode) {
     try {
-      return detail::decode_exactly<T>(at, bytes);
+      return decode();
     } catch (const DecodeError&) {
       throw;
 #if defined(__GLIBCXX__)
@@ -330,31 +356,48 @@ class Queue {
       throw DecodeError("an exception of type " + detail::current_exception_type_name());
     }
   }
+  __attribute__((always_inline)) static T decode_message(const std::byte* at, std::size_t bytes) {
+    return decoding([&] { return detail::decode_exactly<T>(at, bytes); });
+  }
 
   std::size_t put_one(const T& value, const detail::Deadline& deadline, const char* call) {
-    return put_core(1, encoder([&value](std::size_t) -> const T& { return value; }), deadline,
-                    call);
+    return put_core(1, encoder([&value](std::size_t) -> const T& { return value; }), deadline, call,
+                    kSingleTracking);
   }
   std::optional<T> get_one(const detail::Deadline& deadline, const char* call) {
     std::optional<T> value;
     get_core(
         1,
         [&](const std::byte* at, std::size_t bytes) { value.emplace(decode_message(at, bytes)); },
-        deadline, call);
+        deadline, call, kSingleTracking);
     return value;
+  }
+  // Whether a message was got into `out` (the try_ form's answer).
+  bool get_into(T& out, const detail::Deadline& deadline, const char* call) {
+    return get_core(
+               1,
+               [&](const std::byte* at, std::size_t bytes) {
+                 decoding([&] { detail::decode_exactly_into<T>(at, bytes, out); });
+               },
+               deadline, call, kSingleTracking) == 1;
   }
 
   // How put_core gets at(i)'s size and bytes: through codec<T>. at is a small closure over the
   // caller's values, copied into both.
+  // A bitwise T is its bytes (codec.hpp): sizeof(T) of them, copied as they are.
   template <class At>
   static auto encoder(At at) {
     return std::make_pair(
         [at](std::size_t i) { return codec<T>::size(at(i)); },
         [at](std::size_t i, std::byte* dst, std::size_t bytes) {
-          Writer out(dst, bytes);
-          codec<T>::encode(at(i), out);
-          if (out.remaining() != 0) {
-            throw Error("shmq::codec: encode() wrote fewer bytes than size() announced");
+          if constexpr (is_bitwise_v<T>) {
+            std::memcpy(dst, &at(i), sizeof(T));
+          } else {
+            Writer out(dst, bytes);
+            codec<T>::encode(at(i), out);
+            if (out.remaining() != 0) {
+              throw Error("shmq::codec: encode() wrote fewer bytes than size() announced");
+            }
           }
         });
   }
@@ -363,9 +406,11 @@ class Queue {
   // fill(i, dst, size) writes its bytes straight into the ring. `call` names the API call for
   // errors, or is null for the try_ forms, which report "full" by returning how many messages went
   // in rather than by throwing.
+  // `tracking`: Tracking::pending only if message's functions take and release no robust lock.
   template <class SizeOf, class Fill>
   std::size_t put_core(std::size_t n, const std::pair<SizeOf, Fill>& message,
-                       const detail::Deadline& deadline, const char* call) {
+                       const detail::Deadline& deadline, const char* call,
+                       detail::Tracking tracking = detail::Tracking::listed) {
     check_open(call != nullptr ? call : "try_put");
     const auto progress = segment_->ring().put_many(
         n,
@@ -377,7 +422,7 @@ class Queue {
         [&](std::size_t i, std::byte* dst, std::uint32_t bytes) {
           message.second(i, dst, std::size_t{bytes});
         },
-        deadline);
+        deadline, nullptr, tracking);
     if (progress.outcome == detail::Outcome::done ||
         (call == nullptr && detail::gave_up(progress.outcome))) {
       return progress.count;
@@ -388,13 +433,13 @@ class Queue {
   // The one core of every get: passes up to `max` messages' bytes to take(data, size); as put_core.
   template <class Take>
   std::size_t get_core(std::size_t max, Take&& take, const detail::Deadline& deadline,
-                       const char* call) {
+                       const char* call, detail::Tracking tracking = detail::Tracking::listed) {
     check_open(call != nullptr ? call : "try_get");
     detail::Progress progress;
     try {
       progress = segment_->ring().get_many(
           max, [&](const std::byte* at, std::uint32_t bytes) { take(at, std::size_t{bytes}); },
-          deadline);
+          deadline, nullptr, tracking);
     } catch (const DecodeError& e) {
       throw_dropped(e);
     }

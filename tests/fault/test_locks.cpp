@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "shmq/detail/layout.hpp"
+#include "shmq/detail/ring.hpp"
 #include "shmq/shmq.hpp"
 #include "../support.hpp"
 
@@ -369,4 +370,48 @@ TEST_CASE("a consumer whose wake-up a dying notifier swallowed still gets later 
   // Before sleeps were bounded, the consumer slept on with the message queued.
   CHECK(got.get(10s) == 7);
   CHECK(consumer.succeeded());
+}
+
+// A single put or get of a bitwise type holds its lock through list_op_pending alone, never
+// linked into the robust list (ring.hpp, Tracking::pending). Killed while holding it that way,
+// with a glibc robust mutex on its list as well, its holder must leave both to the kernel: the
+// lock is marked owner-died and its sleeper woken, and the mutex is released.
+TEST_CASE("a holder killed while its queue lock is named by list_op_pending alone leaves it to the others",
+          "[fault]") {
+  for (const Side side : {Side::get, Side::put}) {
+    DYNAMIC_SECTION(name_of(side) << " lock") {
+      Queue<long> q;
+      q.put(1);
+      Queue<long> done;
+      HeaderView view(q.name());
+      GlibcRobustMutexes glibc;
+      pthread_mutex_t& a = glibc.m[0];
+      Pipe held;  // not a queue: its put would take a lock of its own, and list_op_pending with it
+      Child holder([&] {
+        lock_or_throw(a);
+        shmq::detail::PendingLock lock(lock_of(*view, side));
+        if (!lock) throw std::runtime_error("the free lock was not taken");
+        send_byte(held.fds[1]);
+        for (;;) pause();
+      });
+      receive_byte(held.fds[0]);
+      Child sleeper([&] {
+        if (side == Side::get) {
+          done.put(q.get());
+        } else {
+          q.put(2);
+          done.put(2);
+        }
+      });
+      REQUIRE(eventually([&] { return asleep_on_futex_at(sleeper.pid(), lock_offset(side)); }));
+      holder.kill(SIGKILL);
+      holder.wait_status();
+      CHECK(done.get(10s) == (side == Side::get ? 1 : 2));  // Empty if the sleeper never woke
+      CHECK(sleeper.succeeded());
+      CHECK(q.stats().lock_recoveries == 1);
+      CHECK(pthread_mutex_trylock(&a) == EOWNERDEAD);
+      pthread_mutex_consistent(&a);
+      pthread_mutex_unlock(&a);
+    }
+  }
 }

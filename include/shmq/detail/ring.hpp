@@ -138,11 +138,13 @@ inline void withdraw_sleeper(EventCount& ev, SleeperTicket ticket) noexcept {
 // Waits until ready() or the deadline, or a wake-up: callers loop and re-check under their lock.
 // ready() runs without any lock and must not throw; it may return true spuriously. `sleeps`
 // (optional) counts the times the caller actually went to sleep. Returns whether it slept.
-template <class Ready>
+// While it polls, it waits for plenty() (which implies ready()), if the caller gives one: see
+// Ring::put_waiting.
+template <class Ready, class Plenty>
 bool await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin, Ready&& ready,
-           const Deadline& deadline) {
+           const Deadline& deadline, Plenty&& plenty) {
   for (unsigned i = 0, polls = spin.polls(); i < polls; ++i) {
-    if (ready()) {
+    if (plenty()) {
       spin.paid_off();
       return false;
     }
@@ -158,6 +160,11 @@ bool await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
   withdraw_sleeper(ev, ticket);
   return sleeps_now;
 }
+template <class Ready>
+bool await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin, Ready&& ready,
+           const Deadline& deadline) {
+  return await(ev, sleeps, spin, ready, deadline, ready);
+}
 
 // For a caller that waits in slices, each slice one put_many/get_many call whose deadline is the
 // slice's end (the Python module, which runs signal handlers between slices). So that stats()
@@ -167,6 +174,14 @@ bool await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin,
 struct SlicedWait {
   Deadline whole;
   bool slept = false;  // a sleep of an earlier slice was counted
+};
+
+// How a RobustLock keeps the kernel aware of the mutex it holds (robust_mutex.hpp).
+enum class Tracking {
+  listed,   // linked into the thread's robust list: any code may run under the lock
+  pending,  // named by list_op_pending alone, if taken at once: for a hold that runs none but
+            // the ring's own code (no codec, no user callback, no lease area to reach another
+            // queue from), so that no other robust lock is taken or released during it
 };
 
 // Holds one of the ring's robust mutexes. Taking over a lock whose holder died counts the
@@ -185,9 +200,15 @@ class RobustLock {
   // not even for a _nowait or try_ call.
   __attribute__((always_inline))
   RobustLock(RobustMutex& mutex, const Deadline& deadline, const std::string& queue,
-             std::atomic<std::uint64_t>& recoveries)
+             std::atomic<std::uint64_t>& recoveries, Tracking tracking = Tracking::listed)
       : mutex_(&mutex), me_(&this_thread_identity()) {
-    if (!try_lock(mutex, *me_)) lock_contended(deadline, queue, recoveries);
+    const bool taken =
+        tracking == Tracking::pending ? try_lock_pending(mutex, *me_) : try_lock(mutex, *me_);
+    if (!taken) {
+      lock_contended(deadline, queue, recoveries);  // waits listed
+    } else if (tracking == Tracking::pending) {
+      listed_ = false;
+    }
   }
   RobustLock(const RobustLock&) = delete;
   RobustLock& operator=(const RobustLock&) = delete;
@@ -197,7 +218,12 @@ class RobustLock {
   // Whether the lock was taken over from a holder that died holding it.
   bool recovered() const noexcept { return recovered_; }
   void unlock() noexcept {
-    if (mutex_ != nullptr) detail::unlock(*std::exchange(mutex_, nullptr), *me_);
+    if (mutex_ == nullptr) return;
+    if (listed_) {
+      detail::unlock(*std::exchange(mutex_, nullptr), *me_);
+    } else {
+      unlock_pending(*std::exchange(mutex_, nullptr), *me_);
+    }
   }
 
  private:
@@ -218,7 +244,30 @@ class RobustLock {
 
   RobustMutex* mutex_;
   ThisThread* me_;
+  bool listed_ = true;  // held through the robust list, else through list_op_pending alone
   bool recovered_ = false;
+};
+
+// Holds one of the ring's robust mutexes if it was free at once, through list_op_pending alone
+// (Tracking::pending); never waits. For the single puts and gets that try once (Ring::put_at_once).
+class PendingLock {
+ public:
+  __attribute__((always_inline)) explicit PendingLock(RobustMutex& mutex)
+      : mutex_(&mutex), me_(&this_thread_identity()) {
+    if (!try_lock_pending(mutex, *me_)) mutex_ = nullptr;
+  }
+  PendingLock(const PendingLock&) = delete;
+  PendingLock& operator=(const PendingLock&) = delete;
+  ~PendingLock() { unlock(); }
+
+  explicit operator bool() const noexcept { return mutex_ != nullptr; }
+  void unlock() noexcept {
+    if (mutex_ != nullptr) unlock_pending(*std::exchange(mutex_, nullptr), *me_);
+  }
+
+ private:
+  RobustMutex* mutex_;
+  ThisThread* me_;
 };
 
 // timed_out: no room or no message by the deadline; lock_busy: the side's lock stayed held by
@@ -273,55 +322,19 @@ class Ring {
   // then it waits for room for the rest, until the deadline. Returns how it ended and how many
   // frames were published. If fill throws, the frames before the failing one are published and the
   // exception propagates.
-  // `sliced`: see SlicedWait.
+  // `sliced`: see SlicedWait. `tracking`: Tracking::pending only if size_of and fill take and
+  // release no robust lock (see Tracking); a single frame is then first tried by put_at_once.
   template <class SizeOf, class Fill>
-  Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill, const Deadline& deadline,
-                    SlicedWait* sliced = nullptr) {
+  __attribute__((always_inline)) Progress put_many(std::size_t count, SizeOf&& size_of, Fill&& fill,
+                                                   const Deadline& deadline,
+                                                   SlicedWait* sliced = nullptr,
+                                                   Tracking tracking = Tracking::listed) {
     if (count == 0) return {Outcome::done, 0};
-    std::size_t done = 0;
-    std::uint32_t next_payload = size_of(0);  // of frame `done`, still to be written
-    for (;;) {
-      {
-        RobustLock lock(h_->put_lock, deadline, *queue_, h_->lock_recoveries);
-        if (!lock) return {Outcome::lock_busy, done};
-        if (shutdown_state() != ShutdownState::running) return {Outcome::shut_down, done};
-        const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
-        Cursor end = tail;
-        Cursor head = Cursor::unpack(h_->head_seen);  // a stale head only understates the room
-        // Frames in [tail, end) are published on every way out, exceptions included.
-        try {
-          Room room = room_after(head, end);
-          while (done < count) {
-            const std::uint32_t frame = frame_bytes(next_payload);
-            if (!room.fits(frame)) {
-              head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
-              h_->head_seen = head.pack();
-              room = room_after(head, end);
-              if (!room.fits(frame)) break;
-            }
-            std::byte* at = data_ + end.offset;  // the mirror makes [at, at + frame) contiguous
-            std::memcpy(at, &next_payload, kFrameHeaderBytes);
-            fill(done, at + kFrameHeaderBytes, next_payload);
-            end = Cursor{(end.offset + frame) % capacity_, end.count + 1};
-            room.take(frame);
-            if (++done < count) next_payload = size_of(done);
-          }
-        } catch (...) {
-          commit_put(tail, end, end.count - head.count, lock);
-          throw;
-        }
-        commit_put(tail, end, end.count - head.count, lock);
-        if (done == count) return {Outcome::done, done};
-        if (deadline.expired()) return {count_timeout(h_->put_timeouts, sliced), done};
-      }
-      await_counted(
-          h_->not_full, h_->full_waits, sliced,
-          [&] {
-            return shutdown_state() != ShutdownState::running ||
-                   might_have_room(frame_bytes(next_payload));
-          },
-          deadline);
+    const std::uint32_t first = size_of(0);
+    if (tracking == Tracking::pending && count == 1 && put_at_once(first, fill)) {
+      return {Outcome::done, 1};
     }
+    return put_waiting(count, first, size_of, fill, deadline, sliced, tracking);
   }
 
   // Removes up to `max` of the oldest messages, at least one unless the deadline passes, passing
@@ -330,11 +343,17 @@ class Ring {
   // ring's frames, all under one lock hold; the frames are released with one store. If take
   // throws DecodeError its message is dropped (it will never decode); any other exception leaves
   // that message queued. Either way the messages before it are taken and the exception propagates.
-  // `sliced`: see SlicedWait.
+  // `sliced`: see SlicedWait. `tracking`: as put_many's, for take; a single message is then
+  // first tried by get_at_once.
   template <class Take>
-  Progress get_many(std::size_t max, Take&& take, const Deadline& deadline,
-                    SlicedWait* sliced = nullptr) {
+  __attribute__((always_inline)) Progress get_many(std::size_t max, Take&& take,
+                                                   const Deadline& deadline,
+                                                   SlicedWait* sliced = nullptr,
+                                                   Tracking tracking = Tracking::listed) {
     if (max == 0) return {Outcome::done, 0};
+    if (tracking == Tracking::pending && max == 1 && get_at_once(take)) {
+      return {Outcome::done, 1};
+    }
     return consume(
         [&](RobustLock& lock, std::uint64_t) -> std::size_t {
           std::size_t taken = 0;
@@ -344,35 +363,10 @@ class Ring {
                   take_ready(i, s, bytes, take);
                 });
           }
-          const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
-          const Cursor tail = readable_tail(head);
-          if (tail.count == head.count || taken == max) return taken;
-          Cursor end = head;
-          // Frames in [head, end) are released on every way out, exceptions included.
-          try {
-            std::uint32_t queued = used_bytes(head, tail);  // bytes of frames in [end, tail)
-            while (taken < max && end.count != tail.count) {
-              const std::uint32_t payload = frame_payload(end, queued);
-              queued -= frame_bytes(payload);
-              const Cursor next{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
-              try {
-                take(data_ + end.offset + kFrameHeaderBytes, payload);
-              } catch (const DecodeError&) {
-                end = next;  // a frame that will never decode is dropped
-                throw;
-              }
-              end = next;
-              ++taken;
-            }
-          } catch (...) {
-            commit_get(head, end, lock);
-            throw;
-          }
-          commit_get(head, end, lock);
-          return taken;
+          return taken == max ? taken : taken + take_frames(max - taken, take, lock);
         },
         [&] { return might_have_message() || (leases_ != nullptr && leases_->ready_hint()); },
-        deadline, sliced);
+        deadline, sliced, tracking);
   }
 
   // The leased get (lease_table.hpp): takes up to `max` messages (at most kMaxLeaseBatch per lock
@@ -519,19 +513,30 @@ class Ring {
 
  private:
   static constexpr std::uint32_t kCorrupt = UINT32_MAX;
+  // How much room beyond its frame a producer waiting on a full ring polls for (put_waiting), at
+  // most an eighth of the ring.
+  static constexpr std::uint32_t kRefillBytes = 4096;
 
   // Bytes queued between two cursors, or kCorrupt if they cannot both be true. Frames are at
   // least 4 bytes, so equal offsets with messages queued mean a full ring.
   std::uint32_t distance(Cursor head, Cursor tail) const noexcept {
     const std::uint32_t messages = tail.count - head.count;
-    if (head.offset >= capacity_ || tail.offset >= capacity_ ||
-        ((head.offset | tail.offset) & 3u) || messages > capacity_ / kFrameHeaderBytes) {
+    // Both offsets in the ring and 4-aligned, and no more messages than 4-byte frames fit.
+    if (std::max(head.offset, tail.offset) >= capacity_ || ((head.offset | tail.offset) & 3u) ||
+        messages > capacity_ / kFrameHeaderBytes) {
       return kCorrupt;
     }
-    if (messages == 0) return head.offset == tail.offset ? 0 : kCorrupt;
-    const std::uint32_t d = tail.offset >= head.offset ? tail.offset - head.offset
-                                                       : tail.offset + capacity_ - head.offset;
+    std::uint32_t d = tail.offset - head.offset;
+    if (tail.offset < head.offset) d += capacity_;
+    if (messages == 0) return d == 0 ? 0 : kCorrupt;
     return d == 0 ? capacity_ : d;
+  }
+  // The cursor past a frame of `frame` bytes at `at`: `at` is in the ring (checked) and no frame
+  // exceeds the ring, so one subtraction wraps it (a division costs tens of cycles).
+  Cursor advanced(Cursor at, std::uint32_t frame) const noexcept {
+    std::uint32_t offset = at.offset + frame;
+    if (offset >= capacity_) offset -= capacity_;
+    return {offset, at.count + 1};
   }
   std::uint32_t used_bytes(Cursor head, Cursor tail) const {
     const std::uint32_t d = distance(head, tail);
@@ -594,12 +599,14 @@ class Ring {
   // (lock-free, may be spurious); a sleeping get looks again at least every kLongestSleep, so
   // dead holders are found then too. A draining queue ends the get once nothing is queued and no
   // lease can still come back.
+  // `tracking` applies to a queue without a lease area (whose gets may reach a dead-letter queue).
   template <class Body, class Ready>
   Progress consume(Body&& body, Ready&& ready, const Deadline& deadline,
-                   SlicedWait* sliced = nullptr) {
+                   SlicedWait* sliced = nullptr, Tracking tracking = Tracking::listed) {
     for (;;) {
       {
-        RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries);
+        RobustLock lock(h_->get_lock, deadline, *queue_, h_->lock_recoveries,
+                        leases_ == nullptr ? tracking : Tracking::listed);
         if (!lock) return {Outcome::lock_busy, 0};
         const ShutdownState state = shutdown_state();
         if (state == ShutdownState::immediate) return {Outcome::shut_down, 0};
@@ -623,6 +630,133 @@ class Ring {
           deadline);
     }
   }
+  // ---- The single put and get of a message whose bytes only the ring's own code handles (a
+  // bitwise T's): one attempt that never waits, with the lock held through list_op_pending alone
+  // (Tracking::pending). Each returns false, having changed nothing, when the attempt cannot
+  // finish at once (the lock is held, there is no room / no message, the queue is shut down, or
+  // it has a lease area, whose redeliveries come first); the caller then takes the general path,
+  // which waits, times out or reports, as for any put or get. Both throw what the general path
+  // throws for corrupt cursors or frames.
+  template <class Fill>
+  __attribute__((always_inline)) bool put_at_once(std::uint32_t payload, Fill& fill) {
+    PendingLock lock(h_->put_lock);
+    if (!lock || shutdown_state() != ShutdownState::running) return false;
+    const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
+    Cursor head = Cursor::unpack(h_->head_seen);
+    Room room = room_after(head, tail);
+    const std::uint32_t frame = frame_bytes(payload);
+    if (!make_room(head, tail, room, frame)) return false;
+    write_frame(tail, payload, [&](std::byte* dst) { fill(0, dst, payload); });
+    commit_put(tail, advanced(tail, frame), tail.count + 1 - head.count, lock);
+    return true;
+  }
+  template <class Take>
+  __attribute__((always_inline)) bool get_at_once(Take& take) {
+    if (leases_ != nullptr) return false;
+    PendingLock lock(h_->get_lock);
+    if (!lock || shutdown_state() == ShutdownState::immediate) return false;
+    return take_frames(1, take, lock) != 0;
+  }
+
+  // put_many's general path, given size_of(0).
+  template <class SizeOf, class Fill>
+  Progress put_waiting(std::size_t count, std::uint32_t first, SizeOf& size_of, Fill& fill,
+                       const Deadline& deadline, SlicedWait* sliced, Tracking tracking) {
+    std::size_t done = 0;
+    std::uint32_t next_payload = first;  // of frame `done`, still to be written
+    for (;;) {
+      {
+        RobustLock lock(h_->put_lock, deadline, *queue_, h_->lock_recoveries, tracking);
+        if (!lock) return {Outcome::lock_busy, done};
+        if (shutdown_state() != ShutdownState::running) return {Outcome::shut_down, done};
+        const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
+        Cursor end = tail;
+        Cursor head = Cursor::unpack(h_->head_seen);  // a stale head only understates the room
+        // Frames in [tail, end) are published on every way out, exceptions included.
+        try {
+          Room room = room_after(head, end);
+          while (done < count) {
+            const std::uint32_t frame = frame_bytes(next_payload);
+            if (!make_room(head, end, room, frame)) break;
+            write_frame(end, next_payload, [&](std::byte* dst) { fill(done, dst, next_payload); });
+            end = advanced(end, frame);
+            room.take(frame);
+            if (++done < count) next_payload = size_of(done);
+          }
+        } catch (...) {
+          commit_put(tail, end, end.count - head.count, lock);
+          throw;
+        }
+        commit_put(tail, end, end.count - head.count, lock);
+        if (done == count) return {Outcome::done, done};
+        if (deadline.expired()) return {count_timeout(h_->put_timeouts, sliced), done};
+      }
+      // While it polls, a producer waits for room for its frame and kRefillBytes more: one that
+      // went on as soon as one frame fitted would live at the full ring's edge, loading head
+      // after every get and writing the line the consumer has just read, so that every message
+      // moved cache lines between the cores (1->1 runs with a consumer slower than its producer
+      // keep the ring full). It never waits for more than it polls: then its frame is enough.
+      const auto room_for = [&](std::uint32_t extra) {
+        return [&, extra] {
+          return shutdown_state() != ShutdownState::running ||
+                 might_have_room(frame_bytes(next_payload), extra);
+        };
+      };
+      await_counted(h_->not_full, h_->full_waits, sliced, room_for(0), deadline,
+                    room_for(std::min(kRefillBytes, capacity_ / 8)));
+    }
+  }
+
+  // Producer side, under put_lock: whether a frame of `frame` bytes fits in `room` after `end`;
+  // if the cached head says it does not, head is loaded (and cached) again and `room` recomputed.
+  bool make_room(Cursor& head, Cursor end, Room& room, std::uint32_t frame) {
+    if (room.fits(frame)) return true;
+    head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
+    h_->head_seen = head.pack();
+    room = room_after(head, end);
+    return room.fits(frame);
+  }
+  // Writes the frame of `payload` bytes at `at`: its length, then fill(dst) writes the payload.
+  template <class FillPayload>
+  void write_frame(Cursor at, std::uint32_t payload, FillPayload&& fill) {
+    std::byte* dst = data_ + at.offset;  // the mirror makes the whole frame contiguous
+    std::memcpy(dst, &payload, kFrameHeaderBytes);
+    fill(dst + kFrameHeaderBytes);
+  }
+
+  // Consumer side, under get_lock: passes up to `max` of the ring's frames to take (as get_many
+  // says), releases them with one store and wakes the producers; returns how many it took.
+  template <class Take, class Lock>
+  __attribute__((always_inline)) std::size_t take_frames(std::size_t max, Take& take, Lock& lock) {
+    const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
+    const Cursor tail = readable_tail(head);
+    if (tail.count == head.count) return 0;
+    std::size_t taken = 0;
+    Cursor end = head;
+    // Frames in [head, end) are released on every way out, exceptions included.
+    try {
+      std::uint32_t queued = used_bytes(head, tail);  // bytes of frames in [end, tail)
+      while (taken < max && end.count != tail.count) {
+        const std::uint32_t payload = frame_payload(end, queued);
+        queued -= frame_bytes(payload);
+        const Cursor next = advanced(end, frame_bytes(payload));
+        try {
+          take(data_ + end.offset + kFrameHeaderBytes, payload);
+        } catch (const DecodeError&) {
+          end = next;  // a frame that will never decode is dropped
+          throw;
+        }
+        end = next;
+        ++taken;
+      }
+    } catch (...) {
+      commit_get(head, end, lock);
+      throw;
+    }
+    commit_get(head, end, lock);
+    return taken;
+  }
+
   // Draining: nothing is queued (the caller found nothing) and no lease can still come back.
   bool drained() const noexcept { return leases_ == nullptr || !leases_->any_outstanding(); }
 
@@ -700,7 +834,8 @@ class Ring {
 
   // Publishes the frames written in [tail, end) (if any), and wakes the consumers asleep, if any.
   // `depth` is the queue depth with them, as producers last saw the head (an upper bound).
-  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, RobustLock& lock) noexcept {
+  template <class Lock>
+  void commit_put(Cursor tail, Cursor end, std::uint32_t depth, Lock& lock) noexcept {
     if (end.count == tail.count) return;
     h_->tail.store(end.pack(), std::memory_order_release);
     if (end.count < tail.count) bump(h_->put_wraps);  // fewer than 2^32 frames a batch
@@ -713,7 +848,8 @@ class Ring {
 
   // Releases the frames read in [head, end) (if any) and wakes the producers asleep, if any: each
   // may need a different amount of room, so all of them look.
-  void commit_get(Cursor head, Cursor end, RobustLock& lock) noexcept {
+  template <class Lock>
+  void commit_get(Cursor head, Cursor end, Lock& lock) noexcept {
     if (end.count == head.count) return;
     release_frames(head, end);
     lock.unlock();
@@ -738,12 +874,17 @@ class Ring {
     return Outcome::timed_out;
   }
   // await() for a put or get, counting a sleep in `sleeps` unless a slice before already did.
+  template <class Ready, class Plenty>
+  void await_counted(EventCount& ev, std::atomic<std::uint64_t>& sleeps, SlicedWait* sliced,
+                     Ready&& ready, const Deadline& deadline, Plenty&& plenty) {
+    const bool counts = sliced == nullptr || !sliced->slept;
+    const bool slept = await(ev, counts ? &sleeps : nullptr, spin_, ready, deadline, plenty);
+    if (sliced != nullptr && slept) sliced->slept = true;
+  }
   template <class Ready>
   void await_counted(EventCount& ev, std::atomic<std::uint64_t>& sleeps, SlicedWait* sliced,
                      Ready&& ready, const Deadline& deadline) {
-    const bool counts = sliced == nullptr || !sliced->slept;
-    const bool slept = await(ev, counts ? &sleeps : nullptr, spin_, ready, deadline);
-    if (sliced != nullptr && slept) sliced->slept = true;
+    await_counted(ev, sleeps, sliced, ready, deadline, ready);
   }
 
   // Lock-free readiness hints for await(): true when worth taking the lock to look (including
@@ -752,11 +893,14 @@ class Ring {
     return h_->tail.load(std::memory_order_acquire) >> 32 !=
            h_->head.load(std::memory_order_relaxed) >> 32;
   }
-  bool might_have_room(std::uint32_t frame) const noexcept {
+  // Room for `frame` and `extra` bytes more (extra only counts bytes, not messages under maxsize).
+  bool might_have_room(std::uint32_t frame, std::uint32_t extra) const noexcept {
     const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_acquire));
     const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
     const std::uint32_t used = distance(head, tail);
-    return used == kCorrupt || room(head, tail, used).fits(frame);
+    if (used == kCorrupt) return true;
+    const Room left = room(head, tail, used);
+    return left.fits(frame) && left.bytes - frame >= extra;
   }
 
   // tail's count when the queue became joinable; set once, before any JoinableQueue handle uses it.

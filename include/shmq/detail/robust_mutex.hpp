@@ -182,6 +182,32 @@ inline bool try_lock(RobustMutex& m, ThisThread& me) noexcept {
   set_pending(me, nullptr);
   return taken;
 }
+// ---- Holding a lock named by list_op_pending alone, not linked.
+//
+// When a thread dies, the kernel handles the entry named by list_op_pending as it handles a
+// listed one (exit_robust_list in kernel/futex/core.c: handle_futex_death on it after the walk):
+// if the word holds the thread's TID it sets FUTEX_OWNER_DIED and wakes a waiter; if the word is
+// 0 it wakes a waiter, which finds the lock free. So a thread holding one lock may leave it named
+// by list_op_pending from before its CAS until after the CAS that lets it go, and skip linking and
+// unlinking: a kill at any instruction leaves the kernel either a lock it did not take (no TID in
+// the word: nothing to do) or one that names it (released as a listed one). The price is the one
+// slot: nothing during the hold may take or release another robust lock in this thread (a glibc
+// robust mutex or a shmq lock, each of which rewrites list_op_pending), or the kernel would lose
+// track of this one. The ring uses it only for holds that run none but its own code.
+
+// As try_lock, for a hold that takes and releases no other robust lock in this thread; on
+// success list_op_pending names `m` until unlock_pending.
+inline bool try_lock_pending(RobustMutex& m, ThisThread& me) noexcept {
+  set_pending(me, &m);
+  std::uint32_t free = 0;
+  if (m.word.compare_exchange_strong(free, me.tid, std::memory_order_acquire,
+                                     std::memory_order_relaxed)) {
+    return true;
+  }
+  set_pending(me, nullptr);
+  return false;
+}
+
 // The waiting path, after try_lock failed (src/sync.cpp): returns 0, EOWNERDEAD (taken over from
 // a dead holder), ETIMEDOUT, or EDEADLK (this thread holds it already).
 int lock_contended(RobustMutex& m, ThisThread& me, const Deadline& deadline) noexcept;
@@ -189,15 +215,25 @@ int lock_contended(RobustMutex& m, ThisThread& me, const Deadline& deadline) noe
 // (src/sync.cpp, which says why all of them).
 void unlock_waking_all(std::atomic<std::uint32_t>& word) noexcept;
 
-inline void unlock(RobustMutex& m, ThisThread& me) noexcept {
-  set_pending(me, &m);
-  unlink(m, me);
+// Lets go of the word of a lock this thread holds, with list_op_pending naming it.
+inline void release_word(RobustMutex& m, const ThisThread& me) noexcept {
   // Held, the word is our TID, with FUTEX_WAITERS if another thread has set it since.
   std::uint32_t held = me.tid;
   if (!m.word.compare_exchange_strong(held, 0, std::memory_order_release,
                                       std::memory_order_relaxed)) {
     unlock_waking_all(m.word);
   }
+}
+
+inline void unlock(RobustMutex& m, ThisThread& me) noexcept {
+  set_pending(me, &m);
+  unlink(m, me);
+  release_word(m, me);
+  set_pending(me, nullptr);
+}
+// Lets go of a lock taken by try_lock_pending.
+inline void unlock_pending(RobustMutex& m, ThisThread& me) noexcept {
+  release_word(m, me);
   set_pending(me, nullptr);
 }
 
