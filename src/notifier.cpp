@@ -115,8 +115,8 @@ struct Notifier::Helper {
           continue;
         }
       }
-      if (announced[i]) detail::withdraw_sleeper(*ev, tickets[i], detail::kListenerUnit);
-      tickets[i] = detail::announce_sleeper(*ev, detail::kListenerUnit);  // fence: as a waker's
+      if (announced[i]) detail::withdraw_sleeper<detail::kListenerUnit>(*ev, tickets[i]);
+      tickets[i] = detail::announce_sleeper<detail::kListenerUnit>(*ev);  // fence: as a waker's
       announced[i] = true;
     }
     return helper_watches;
@@ -162,7 +162,7 @@ struct Notifier::Helper {
       const int slot = slots[i].load(std::memory_order_relaxed);
       if (ev == nullptr || slot < 0) continue;
       detail::unlisten(*ev, slot, pipe);
-      if (announced[i]) detail::withdraw_sleeper(*ev, tickets[i], detail::kListenerUnit);
+      if (announced[i]) detail::withdraw_sleeper<detail::kListenerUnit>(*ev, tickets[i]);
     }
   }
 };
