@@ -108,13 +108,14 @@ pid_t last_pid() noexcept {
 // child a fork just made (other processes fork and start threads meanwhile).
 constexpr pid_t kForkWindow = 32;
 
-// The child that the fork between `before` and now made: the one process among the pids handed
-// out since `before` whose parent we are; 0 if that is not one process (or cannot be known). If
-// our child is alive, it is among them, so a single candidate is it; if it died, whatever we
-// name counts for no longer than it would have (see name_child).
+// The child that the fork between `before` and now made: the one pid handed out since `before`,
+// or else the one process among them whose parent we are; 0 if that is not one process (or
+// cannot be known). If our child is alive, it is among them, so a single candidate is it; if it
+// died, whatever we name counts for no longer than the parent would have (see name_child).
 pid_t forked_child(pid_t before) {
   const pid_t after = last_pid();
   if (before == 0 || after <= before || after - before > kForkWindow) return 0;
+  if (after == before + 1) return after;  // the only pid handed out: our child's, alive or not
   const pid_t me = getpid();
   pid_t child = 0;
   for (pid_t pid = before + 1; pid <= after; ++pid) {

@@ -2,12 +2,14 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -358,4 +360,72 @@ TEST_CASE("a notifier fires when another process sets a watched event", "[notifi
   e.clear();
   CHECK(n.ready().empty());
   CHECK_FALSE(readable(n.fd(), 50));
+}
+
+TEST_CASE("notifiers SIGKILLed at random points wedge no producer and leave their slots reusable",
+          "[notifier][fault]") {
+  Queue<int> q;
+  std::mt19937 random(20261128);
+  for (int round = 0; round < 20; ++round) {
+    Child notifiers([&] {
+      for (;;) {  // made, served and destroyed over and over: killed somewhere in there
+        Notifier n({q});
+        for (int i = 0; i < 3; ++i) {
+          readable(n.fd(), 1);
+          n.ready();
+          while (q.try_get()) {
+          }
+        }
+      }
+    });
+    Child producer([&] {
+      for (int i = 0;; ++i) q.put(i);
+    });
+    usleep(std::uniform_int_distribution<useconds_t>(0, 20000)(random));
+    notifiers.kill(SIGKILL);
+    notifiers.wait_status();
+    producer.kill(SIGKILL);
+    producer.wait_status();
+  }
+  while (q.try_get()) {
+  }
+  // Whatever the dead left in the slots: three new notifiers get them, and a put reaches each.
+  Notifier n1({q}), n2({q}), n3({q});
+  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), getpid(), getpid()});
+  Child producer([&] { q.put(1); });
+  CHECK(producer.succeeded());
+  for (Notifier* n : {&n1, &n2, &n3}) {
+    CHECK(readable(n->fd(), 10000));
+    CHECK(n->ready() == Ready{0});
+  }
+}
+
+TEST_CASE("a producer out of descriptors still reaches the notifier, through its helper",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  Child producer([&] {
+    rlimit none{0, 0};
+    getrlimit(RLIMIT_NOFILE, &none);
+    none.rlim_cur = 0;  // no open() succeeds: the pipe cannot be reopened
+    if (setrlimit(RLIMIT_NOFILE, &none) != 0) throw std::runtime_error("setrlimit");
+    q.put(5);
+  });
+  CHECK(producer.succeeded());
+  CHECK(readable(n.fd(), 10000));  // the helper thread's look, within kLongestSleep
+  CHECK(n.ready() == Ready{0});
+  CHECK(q.get() == 5);
+}
+
+TEST_CASE("a notifier that cannot make its pipe throws Error and leaves no slot",
+          "[notifier][fault]") {
+  Queue<int> q;
+  rlimit old{};
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &old) == 0);
+  rlimit tight = old;
+  tight.rlim_cur = 0;  // no new descriptor at all
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  CHECK_THROWS_AS(Notifier({q}), shmq::Error);
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
 }
