@@ -31,7 +31,8 @@ bool readable(int fd, int timeout_ms) {
 }
 }  // namespace
 
-TEST_CASE("a notifier's descriptor is readable while an object is ready, until it is read", "[notifier]") {
+TEST_CASE("a notifier's descriptor is readable while an object is ready, until ready() finds none",
+          "[notifier]") {
   Queue<int> q1, q2;
   Notifier n({q1, q2});
   CHECK_FALSE(readable(n.fd(), 50));

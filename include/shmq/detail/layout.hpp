@@ -101,11 +101,11 @@ static_assert(sizeof(EventCount) == kCacheLine, "listeners fill the EventCount's
 
 // Sleepers on `seq` (waiting gets and puts, wait(), helper threads).
 inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
-  return static_cast<std::uint32_t>(sleep) & (kListenerUnit - 1);
+  return static_cast<std::uint32_t>(sleep & (kListenerUnit - 1));
 }
 // Listeners (Notifiers) counted.
 inline constexpr std::uint32_t listeners_of(std::uint64_t sleep) noexcept {
-  return static_cast<std::uint32_t>(sleep) / kListenerUnit;
+  return static_cast<std::uint32_t>((sleep & 0xFFFFFFFFu) / kListenerUnit);
 }
 // Whether anybody, sleeper or listener, is counted: whether a notifier must call wake().
 inline constexpr bool anyone_counted(std::uint64_t sleep) noexcept {
