@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
 #include <unordered_set>
 
@@ -104,6 +105,15 @@ pid_t last_pid() noexcept {
   return static_cast<pid_t>(std::strtol(text, nullptr, 10));
 }
 
+// Whether `pid` names a process (its first thread), not one of its other threads.
+bool leads_its_process(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("Tgid:", 0) == 0) return std::strtol(line.c_str() + 5, nullptr, 10) == pid;
+  }
+  return false;
+}
+
 // The pids handed out between two reads of last_pid() that we look at, at most, to find the
 // child a fork just made (other processes fork and start threads meanwhile).
 constexpr pid_t kForkWindow = 32;
@@ -120,7 +130,8 @@ pid_t forked_child(pid_t before) {
   pid_t child = 0;
   for (pid_t pid = before + 1; pid <= after; ++pid) {
     const auto stat = process_stat(pid);
-    if (!stat || stat->parent != me) continue;
+    // A thread of our child (a tid shows its process's parent) is not another child.
+    if (!stat || stat->parent != me || !leads_its_process(pid)) continue;
     if (child != 0) return 0;  // two children (another thread forked too): which one is ours?
     child = pid;
   }

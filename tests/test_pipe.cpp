@@ -381,6 +381,8 @@ TEST_CASE("a child killed before its fork handlers ran ends the stream at once, 
     die_in_fork_handler = false;
     REQUIRE(pid > 0);
     b.close();
+    siginfo_t info{};  // a zombie now (not reaped: its pid stays its own)
+    REQUIRE(waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT) == 0);
     CHECK_THROWS_AS(a.recv(2s), shmq::EOFError);  // the kept slot counted for 5 s (kPendingMs)
     int status = 0;
     REQUIRE(waitpid(pid, &status, 0) == pid);
