@@ -184,25 +184,36 @@ TEST_CASE("a producer in another process writes into the notifier's descriptor i
   CHECK_FALSE(readable(n.fd(), 50));
 }
 
+namespace {
+// A producer in another process that first does `hinder`, then puts: the notifier fires anyway,
+// through its helper thread's look (within kLongestSleep).
+template <class Hinder>
+void check_helper_delivers(Queue<int>& q, Notifier& n, Hinder&& hinder) {
+  Child producer([&] {
+    hinder();
+    q.put(7);
+  });
+  CHECK(producer.succeeded());
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready() == Ready{0});
+  CHECK(q.get() == 7);
+}
+}  // namespace
+
 TEST_CASE("a producer killed inside its wake-up of a notifier costs at most a bounded delay",
           "[notifier][fault]") {
   Queue<int> q;
   Notifier n({q});
   // What a producer killed inside wake() leaves: the sleepers taken off the count (a new epoch)
   // and no byte written. The put that follows then sees no sleeper and writes nothing either.
-  Child producer([&] {
+  check_helper_delivers(q, n, [&] {
     auto& sleep = not_empty_of(q).sleep;
     std::uint64_t now = sleep.load();
     if (shmq::detail::listeners_of(now) != 1 || shmq::detail::sleepers_of(now) != 0) {
       throw std::runtime_error("the notifier is not counted as the one listener");
     }
     sleep.store(std::uint64_t{shmq::detail::epoch_of(now) + 1u} << 32);
-    q.put(7);
   });
-  CHECK(producer.succeeded());
-  CHECK(readable(n.fd(), 10000));  // the helper thread's look, within kLongestSleep
-  CHECK(n.ready() == Ready{0});
-  CHECK(q.get() == 7);
 }
 
 TEST_CASE("producers killed at random points while a notifier serves their queue wedge nothing",
@@ -252,6 +263,18 @@ void kill_a_served_notifier(Queue<int>& q) {
   notifier.wait_status();
   CHECK(listener_pids(q)[0] == pid);
 }
+
+// Three notifiers in this process, holding the queue's three slots: a put in another process
+// reaches each of them.
+void check_slots_serve(Queue<int>& q, Notifier& n1, Notifier& n2, Notifier& n3) {
+  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), getpid(), getpid()});
+  Child producer([&] { q.put(1); });
+  CHECK(producer.succeeded());
+  for (Notifier* n : {&n1, &n2, &n3}) {
+    CHECK(readable(n->fd(), 10000));
+    CHECK(n->ready() == Ready{0});
+  }
+}
 }  // namespace
 
 TEST_CASE("a producer ringing a killed notifier's pipe survives, with SIGPIPE at its default",
@@ -273,13 +296,7 @@ TEST_CASE("a killed notifier's slot is released for a new notifier that finds ev
   Notifier n1({q}), n2({q});  // the free slots
   CHECK(listener_pids(q) != std::vector<pid_t>{getpid(), getpid(), getpid()});
   Notifier n3({q});  // none free: looks at each, releases the dead one's
-  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), getpid(), getpid()});
-  Child producer([&] { q.put(7); });
-  CHECK(producer.succeeded());
-  for (Notifier* n : {&n1, &n2, &n3}) {
-    CHECK(readable(n->fd(), 10000));
-    CHECK(n->ready() == Ready{0});
-  }
+  check_slots_serve(q, n1, n2, n3);
 }
 
 TEST_CASE("a killed notifier's slot is released by a producer that finds its pipe full or gone",
@@ -392,30 +409,19 @@ TEST_CASE("notifiers SIGKILLed at random points wedge no producer and leave thei
   }
   // Whatever the dead left in the slots: three new notifiers get them, and a put reaches each.
   Notifier n1({q}), n2({q}), n3({q});
-  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), getpid(), getpid()});
-  Child producer([&] { q.put(1); });
-  CHECK(producer.succeeded());
-  for (Notifier* n : {&n1, &n2, &n3}) {
-    CHECK(readable(n->fd(), 10000));
-    CHECK(n->ready() == Ready{0});
-  }
+  check_slots_serve(q, n1, n2, n3);
 }
 
 TEST_CASE("a producer out of descriptors still reaches the notifier, through its helper",
           "[notifier][fault]") {
   Queue<int> q;
   Notifier n({q});
-  Child producer([&] {
+  check_helper_delivers(q, n, [] {
     rlimit none{0, 0};
     getrlimit(RLIMIT_NOFILE, &none);
     none.rlim_cur = 0;  // no open() succeeds: the pipe cannot be reopened
     if (setrlimit(RLIMIT_NOFILE, &none) != 0) throw std::runtime_error("setrlimit");
-    q.put(5);
   });
-  CHECK(producer.succeeded());
-  CHECK(readable(n.fd(), 10000));  // the helper thread's look, within kLongestSleep
-  CHECK(n.ready() == Ready{0});
-  CHECK(q.get() == 5);
 }
 
 TEST_CASE("a notifier that cannot make its pipe throws Error and leaves no slot",
