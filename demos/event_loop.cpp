@@ -69,7 +69,7 @@ int main() {
         if (read(timer, &expired, sizeof expired) == sizeof expired) ticks += expired;
         continue;
       }
-      for (std::size_t i : notifier.ready()) {  // reads the descriptor: re-armed
+      for (std::size_t i : notifier.ready()) {  // none ready: it re-arms the descriptor
         if (i < 3) {
           while (auto v = queues[i].try_get()) {
             sums[i] += *v;

@@ -1,42 +1,48 @@
 // Listeners on an EventCount (Notifier's direct wake-up): the slot protocol.
 //
 // A notifier claims a slot (listen: CAS owner 0 -> pid << 32 | fd, then a release store of the
-// pipe's inode) and announces itself as a sleeper on the EventCount, as a waiting get would.
-// A producer that finds sleepers calls wake(), which calls ring_listeners(): for each slot whose
-// owner and inode it reads consistently, it opens /proc/PID/fd/FD for writing (a pipe's read end
-// reopened that way gives a write end of the same pipe; an eventfd cannot be reopened), checks
-// that the descriptor is a pipe with the registered inode, writes one byte (non-blocking: a full
-// pipe is readable already) and closes it. So the notifier's event loop is woken by the producer
-// itself: one wake-up, no thread in between.
+// pipe's inode) and counts itself as a listener on the EventCount (layout.hpp), as a waiting get
+// counts itself as a sleeper.
+// A producer that finds a listener counted calls wake(), which calls ring_listeners(): for each
+// slot whose owner and inode it reads consistently, it opens /proc/PID/fd/FD for reading and
+// writing (a pipe's read end reopened that way is an end of the same pipe; an eventfd cannot be
+// reopened), checks that the descriptor is a pipe with the registered inode, and writes one byte
+// (non-blocking: a full pipe is readable already). So the notifier's event loop is woken by the
+// producer itself: one wake-up, no thread in between.
+//
+// Why reading and writing: the pipe then always has a reader, the producer itself, so a write can
+// never fail with EPIPE nor raise SIGPIPE, whatever the notifier's process does, and no signal
+// mask has to be changed around it (two syscalls per write). The price: a write into a dead
+// notifier's pipe succeeds, so its death is not seen by the write. It is seen when the pipe is
+// full (a write fails with EAGAIN: the producer then looks whether the descriptor still exists),
+// by every producer that opens the pipe afresh, and by a notifier that finds every slot taken
+// (listen() looks at each and releases the gone ones). A dead notifier's slot costs nothing else:
+// the first wake-up after its death clears its count, and later puts do not call wake() for it.
 //
 // Reopening through /proc costs some 10 us (path walk, permission check), so a waker keeps the
-// write end it opened, in a small per-process table keyed by the slot's address, owner and
-// inode: while the slot still shows the same owner and inode, the kept descriptor is a write end
-// of that very pipe (holding it keeps the inode from being reused). An entry is dropped when its
-// slot changes, when the write finds no reader (EPIPE: the notifier is gone), when its space is
-// needed, and when the queue handle whose header holds the slot is unmapped (forget_listeners,
-// from segment.cpp): descriptors live no longer than the handles they serve. The table's lock
-// is only tried: a waker that finds it busy takes the uncached path, so nothing waits on it, and
-// a lock left held by a thread that a fork did not copy is taken over (it records its pid).
-//
-// Writes are made with SIGPIPE blocked: a notifier that dies between our check and our write
-// must cost an EPIPE, not the producer's life.
+// end it opened, in a small per-process table keyed by the slot's address, owner and inode: while
+// the slot still shows the same owner and inode, the kept descriptor is an end of that very pipe
+// (holding it keeps the inode from being reused). An entry is dropped when its slot changes, when
+// a full pipe's notifier is found gone, when its space is needed, and when the queue handle whose
+// header holds the slot is unmapped (forget_listeners, from segment.cpp): descriptors live no
+// longer than the handles they serve. The table's lock is only tried: a waker that finds it busy
+// takes the uncached path, so nothing waits on it, and a lock left held by a thread that a fork did
+// not copy is taken over (it records its pid).
 //
 // Crash safety. A producer killed anywhere in here has written its byte or not; a byte not written
 // is a wake-up lost exactly as a futex wake is, and the notifier's helper thread, which looks at
 // every object at least every kLongestSleep, makes up for it. A notifier killed leaves its slot
-// naming a descriptor that no longer exists: the next waker's stat() fails with ENOENT and
-// releases the slot (zeroing `pipe`, then a CAS of owner from the value it read). The pid may
-// have been reused by then: the inode check keeps a byte out of anybody else's descriptor (pipe
-// inodes are not reused while the pipe exists), and the slot is released if that descriptor is
-// not the registered pipe. A waker killed while releasing leaves owner set with pipe 0, which
+// naming a descriptor that no longer exists: whoever looks (above) finds that stat() fails with
+// ENOENT and releases the slot (zeroing `pipe`, then a CAS of owner from the value it read). The
+// pid may have been reused by then: the inode check keeps a byte out of anybody else's descriptor
+// (pipe inodes are not reused while the pipe exists), and the slot is released if that descriptor
+// is not the registered pipe. A waker killed while releasing leaves owner set with pipe 0, which
 // the next waker releases once the descriptor is gone. Every step is one syscall or one atomic;
 // nothing here waits.
 #include "shmq/detail/listeners.hpp"
 
 #include <fcntl.h>
 #include <sched.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,25 +76,15 @@ struct ProcPath {
                   static_cast<unsigned>(owner));
   }
 };
-int open_write_end(const ProcPath& path) noexcept {
-  return open(path.text, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+int open_pipe_end(const ProcPath& path) noexcept {
+  return open(path.text, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 }
 
-// One byte into a write end of a listener's pipe, SIGPIPE blocked; false if the pipe has no
-// reader any more (its notifier is gone).
+// One byte into an end of a listener's pipe; false if the pipe is full (EAGAIN), when it is worth
+// looking whether its notifier is still there. Never EPIPE: the end we write with reads too.
 bool write_bell(int fd) noexcept {
-  sigset_t pipe_signal, old;
-  sigemptyset(&pipe_signal);
-  sigaddset(&pipe_signal, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_signal, &old);
   const char bell = 1;
-  const bool reader = write(fd, &bell, 1) == 1 || errno != EPIPE;  // EAGAIN: full, so readable
-  if (!reader && !sigismember(&old, SIGPIPE)) {
-    const timespec now{0, 0};
-    sigtimedwait(&pipe_signal, nullptr, &now);  // ours: consumed before SIGPIPE is unblocked
-  }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  return reader;
+  return write(fd, &bell, 1) == 1 || errno != EAGAIN;
 }
 
 // The per-process table of write ends already opened (see the file comment).
@@ -104,7 +100,7 @@ std::size_t next_victim = 0;
 std::atomic<pid_t> kept_holder{0};  // pid of the thread's process holding the table, or 0
 
 bool try_hold_table() noexcept {
-  const pid_t me = getpid();
+  const pid_t me = this_process_id();
   pid_t holder = kept_holder.load(std::memory_order_relaxed);
   // A holder from before a fork (another pid) is a thread this process does not have.
   if (holder == me) return false;
@@ -119,29 +115,44 @@ void drop(Kept& entry) noexcept {
   entry.slot = nullptr;
 }
 
-// Opens a write end of the pipe a slot names, checked to be that pipe; -1 if it cannot (and
-// releases the slot if the descriptor is gone).
-int open_listener(ListenerSlot& slot, std::uint64_t owner, std::uint64_t inode) noexcept {
-  const ProcPath path(owner);
+// Whether the descriptor a slot names is still the registered pipe (stat before any open: opening
+// whatever now has that number, a device, could have side effects). Releases the slot if the
+// descriptor is gone or is something else now.
+bool still_there(ListenerSlot& slot, std::uint64_t owner, std::uint64_t inode,
+                 const ProcPath& path) noexcept {
   struct stat st;
-  // stat before open: opening whatever now has that number (a device) could have side effects.
   if (stat(path.text, &st) != 0) {
     if (errno == ENOENT) release(slot, owner, inode);  // the process or its descriptor is gone
-    return -1;                                         // EACCES and the like: not ours to judge
+    return false;                                      // EACCES and the like: not ours to judge
   }
-  if (inode == 0) return -1;  // being claimed (or a release half done: released once it is gone)
+  if (inode == 0) return false;  // being claimed (or a release half done: released once gone)
   if (!S_ISFIFO(st.st_mode) || st.st_ino != inode) {
     release(slot, owner, inode);  // the number names something else now: the pipe is gone
-    return -1;
+    return false;
   }
-  const int fd = open_write_end(path);
+  return true;
+}
+
+// Opens an end of the pipe a slot names, checked to be that pipe; -1 if it cannot (and releases
+// the slot if the descriptor is gone).
+int open_listener(ListenerSlot& slot, std::uint64_t owner, std::uint64_t inode) noexcept {
+  const ProcPath path(owner);
+  if (!still_there(slot, owner, inode, path)) return -1;
+  const int fd = open_pipe_end(path);
   if (fd < 0) return -1;
   // Checked again on what we opened: the descriptor may have changed since the stat.
+  struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_ino != inode) {
     close(fd);
     return -1;
   }
   return fd;
+}
+
+// Rings through `fd`; a full pipe makes us look whether the listener is still there. False if it
+// is not (the slot is released then).
+bool ring_through(int fd, ListenerSlot& slot, std::uint64_t owner, std::uint64_t inode) noexcept {
+  return write_bell(fd) || still_there(slot, owner, inode, ProcPath(owner));
 }
 
 void ring(ListenerSlot& slot) noexcept {
@@ -153,7 +164,7 @@ void ring(ListenerSlot& slot) noexcept {
   if (!try_hold_table()) {  // another thread rings: the uncached path, which waits for nobody
     const int fd = open_listener(slot, owner, inode);
     if (fd < 0) return;
-    if (!write_bell(fd)) release(slot, owner, inode);
+    ring_through(fd, slot, owner, inode);
     close(fd);
     return;
   }
@@ -175,29 +186,35 @@ void ring(ListenerSlot& slot) noexcept {
       *entry = {&slot, owner, inode, fd};
     }
   }
-  if (entry != nullptr && !write_bell(entry->fd)) {
-    drop(*entry);
-    release(slot, owner, inode);
-  }
+  if (entry != nullptr && !ring_through(entry->fd, slot, owner, inode)) drop(*entry);
   release_table();
 }
 
 }  // namespace
 
 bool reopenable(int read_fd) noexcept {
-  const int fd = open_write_end(ProcPath(key_of(getpid(), read_fd)));
+  const int fd = open_pipe_end(ProcPath(key_of(this_process_id(), read_fd)));
   if (fd < 0) return false;
   close(fd);
   return true;
 }
 
 int listen(EventCount& ev, const ListenerPipe& pipe) noexcept {
-  const std::uint64_t me = key_of(getpid(), pipe.read_fd);
-  for (std::size_t i = 0; i < kListenerSlots; ++i) {
-    std::uint64_t free = 0;
-    if (ev.listeners[i].owner.compare_exchange_strong(free, me, std::memory_order_acq_rel)) {
-      ev.listeners[i].pipe.store(pipe.inode, std::memory_order_release);
-      return static_cast<int>(i);
+  const std::uint64_t me = key_of(this_process_id(), pipe.read_fd);
+  // The second pass after looking at every taken slot: a listener's death is not seen by the
+  // writes into its pipe (see the file comment), so its slot may still look taken.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (ListenerSlot& slot : ev.listeners) {
+      std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
+      if (owner != 0 && pass == 1 && owner != me) {
+        still_there(slot, owner, slot.pipe.load(std::memory_order_acquire), ProcPath(owner));
+        owner = slot.owner.load(std::memory_order_acquire);
+      }
+      if (owner != 0) continue;
+      if (slot.owner.compare_exchange_strong(owner, me, std::memory_order_acq_rel)) {
+        slot.pipe.store(pipe.inode, std::memory_order_release);
+        return static_cast<int>(&slot - ev.listeners);
+      }
     }
   }
   return -1;
@@ -205,12 +222,12 @@ int listen(EventCount& ev, const ListenerPipe& pipe) noexcept {
 
 bool listening(const EventCount& ev, int slot, const ListenerPipe& pipe) noexcept {
   const ListenerSlot& s = ev.listeners[slot];
-  return s.owner.load(std::memory_order_acquire) == key_of(getpid(), pipe.read_fd) &&
+  return s.owner.load(std::memory_order_acquire) == key_of(this_process_id(), pipe.read_fd) &&
          s.pipe.load(std::memory_order_acquire) == pipe.inode;
 }
 
 void unlisten(EventCount& ev, int slot, const ListenerPipe& pipe) noexcept {
-  release(ev.listeners[slot], key_of(getpid(), pipe.read_fd), pipe.inode);
+  release(ev.listeners[slot], key_of(this_process_id(), pipe.read_fd), pipe.inode);
 }
 
 void ring_listeners(EventCount& ev) noexcept {

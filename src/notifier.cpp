@@ -28,8 +28,8 @@ struct Notifier::Helper {
   // no /proc, or not an EventCount object): the helper thread then sleeps on it. Written by the
   // owner's ready(), read by the helper thread.
   std::unique_ptr<std::atomic<int>[]> slots;
-  // Per object with a slot: the sleeper ticket ready() announced (the notifier counts as a sleeper
-  // there, so that producers call wake(), which writes into the pipe). Guarded by owner_lock.
+  // Per object with a slot: the ticket ready() announced (the notifier counts as a listener there,
+  // so that producers call wake(), which writes into the pipe). Guarded by owner_lock.
   std::unique_ptr<detail::SleeperTicket[]> tickets;
   std::unique_ptr<bool[]> announced;
   std::mutex owner_lock;  // ready() from several threads
@@ -95,10 +95,10 @@ struct Notifier::Helper {
     }
   }
 
-  // ready()'s core, under owner_lock: counts the notifier as a sleeper again on every object with
-  // a slot (claiming one again if a waker released it), then looks; rings the pipe if any object
-  // is ready, so that the descriptor stays readable while one is.
-  std::vector<std::size_t> arm() {
+  // Counts the notifier as a listener again on every object with a slot (claiming one again if
+  // a waker released it), in the current epoch: from here on, whatever makes one of them ready
+  // writes into the pipe. Returns whether the helper thread watches some object instead.
+  bool arm() {
     bool helper_watches = false;
     for (std::size_t i = 0; i < size(); ++i) {
       detail::EventCount* ev = event(i);
@@ -115,16 +115,40 @@ struct Notifier::Helper {
           continue;
         }
       }
-      if (announced[i]) detail::withdraw_sleeper(*ev, tickets[i]);
-      tickets[i] = detail::announce_sleeper(*ev);  // its fence pairs with the waker's
+      if (announced[i]) detail::withdraw_sleeper<detail::kListenerUnit>(*ev, tickets[i]);
+      tickets[i] = detail::announce_sleeper<detail::kListenerUnit>(*ev);  // fence: as a waker's
       announced[i] = true;
     }
+    return helper_watches;
+  }
+
+  std::vector<std::size_t> look() const {
     std::vector<std::size_t> which;
     for (std::size_t i = 0; i < size(); ++i) {
       if (items[i].ops->ready(items[i].object)) which.push_back(i);
     }
-    if (!which.empty()) bell();  // no need to look first: the pipe was just emptied (or is new)
-    if (helper_watches) {        // it sleeps on some object it may have left out while it was ready
+    return which;
+  }
+
+  // ready()'s core, under owner_lock. The invariant it keeps: the pipe is not empty, or the
+  // notifier is counted on every object (or the helper watches it) since a moment when none was
+  // ready, so that whatever made one ready since writes (or is about to write) a byte. So an
+  // object found ready by the first look leaves the pipe as it is, readable: no byte to write,
+  // none to read, and the notifier is not counted again, so that producers write no more bytes
+  // while it is readable anyway. epoll keeps reporting it (level-triggered) until a ready() finds
+  // nothing ready; that one empties the pipe, counts the notifier again and looks once more,
+  // writing a byte itself only if something became ready meanwhile. (Edge-triggered, the same
+  // holds if the caller calls ready() until it returns nothing, before it waits again.)
+  std::vector<std::size_t> serve() {
+    std::vector<std::size_t> which = look();
+    if (!which.empty()) return which;
+    char drained[256];
+    while (read(pipe.read_fd, drained, sizeof drained) == static_cast<ssize_t>(sizeof drained)) {
+    }
+    const bool helper_watches = arm();  // then look: what becomes ready after it writes a byte
+    which = look();
+    if (!which.empty()) bell();
+    if (helper_watches) {  // it sleeps on some object it may have left out while it was ready
       looks.fetch_add(1, std::memory_order_acq_rel);
       detail::notify(control);
     }
@@ -138,7 +162,7 @@ struct Notifier::Helper {
       const int slot = slots[i].load(std::memory_order_relaxed);
       if (ev == nullptr || slot < 0) continue;
       detail::unlisten(*ev, slot, pipe);
-      if (announced[i]) detail::withdraw_sleeper(*ev, tickets[i]);
+      if (announced[i]) detail::withdraw_sleeper<detail::kListenerUnit>(*ev, tickets[i]);
     }
   }
 };
@@ -155,7 +179,7 @@ const detail::WaitOps Notifier::Helper::kControlOps{
     nullptr, nullptr};
 
 Notifier::Notifier(const std::vector<Waitable>& objects)
-    : owner_(getpid()), helper_(std::make_unique<Helper>()) {
+    : owner_(detail::this_process_id()), helper_(std::make_unique<Helper>()) {
   if (objects.size() + 1 > detail::kMaxWaitObjects) {
     throw InvalidArgument("shmq::Notifier: " + std::to_string(objects.size()) +
                           " objects, but a notifier watches at most " +
@@ -180,6 +204,7 @@ Notifier::Notifier(const std::vector<Waitable>& objects)
     h.slots[i].store(direct && ev != nullptr ? detail::listen(*ev, h.pipe) : -1);
   }
   h.arm();
+  if (!h.look().empty()) h.bell();  // the pipe is new: the invariant of serve() from the start
   try {
     h.thread = std::thread([&h] { h.run(); });
   } catch (const std::system_error& e) {
@@ -191,7 +216,7 @@ Notifier::Notifier(const std::vector<Waitable>& objects)
 }
 
 Notifier::~Notifier() {
-  if (getpid() != owner_) {
+  if (detail::this_process_id() != owner_) {
     // A forked child: the helper thread is not here; its std::thread must not be joined or
     // destroyed (joinable, it would terminate). Leaked on purpose: a few bytes per inherited one.
     // The slots name the parent's pid: they are the parent's to give back.
@@ -209,16 +234,14 @@ Notifier::~Notifier() {
 }
 
 std::vector<std::size_t> Notifier::ready() {
-  if (getpid() != owner_) {
-    throw InvalidArgument("shmq::Notifier: used in a forked child (pid " +
-                          std::to_string(getpid()) + "); its helper thread runs only in pid " +
-                          std::to_string(owner_) + ": make a new notifier here");
+  const pid_t me = detail::this_process_id();
+  if (me != owner_) {
+    throw InvalidArgument("shmq::Notifier: used in a forked child (pid " + std::to_string(me) +
+                          "); its helper thread runs only in pid " + std::to_string(owner_) +
+                          ": make a new notifier here");
   }
   std::lock_guard<std::mutex> lock(helper_->owner_lock);
-  char drained[256];
-  while (read(fd_, drained, sizeof drained) == static_cast<ssize_t>(sizeof drained)) {
-  }
-  return helper_->arm();
+  return helper_->serve();
 }
 
 }  // namespace shmq

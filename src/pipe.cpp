@@ -1,11 +1,14 @@
 // Pipe ends: who holds each end, and the fork handlers that hand a forked child its ends.
 #include "shmq/detail/pipe_end.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <mutex>
 #include <unordered_set>
 
@@ -90,21 +93,79 @@ bool gone(EndTable& table) {
   return true;
 }
 
+// The last pid handed out in this process's pid namespace, or 0 if it cannot be read.
+pid_t last_pid() noexcept {
+  const int fd = open("/proc/sys/kernel/ns_last_pid", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char text[16];
+  const ssize_t n = read(fd, text, sizeof text - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  text[n] = '\0';
+  return static_cast<pid_t>(std::strtol(text, nullptr, 10));
+}
+
+// Whether `pid` names a process (its first thread), not one of its other threads.
+bool leads_its_process(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("Tgid:", 0) == 0) return std::strtol(line.c_str() + 5, nullptr, 10) == pid;
+  }
+  return false;
+}
+
+// The pids handed out between two reads of last_pid() that we look at, at most, to find the
+// child a fork just made (other processes fork and start threads meanwhile).
+constexpr pid_t kForkWindow = 32;
+
+// The child that the fork between `before` and now made: the one pid handed out since `before`,
+// or else the one process among them whose parent we are; 0 if that is not one process (or
+// cannot be known). If our child is alive, it is among them, so a single candidate is it; if it
+// died, whatever we name counts for no longer than the parent would have (see name_child).
+pid_t forked_child(pid_t before) {
+  const pid_t after = last_pid();
+  if (before == 0 || after <= before || after - before > kForkWindow) return 0;
+  if (after == before + 1) return after;  // the only pid handed out: our child's, alive or not
+  const pid_t me = getpid();
+  pid_t child = 0;
+  for (pid_t pid = before + 1; pid <= after; ++pid) {
+    const auto stat = process_stat(pid);
+    // A thread of our child (a tid shows its process's parent) is not another child.
+    if (!stat || stat->parent != me || !leads_its_process(pid)) continue;
+    if (child != 0) return 0;  // two children (another thread forked too): which one is ours?
+    child = pid;
+  }
+  return child;
+}
+
 // Every PipeEnd of this process, for the fork handlers. The prepare handler holds the mutex across
 // the fork, so the child gets it unlocked and the set complete.
 struct Registry {
   std::mutex mutex;
   std::unordered_set<PipeEnd*> ends;
+  pid_t last_pid_before_fork = 0;  // when some end kept a slot for the child; else 0
 };
 Registry& registry() {
   static Registry* r = [] {
     static Registry instance;
     pthread_atfork(
         [] {
-          registry().mutex.lock();
-          for (PipeEnd* end : registry().ends) end->before_fork();
+          Registry& self = registry();
+          self.mutex.lock();
+          bool kept = false;
+          for (PipeEnd* end : self.ends) kept |= end->before_fork();
+          self.last_pid_before_fork = kept ? last_pid() : 0;
         },
-        [] { registry().mutex.unlock(); },
+        [] {
+          Registry& self = registry();
+          try {
+            if (const pid_t child = forked_child(self.last_pid_before_fork)) {
+              for (PipeEnd* end : self.ends) end->name_child(child);
+            }
+          } catch (...) {  // reading /proc failed: the kept slots expire after kPendingMs
+          }
+          self.mutex.unlock();
+        },
         [] {
           for (PipeEnd* end : registry().ends) end->in_child();
           registry().mutex.unlock();
@@ -192,9 +253,10 @@ void PipeEnd::shut_down_rings() noexcept {
 
 // Before a fork, in the parent: keeps a slot for the child, so that the parent closing its copy
 // right after the fork cannot leave the end without holders before the child has run in_child().
-void PipeEnd::before_fork() noexcept {
+// Returns whether it kept one.
+bool PipeEnd::before_fork() noexcept {
   pending_.store(-1, std::memory_order_relaxed);
-  if (closed()) return;
+  if (closed()) return false;
   try {
     pending_owner_ = static_cast<std::uint32_t>(getpid()) | kHolderPending;
     pending_.store(claim(*own_, pending_owner_, monotonic_ms() + kPendingMs),
@@ -202,6 +264,18 @@ void PipeEnd::before_fork() noexcept {
   } catch (...) {
     // No slot kept: the child claims one for itself in in_child() (or at its first use).
   }
+  return pending_.load(std::memory_order_relaxed) >= 0;
+}
+
+// After the fork, in the parent: the kept slot names the child from now on, so that a child
+// killed before it took the slot over counts as dead at once (a zombie, or gone), not only once
+// the slot expires. Unless the child has let the slot go already (then it is not ours to touch).
+void PipeEnd::name_child(pid_t child) noexcept {
+  const int kept = pending_.load(std::memory_order_relaxed);
+  if (kept < 0) return;
+  std::uint64_t owner = pending_owner_;
+  own_->slots[kept].owner.compare_exchange_strong(
+      owner, static_cast<std::uint32_t>(child) | kHolderPending, std::memory_order_release);
 }
 
 // In the child, first thing after the fork: a slot of its own (its pid and start time), then the
@@ -216,9 +290,12 @@ void PipeEnd::in_child() noexcept {
   } catch (...) {
   }
   const int kept = pending_.exchange(-1, std::memory_order_relaxed);
-  if (kept >= 0) {
+  if (kept >= 0) {  // naming the parent still, or already us (name_child)
     std::uint64_t owner = pending_owner_;
-    own_->slots[kept].owner.compare_exchange_strong(owner, 0);
+    if (!own_->slots[kept].owner.compare_exchange_strong(owner, 0)) {
+      owner = static_cast<std::uint32_t>(getpid()) | kHolderPending;
+      own_->slots[kept].owner.compare_exchange_strong(owner, 0);
+    }
   }
 }
 

@@ -638,16 +638,18 @@ std::optional<ProcessStat> process_stat(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string line;
   if (!std::getline(stat, line)) return std::nullopt;
-  // Field 3 is the state, field 22 starttime; the command name (field 2) may hold spaces and ')',
-  // so count from the last ')'.
+  // Field 3 is the state, field 4 the parent's pid, field 22 starttime; the command name (field 2)
+  // may hold spaces and ')', so count from the last ')'.
   const auto close = line.rfind(')');
   if (close == std::string::npos || close + 2 >= line.size()) return std::nullopt;
   const char state = line[close + 2];
+  int parent = 0;
+  if (std::sscanf(line.c_str() + close + 3, " %d", &parent) != 1) return std::nullopt;
   const char* p = line.c_str() + close + 1;
   for (int field = 3; field < 22 && p != nullptr; ++field) p = std::strchr(p + 1, ' ');
   unsigned long long ticks = 0;
   if (p == nullptr || std::sscanf(p, " %llu", &ticks) != 1) return std::nullopt;
-  return ProcessStat{state, ticks};
+  return ProcessStat{state, ticks, static_cast<pid_t>(parent)};
 }
 
 std::optional<std::uint64_t> process_start_ticks(pid_t pid) {

@@ -48,10 +48,13 @@ void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
 void wake(EventCount& ev) noexcept {
   std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
   do {
-    if (sleepers_of(now) == 0) return;  // another notifier woke them first
+    if (!anyone_counted(now)) return;  // another notifier woke them first
   } while (!ev.sleep.compare_exchange_weak(now, std::uint64_t{epoch_of(now) + 1u} << 32,
                                            std::memory_order_relaxed));
-  ring_listeners(ev);  // first: an event loop waiting on a Notifier is the usual sleeper here
+  if (listeners_of(now) != 0) ring_listeners(ev);  // first: an event loop is woken by its pipe
+  // Only listeners counted: nobody sleeps on seq (one who counts itself from now on is in the new
+  // epoch, and its re-check after its fence sees the change we published before has_sleepers).
+  if (sleepers_of(now) == 0) return;
   ev.seq.fetch_add(1, std::memory_order_release);
   futex(ev.seq, FUTEX_WAKE_BITSET, INT_MAX, nullptr);
 }
@@ -241,7 +244,8 @@ namespace {
 // The page behind ThisThread::process_mark: one per process, made by the first thread that looks
 // itself up. The kernel zeroes it in the child of every fork (MADV_WIPEONFORK works on private
 // anonymous memory, whichever way the child was made, as long as it does not share our memory:
-// vfork and clone(CLONE_VM) children do, and must not use queues). Nothing else writes it.
+// vfork and clone(CLONE_VM) children do, and must not use queues). Nothing else writes it. It
+// holds the process's pid once a thread is looked up (listeners.hpp reads it: no getpid()).
 std::atomic<std::atomic<std::uint32_t>*> process_mark_page{nullptr};
 
 std::atomic<std::uint32_t>* process_mark() {
@@ -295,7 +299,7 @@ void identify_this_thread() {
         std::to_string(head->futex_offset) + ", expected " + std::to_string(kFutexOffset) + ")");
   }
   this_thread = ThisThread{mark, static_cast<std::uint32_t>(gettid()), 0, head, {}};
-  mark->store(1, std::memory_order_relaxed);
+  mark->store(static_cast<std::uint32_t>(getpid()), std::memory_order_relaxed);
 }
 
 void throw_lock_error(int rc, const std::string& queue) {

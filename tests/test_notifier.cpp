@@ -2,12 +2,14 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -29,7 +31,8 @@ bool readable(int fd, int timeout_ms) {
 }
 }  // namespace
 
-TEST_CASE("a notifier's descriptor is readable while an object is ready, until it is read", "[notifier]") {
+TEST_CASE("a notifier's descriptor is readable while an object is ready, until ready() finds none",
+          "[notifier]") {
   Queue<int> q1, q2;
   Notifier n({q1, q2});
   CHECK_FALSE(readable(n.fd(), 50));
@@ -50,6 +53,10 @@ TEST_CASE("a notifier's descriptor is readable while an object is ready, until i
 
 TEST_CASE("an epoll loop served by a notifier receives everything from queues and a connection",
           "[notifier][pipe]") {
+  // Level-triggered: one ready() per report. Edge-triggered: ready() until it returns nothing
+  // before waiting again, as a socket is read until EAGAIN.
+  const bool edge = GENERATE(false, true);
+  CAPTURE(edge);
   Queue<int> q1, q2, q3;
   auto [a, b] = shmq::Pipe<int>();
   Child producer([&] {
@@ -64,7 +71,7 @@ TEST_CASE("an epoll loop served by a notifier receives everything from queues an
   const int ep = epoll_create1(EPOLL_CLOEXEC);
   REQUIRE(ep >= 0);
   epoll_event in{};
-  in.events = EPOLLIN | EPOLLET;  // each firing is a new write: edge-triggered works
+  in.events = EPOLLIN | (edge ? EPOLLET : 0u);
   REQUIRE(epoll_ctl(ep, EPOLL_CTL_ADD, n.fd(), &in) == 0);
   std::set<int> got;
   bool eof = false;
@@ -72,14 +79,19 @@ TEST_CASE("an epoll loop served by a notifier receives everything from queues an
   while (!(eof && got.size() == 330)) {
     epoll_event ev;
     REQUIRE(epoll_wait(ep, &ev, 1, 10000) == 1);
-    for (std::size_t i : n.ready()) {
-      if (i < 3) {
-        while (auto v = queues[i]->try_get()) got.insert(*v);
-      } else {
-        try {
-          while (a.poll()) got.insert(a.recv() - 1000);
-        } catch (const shmq::EOFError&) {
-          eof = true;
+    // (Once the stream has ended, the connection stays ready: stop when everything is in.)
+    for (Ready ready = n.ready(); !ready.empty() && !(eof && got.size() == 330);
+         ready = edge ? n.ready() : Ready{}) {
+      for (std::size_t i : ready) {
+        // One message per object and report: what is left must be reported again.
+        if (i < 3) {
+          if (auto v = queues[i]->try_get()) got.insert(*v);
+        } else {
+          try {
+            if (a.poll()) got.insert(a.recv() - 1000);
+          } catch (const shmq::EOFError&) {
+            eof = true;
+          }
         }
       }
     }
@@ -172,23 +184,36 @@ TEST_CASE("a producer in another process writes into the notifier's descriptor i
   CHECK_FALSE(readable(n.fd(), 50));
 }
 
+namespace {
+// A producer in another process that first does `hinder`, then puts: the notifier fires anyway,
+// through its helper thread's look (within kLongestSleep).
+template <class Hinder>
+void check_helper_delivers(Queue<int>& q, Notifier& n, Hinder&& hinder) {
+  Child producer([&] {
+    hinder();
+    q.put(7);
+  });
+  CHECK(producer.succeeded());
+  CHECK(readable(n.fd(), 10000));
+  CHECK(n.ready() == Ready{0});
+  CHECK(q.get() == 7);
+}
+}  // namespace
+
 TEST_CASE("a producer killed inside its wake-up of a notifier costs at most a bounded delay",
           "[notifier][fault]") {
   Queue<int> q;
   Notifier n({q});
   // What a producer killed inside wake() leaves: the sleepers taken off the count (a new epoch)
   // and no byte written. The put that follows then sees no sleeper and writes nothing either.
-  Child producer([&] {
+  check_helper_delivers(q, n, [&] {
     auto& sleep = not_empty_of(q).sleep;
     std::uint64_t now = sleep.load();
-    if (shmq::detail::sleepers_of(now) == 0) throw std::runtime_error("the notifier is not counted");
+    if (shmq::detail::listeners_of(now) != 1 || shmq::detail::sleepers_of(now) != 0) {
+      throw std::runtime_error("the notifier is not counted as the one listener");
+    }
     sleep.store(std::uint64_t{shmq::detail::epoch_of(now) + 1u} << 32);
-    q.put(7);
   });
-  CHECK(producer.succeeded());
-  CHECK(readable(n.fd(), 10000));  // the helper thread's look, within kLongestSleep
-  CHECK(n.ready() == Ready{0});
-  CHECK(q.get() == 7);
 }
 
 TEST_CASE("producers killed at random points while a notifier serves their queue wedge nothing",
@@ -216,42 +241,91 @@ TEST_CASE("producers killed at random points while a notifier serves their queue
   }
 }
 
-TEST_CASE("a notifier's process killed while registered is skipped and its slot released",
-          "[notifier][fault]") {
-  // SIGPIPE at its default: a producer writing into the dead notifier's pipe must not die of it.
-  struct sigaction dfl {}, old {};
-  dfl.sa_handler = SIG_DFL;
-  sigaction(SIGPIPE, &dfl, &old);
-  Queue<int> q;
+namespace {
+// A notifier in a child that watches `q`, is served once (so that this process keeps an end of its
+// pipe) and is then SIGKILLed: its slot is left behind, still counted as taken.
+void kill_a_served_notifier(Queue<int>& q) {
   Queue<int> ack;
   Child notifier([&] {
     Notifier n({q});
     ack.put(1);
-    // Served once, so that the producer keeps a write end to this pipe, and counted again.
     if (!readable(n.fd(), 10000) || n.ready() != Ready{0}) throw std::runtime_error("not woken");
+    if (q.get() != 1 || !n.ready().empty()) throw std::runtime_error("not emptied");  // counted again
     ack.put(2);
     pause();
   });
   CHECK(ack.get() == 1);
-  CHECK(listener_pids(q)[0] == notifier.pid());
-  q.put(1);  // rings the child's pipe, keeping the write end
+  const pid_t pid = notifier.pid();
+  CHECK(listener_pids(q)[0] == pid);
+  q.put(1);  // rings the child's pipe, keeping an end of it
   CHECK(ack.get() == 2);
   notifier.kill(SIGKILL);
   notifier.wait_status();
-  q.put(2);  // the kept write end finds no reader: EPIPE, not SIGPIPE; the slot is released
-  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
-  // And the first, uncached path: a new dead notifier, found by its vanished descriptor.
-  Child second([&] {
-    Notifier n({q});
-    ack.put(3);
-    pause();
-  });
-  CHECK(ack.get() == 3);
-  second.kill(SIGKILL);
-  second.wait_status();
-  q.put(3);
-  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
+  CHECK(listener_pids(q)[0] == pid);
+}
+
+// Three notifiers in this process, holding the queue's three slots: a put in another process
+// reaches each of them.
+void check_slots_serve(Queue<int>& q, Notifier& n1, Notifier& n2, Notifier& n3) {
+  CHECK(listener_pids(q) == std::vector<pid_t>{getpid(), getpid(), getpid()});
+  Child producer([&] { q.put(1); });
+  CHECK(producer.succeeded());
+  for (Notifier* n : {&n1, &n2, &n3}) {
+    CHECK(readable(n->fd(), 10000));
+    CHECK(n->ready() == Ready{0});
+  }
+}
+}  // namespace
+
+TEST_CASE("a producer ringing a killed notifier's pipe survives, with SIGPIPE at its default",
+          "[notifier][fault]") {
+  struct sigaction dfl {}, old {};
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGPIPE, &dfl, &old);
+  Queue<int> q;
+  kill_a_served_notifier(q);
+  for (int i = 0; i < 3; ++i) q.put(i);  // the first clears the dead one's count and rings it
+  CHECK(q.qsize() == 3);
   sigaction(SIGPIPE, &old, nullptr);
+}
+
+TEST_CASE("a killed notifier's slot is released for a new notifier that finds every slot taken",
+          "[notifier][fault]") {
+  Queue<int> q;
+  kill_a_served_notifier(q);
+  Notifier n1({q}), n2({q});  // the free slots
+  CHECK(listener_pids(q) != std::vector<pid_t>{getpid(), getpid(), getpid()});
+  Notifier n3({q});  // none free: looks at each, releases the dead one's
+  check_slots_serve(q, n1, n2, n3);
+}
+
+TEST_CASE("a killed notifier's slot is released by a producer that finds its pipe full or gone",
+          "[notifier][fault]") {
+  Queue<int> q;
+  SECTION("the kept end: the pipe fills up") {
+    kill_a_served_notifier(q);
+    Notifier live({q});  // counted again each round, so that each put rings both pipes
+    for (int i = 0; listener_pids(q)[0] != 0 && i < (1 << 17); ++i) {
+      q.put(i);
+      q.get();
+      REQUIRE(live.ready().empty());
+    }
+    CHECK(listener_pids(q) == std::vector<pid_t>{0, getpid(), 0});
+  }
+  SECTION("a producer without a kept end: the descriptor is gone") {
+    Queue<int> ack;
+    Child notifier([&] {
+      Notifier n({q});
+      ack.put(3);
+      pause();
+    });
+    CHECK(ack.get() == 3);
+    notifier.kill(SIGKILL);
+    notifier.wait_status();
+    Child producer([&] { q.put(3); });  // still counted: wakes it, opening /proc/PID/fd/N
+    CHECK(producer.succeeded());
+    CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
+  }
 }
 
 TEST_CASE("a producer keeps one write end per notifier and closes it with its queue handle",
@@ -304,4 +378,61 @@ TEST_CASE("a notifier fires when another process sets a watched event", "[notifi
   e.clear();
   CHECK(n.ready().empty());
   CHECK_FALSE(readable(n.fd(), 50));
+}
+
+TEST_CASE("notifiers SIGKILLed at random points wedge no producer and leave their slots reusable",
+          "[notifier][fault]") {
+  Queue<int> q;
+  std::mt19937 random(20261128);
+  for (int round = 0; round < 20; ++round) {
+    Child notifiers([&] {
+      for (;;) {  // made, served and destroyed over and over: killed somewhere in there
+        Notifier n({q});
+        for (int i = 0; i < 3; ++i) {
+          readable(n.fd(), 1);
+          n.ready();
+          while (q.try_get()) {
+          }
+        }
+      }
+    });
+    Child producer([&] {
+      for (int i = 0;; ++i) q.put(i);
+    });
+    usleep(std::uniform_int_distribution<useconds_t>(0, 20000)(random));
+    notifiers.kill(SIGKILL);
+    notifiers.wait_status();
+    producer.kill(SIGKILL);
+    producer.wait_status();
+  }
+  while (q.try_get()) {
+  }
+  // Whatever the dead left in the slots: three new notifiers get them, and a put reaches each.
+  Notifier n1({q}), n2({q}), n3({q});
+  check_slots_serve(q, n1, n2, n3);
+}
+
+TEST_CASE("a producer out of descriptors still reaches the notifier, through its helper",
+          "[notifier][fault]") {
+  Queue<int> q;
+  Notifier n({q});
+  check_helper_delivers(q, n, [] {
+    rlimit none{0, 0};
+    getrlimit(RLIMIT_NOFILE, &none);
+    none.rlim_cur = 0;  // no open() succeeds: the pipe cannot be reopened
+    if (setrlimit(RLIMIT_NOFILE, &none) != 0) throw std::runtime_error("setrlimit");
+  });
+}
+
+TEST_CASE("a notifier that cannot make its pipe throws Error and leaves no slot",
+          "[notifier][fault]") {
+  Queue<int> q;
+  rlimit old{};
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &old) == 0);
+  rlimit tight = old;
+  tight.rlim_cur = 0;  // no new descriptor at all
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &tight) == 0);
+  CHECK_THROWS_AS(Notifier({q}), shmq::Error);
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  CHECK(listener_pids(q) == std::vector<pid_t>{0, 0, 0});
 }

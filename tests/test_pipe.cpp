@@ -1,8 +1,11 @@
 // shmq::Pipe and Connection: every call, end of stream on close and on the death of the peer,
 // the classic fork patterns (closing unused ends, or not), and kills at random points.
+#include <pthread.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <optional>
@@ -357,15 +360,49 @@ TEST_CASE("zero, negative and huge arguments: empty messages, timeouts, a messag
   CHECK_FALSE(b.poll());  // nothing was sent
 }
 
-TEST_CASE("a child killed right after the fork, before taking over its slot, still ends the stream",
+namespace {
+std::atomic<bool> die_in_fork_handler{false};
+// Registered by a static initialiser, before any Pipe exists, so that in a forked child it runs
+// before the pipe's own fork handler: a SIGKILL there is a death before the child has run a
+// single instruction of its own, with the slot its parent kept for it not taken over.
+const int kill_handler_registered = pthread_atfork(nullptr, nullptr, [] {
+  if (die_in_fork_handler.load()) raise(SIGKILL);
+});
+}  // namespace
+
+TEST_CASE("a child killed before its fork handlers ran ends the stream at once, not after 5 s",
           "[pipe][process][fault]") {
+  REQUIRE(kill_handler_registered == 0);
+  for (int round = 0; round < 3; ++round) {
+    auto [a, b] = shmq::Pipe<int>();
+    die_in_fork_handler = true;
+    const pid_t pid = fork();
+    if (pid == 0) _exit(0);  // not reached: killed in the fork handler
+    die_in_fork_handler = false;
+    REQUIRE(pid > 0);
+    b.close();
+    siginfo_t info{};  // a zombie now (not reaped: its pid stays its own)
+    REQUIRE(waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT) == 0);
+    CHECK_THROWS_AS(a.recv(2s), shmq::EOFError);  // the kept slot counted for 5 s (kPendingMs)
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
+  }
+}
+
+TEST_CASE("a forked child that closes its end ends the stream while it still runs",
+          "[pipe][process]") {
   auto [a, b] = shmq::Pipe<int>();
-  Child child([] { pause(); });  // raw fork: the fork handlers ran
-  child.kill(SIGKILL);           // perhaps before its handler took over the parent's kept slot
-  child.wait_status();
+  shmq::Queue<int> closed;
+  Child child([&] {
+    b.close();
+    closed.put(1);
+    pause();
+  });
   b.close();
-  // A slot kept for a child that never took it over counts for at most 5 s (kPendingMs).
-  CHECK_THROWS_AS(a.recv(10s), shmq::EOFError);
+  CHECK(closed.get() == 1);
+  // The slot the parent kept for the child is gone with the child's close, named or not.
+  CHECK_THROWS_AS(a.recv(2s), shmq::EOFError);
 }
 
 TEST_CASE("a connection passed to two Pool tasks in turn serves both while the parent holds it",

@@ -17,35 +17,43 @@ namespace shmq {
 // ready) is ready:
 //
 //   shmq::Notifier n({jobs, results, conn});
-//   epoll_ctl(ep, EPOLL_CTL_ADD, n.fd(), &in);      // EPOLLIN, level- or edge-triggered
+//   epoll_ctl(ep, EPOLL_CTL_ADD, n.fd(), &in);      // EPOLLIN (EPOLLET: see below)
 //   ... when epoll says n.fd() is readable:
-//   for (std::size_t i : n.ready()) { ... get_nowait / poll + recv until empty ... }
+//   for (std::size_t i : n.ready()) { ... get_nowait / poll + recv ... }
 //
 // The descriptor: the read end of a pipe. A producer that puts into a watched queue (or sends on
-// a watched connection, or closes its end) writes one byte into it itself, from its own process,
-// when the notifier is counted as a sleeper there: the event loop is woken directly, as a waiting
-// get would be (each queue has three such listener slots; a fourth notifier on the same queue is
-// served by its helper thread instead, one thread wake-up later). ready() empties the pipe,
-// counts the notifier as a sleeper again on every object, looks at every object, and, if any is
-// ready, writes a byte itself: the descriptor stays readable while an object is ready, whatever
-// order you drain in, and each firing is a new write (EPOLLET works too). Call ready() after each
-// readiness report (Boost.Asio: async_wait(wait_read) on a posix::stream_descriptor, then
-// ready(); libuv: uv_poll, then ready()): reading the pipe yourself empties it without counting
-// the notifier again, and new messages are then reported only by the helper thread's look, within
-// 100 ms. A spurious firing is possible (the object was drained in between); ready() then
-// returns an empty list.
+// a watched connection, or closes its end, or sets a watched event) writes one byte into it
+// itself, from its own process, when the notifier is counted as a listener there: the event loop
+// is woken directly, as a waiting get would be (each queue has three such listener slots; a fourth
+// notifier on the same queue is served by its helper thread instead, one thread wake-up later).
+//
+// Readiness is level-triggered: the descriptor stays readable while any object is ready, whatever
+// order and however much you drain in. ready() looks at every object; if some are ready it returns
+// them and leaves the descriptor as it is (readable: no syscall). Once a ready() finds nothing
+// ready, it empties the pipe, counts the notifier as a listener again on every object and looks
+// once more (writing a byte itself if something became ready meanwhile): the descriptor is then
+// quiet until something becomes ready. So a level-triggered loop calls ready() once per report;
+// after draining, the next report comes at once and that ready() returns an empty list.
+// Edge-triggered (EPOLLET), call ready() until it returns an empty list before waiting again, as
+// you would read a socket until EAGAIN. Call ready() after each readiness report (Boost.Asio:
+// async_wait(wait_read) on a posix::stream_descriptor, then ready(); libuv: uv_poll, then
+// ready()): reading the pipe yourself empties it without counting the notifier again, and new
+// messages are then reported only by the helper thread's look, within 100 ms.
 //
 // Cost: one pipe and one helper thread per notifier. The helper sleeps (one futex_waitv) on what
 // no producer reports directly (processes; queues beyond their listener slots) and looks at every
 // object at least every 100 ms, for what no wake-up reports: a pipe peer killed, a producer killed
 // between its put and its byte. An idle notifier uses no CPU but that look. A producer that wakes
-// a notifier writes one byte into its pipe: the first time it opens it through
-// /proc/PID/fd/N (some 10 us), then it keeps that write end, one descriptor per notifier, until
-// its queue handle is destroyed. Puts that find no sleeper do nothing more than before.
+// a notifier writes one byte into its pipe (one syscall; no futex call when the notifier is the
+// only one waiting): the first time it opens it through /proc/PID/fd/N (some 10 us), then it keeps
+// that descriptor, one per notifier, until its queue handle is destroyed. Puts that find nobody
+// counted do nothing more than before.
 //
-// Crash safety: a notifier's process killed at any instruction leaves a listener slot that the
-// next producer finds stale (the descriptor is gone, or the pipe has no reader: EPIPE, never
-// SIGPIPE) and releases; a producer killed before writing its byte is covered by the helper's
+// Crash safety: a notifier's process killed at any instruction leaves a listener slot that is
+// found stale and released by a producer opening its pipe afresh (the descriptor is gone), by a
+// producer that finds its pipe full, or by a new notifier that finds every slot taken; writes into
+// a dead notifier's pipe succeed (the producer's descriptor reads too: never EPIPE nor SIGPIPE)
+// and wake nobody. A producer killed before writing its byte is covered by the helper's
 // look. /proc must be mounted and readable between the processes (same user, no hidepid);
 // otherwise every object is served by the helper thread.
 //
@@ -64,8 +72,9 @@ class Notifier {
 
   // The descriptor to watch for readability (EPOLLIN / POLLIN). Owned by the notifier.
   int fd() const noexcept { return fd_; }
-  // Empties the descriptor, re-arms the notifier (see above) and returns the indices of the
-  // objects ready now (possibly none). Never blocks. One thread at a time (serialised inside).
+  // Returns the indices of the objects ready now; when none is, empties the descriptor and
+  // re-arms the notifier first (see above), and returns an empty list. Never blocks. One thread
+  // at a time (serialised inside).
   std::vector<std::size_t> ready();
 
  private:

@@ -63,7 +63,8 @@ struct Cursor {
 };
 
 // A condition variable of our own: a futex word that every wake-up bumps, and one 64-bit word
-// holding the number of processes asleep (low half) and the epoch they sleep in (high half). A
+// holding the number of processes asleep (low 24 bits), the number of listeners counted (next 8
+// bits, see below) and the epoch they sleep in (high half). A
 // notifier that finds sleepers zeroes the count and starts a new epoch in one CAS, then wakes every
 // sleeper: until one of them sleeps again, later notifiers see no sleeper and make no syscall (a
 // woken process may wait milliseconds for a CPU, and counting it meanwhile would cost every put a
@@ -76,8 +77,11 @@ struct Cursor {
 // by wake() writing one byte into it (reopened through /proc/PID/fd/FD), so that an event loop
 // wakes at once, with no thread in between (src/listeners.cpp states the protocol). They live in
 // the EventCount's own cache line, which wake() touches anyway; a segment made before them has
-// zeros there, which mean "no listener".
+// zeros there, which mean "no listener". A listener counts itself in `sleep` by kListenerUnit, not
+// by 1: wake() then writes into the listeners' pipes, and makes its futex call only if a sleeper
+// on `seq` is counted too.
 inline constexpr std::size_t kListenerSlots = 3;
+inline constexpr std::uint64_t kListenerUnit = std::uint64_t{1} << 24;
 struct ListenerSlot {
   // pid << 32 | fd of the pipe's read end in that process, or 0 when free. Claimed by a CAS from
   // 0 by the notifier, then `pipe` is stored; released by a CAS back to 0 after `pipe` is zeroed,
@@ -89,13 +93,23 @@ struct ListenerSlot {
 };
 struct alignas(kCacheLine) EventCount {
   std::atomic<std::uint32_t> seq;    // bumped (release) by every wake-up; sleepers futex-wait on it
-  std::atomic<std::uint64_t> sleep;  // epoch << 32 | sleepers; RMW by sleepers and notifiers
+  std::atomic<std::uint64_t> sleep;  // epoch << 32 | listeners << 24 | sleepers; RMW by sleepers,
+                                     // listeners and notifiers
   ListenerSlot listeners[kListenerSlots];
 };
 static_assert(sizeof(EventCount) == kCacheLine, "listeners fill the EventCount's line, no more");
 
+// Sleepers on `seq` (waiting gets and puts, wait(), helper threads).
 inline constexpr std::uint32_t sleepers_of(std::uint64_t sleep) noexcept {
-  return static_cast<std::uint32_t>(sleep);
+  return static_cast<std::uint32_t>(sleep & (kListenerUnit - 1));
+}
+// Listeners (Notifiers) counted.
+inline constexpr std::uint32_t listeners_of(std::uint64_t sleep) noexcept {
+  return static_cast<std::uint32_t>((sleep & 0xFFFFFFFFu) / kListenerUnit);
+}
+// Whether anybody, sleeper or listener, is counted: whether a notifier must call wake().
+inline constexpr bool anyone_counted(std::uint64_t sleep) noexcept {
+  return static_cast<std::uint32_t>(sleep) != 0;
 }
 inline constexpr std::uint32_t epoch_of(std::uint64_t sleep) noexcept {
   return static_cast<std::uint32_t>(sleep >> 32);

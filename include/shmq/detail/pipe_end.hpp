@@ -2,8 +2,9 @@
 //
 // Who holds an end (the rule connection.hpp states for users):
 //  - the process that made the Pipe holds both ends; a process forked while it holds an end holds
-//    it too (a fork handler claims a slot for the child before the fork and the child takes it
-//    over; a slot the child never takes over expires after kPendingMs); close() gives it up;
+//    it too (a fork handler claims a slot for the child before the fork, names the child in it
+//    right after, and the child takes it over; a child killed before that counts as dead at once,
+//    and a slot that could not be named expires after kPendingMs); close() gives it up;
 //  - once any process has sent or received on an end, only the processes that have sent or received
 //    on it count as its holders (so a parent that handed the end to a child and never used it does
 //    not keep the stream open when the child dies, whether or not it closed its own copy);
@@ -12,6 +13,8 @@
 // When either end is gone, both rings of the pipe are shut down (draining): the peer receives what
 // was sent, then end of stream; its sends fail as a broken pipe.
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdint>
@@ -23,7 +26,9 @@
 
 namespace shmq::detail {
 
-// A pending slot (a child not yet running its fork handler) counts as a holder this long.
+// A pending slot (a child not yet running its fork handler) counts as a holder at most this long;
+// once the parent has named the child in it (it finds the child's pid through
+// /proc/sys/kernel/ns_last_pid right after the fork), only while the child lives.
 inline constexpr std::uint64_t kPendingMs = 5000;
 
 class PipeEnd {
@@ -53,7 +58,8 @@ class PipeEnd {
   bool peer_gone(bool now_and_then = false);
 
   // The fork handlers (src/pipe.cpp).
-  void before_fork() noexcept;
+  bool before_fork() noexcept;
+  void name_child(pid_t child) noexcept;
   void in_child() noexcept;
 
  private:

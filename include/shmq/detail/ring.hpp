@@ -76,7 +76,7 @@ inline void cpu_relax() noexcept {
 // sleeper's re-check after its fence sees our change; never neither, so no wake-up is lost.
 inline bool has_sleepers(const EventCount& ev) noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  return sleepers_of(ev.sleep.load(std::memory_order_relaxed)) != 0;
+  return anyone_counted(ev.sleep.load(std::memory_order_relaxed));
 }
 // Wakes the sleepers of `ev`, if any, after a state change they may wait for.
 inline void notify(EventCount& ev) noexcept {
@@ -120,18 +120,24 @@ struct SleeperTicket {
 // ev.seq while it holds ticket.seq, and withdraws. Split from await() so that shmq::wait can be
 // counted on many EventCounts and sleep on all of them in one futex_waitv (src/wait.cpp).
 // seq is read before counting ourselves and the fence, so any wake-up after the caller's re-check
-// also moved seq, and the futex wait returns at once instead of sleeping through it.
+// also moved seq, and the futex wait returns at once instead of sleeping through it. A Notifier
+// counts itself as a listener (kUnit kListenerUnit, the same unit to withdraw): it never sleeps
+// on seq, and wake() writes into its pipe instead (src/listeners.cpp).
+// (A template parameter, not an argument: the waiting paths inline this, and an extra argument
+// changed how g++ compiled get's fast path around them.)
+template <std::uint64_t kUnit = 1>
 inline SleeperTicket announce_sleeper(EventCount& ev) noexcept {
   const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
-  const std::uint32_t epoch = epoch_of(ev.sleep.fetch_add(1, std::memory_order_relaxed));
+  const std::uint32_t epoch = epoch_of(ev.sleep.fetch_add(kUnit, std::memory_order_relaxed));
   std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with has_sleepers (Dekker)
   return {seq, epoch};
 }
 // Takes the caller off the count, unless a notifier already cleared it by starting a new epoch.
+template <std::uint64_t kUnit = 1>
 inline void withdraw_sleeper(EventCount& ev, SleeperTicket ticket) noexcept {
   std::uint64_t now = ev.sleep.load(std::memory_order_relaxed);
   while (epoch_of(now) == ticket.epoch &&
-         !ev.sleep.compare_exchange_weak(now, now - 1, std::memory_order_relaxed)) {
+         !ev.sleep.compare_exchange_weak(now, now - kUnit, std::memory_order_relaxed)) {
   }
 }
 

@@ -75,7 +75,7 @@ struct ThisThread {
   // Non-zero once this thread is looked up in this process: until then it points at a constant 0,
   // then at a word on a page the kernel zeroes in the child of any fork (MADV_WIPEONFORK), so a
   // child made by fork(), glibc's _Fork() (which runs no atfork handler) or clone() without
-  // CLONE_VM looks itself up again instead of using its parent's TID.
+  // CLONE_VM looks itself up again instead of using its parent's TID. The word is the pid.
   const std::atomic<std::uint32_t>* process_mark;
   std::uint32_t tid;
   std::uint32_t held_count;  // entries of `held` in use

@@ -53,6 +53,7 @@ std::optional<std::uint64_t> process_start_ticks(pid_t pid);
 struct ProcessStat {
   char state;
   std::uint64_t start_ticks;
+  pid_t parent;
 };
 std::optional<ProcessStat> process_stat(pid_t pid);
 
