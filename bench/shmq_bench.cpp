@@ -15,9 +15,12 @@
 #include <fcntl.h>
 #include <mqueue.h>
 #include <pthread.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "iceoryx_peer.hpp"
 #include "shmq/shmq.hpp"
 
 namespace bip = boost::interprocess;
@@ -845,6 +849,309 @@ void pipes_and_waits(long r) {
   compare_round_trips(scenario, cs);
 }
 
+// ---------------------------------------------------------------- Eclipse iceoryx (issue 17)
+//
+// iceoryx against shmq, 1 -> 1 and round trips, at 8 B, 256 B, 4 KiB and 64 KiB. iceoryx registers
+// every process with its daemon, so its endpoints cannot be made before the fork and inherited as
+// the channels above are. Each contender here is a link made in the parent (a queue, or an iceoryx
+// topic name) whose two ends are opened after the fork, each in its own process, under that
+// process's Scope (its iceoryx runtime; nothing for shmq). One driver serves every link.
+//
+// Every message is written whole by its producer where the consumer will find it (into the
+// producer's own buffer for put, in place for put_with and an iceoryx loan) and checked whole by
+// its consumer where it lies (in the buffer get returns, in place for get_with and iceoryx): fill
+// bytes, and its value in the first and the last 8 bytes. The clock starts once the producer is
+// connected (iceoryx's daemon connects a subscriber within about 100 ms), so no line pays for setup.
+
+void fill_message(std::byte* at, std::size_t size, std::uint64_t v) {
+  if (size > 16) std::memset(at + 8, 0x5a, size - 16);
+  std::memcpy(at, &v, 8);
+  std::memcpy(at + size - 8, &v, 8);
+}
+
+// The value of the message of `size` bytes at `at`, or nullopt if any of its bytes is wrong.
+std::optional<std::uint64_t> check_message(const std::byte* at, std::size_t size) {
+  static const std::vector<std::byte> fill(65536, std::byte{0x5a});
+  std::uint64_t head, tail;
+  std::memcpy(&head, at, 8);
+  std::memcpy(&tail, at + size - 8, 8);
+  if (head != tail || (size > 16 && std::memcmp(at + 8, fill.data(), size - 16) != 0)) return std::nullopt;
+  return head;
+}
+
+// shmq: one queue; put/get copy the message in and out, put_with/get_with write and read it in the ring.
+template <std::size_t S, bool kInPlace>
+struct ShmqLink {
+  using Message = typename ShmqChannel<S>::Message;
+  struct Scope {};
+  shmq::Queue<Message> q{shmq::QueueOptions{.maxsize = 0, .capacity_bytes = kRingBytes}};
+  struct Sender {
+    shmq::Queue<Message>& q;
+    Message m{};
+    bool connect(double) { return true; }
+    void send(std::uint64_t v) {
+      if constexpr (kInPlace) {
+        q.put_with(S, [v](std::byte* at, std::size_t) { fill_message(at, S, v); });
+      } else {
+        fill_message(reinterpret_cast<std::byte*>(&m), S, v);
+        q.put(m);
+      }
+    }
+  };
+  struct Receiver {
+    shmq::Queue<Message>& q;
+    std::optional<std::uint64_t> recv() {
+      if constexpr (kInPlace) {
+        return q.get_with([](const std::byte* at, std::size_t n) {
+          return n == S ? check_message(at, S) : std::optional<std::uint64_t>();
+        });
+      } else {
+        const Message m = q.get();
+        return check_message(reinterpret_cast<const std::byte*>(&m), S);
+      }
+    }
+  };
+  Sender sender() { return {q}; }
+  Receiver receiver() { return {q}; }
+};
+
+// iceoryx: one topic; the producer loans a chunk, writes the message in it and publishes it; the
+// consumer takes it, reads it in place and releases it. The subscriber's queue holds as many
+// messages as the other peers' rings (at most 256, iceoryx's limit), and a full queue blocks the
+// publisher, as every other peer does: nothing is dropped.
+long iceoryx_topics = 0;
+template <std::size_t S, iceoryx_peer::Wait kWait>
+struct IceoryxLink {
+  using Scope = iceoryx_peer::Runtime;
+  std::string topic = "topic-" + std::to_string(++iceoryx_topics);
+  struct Sender {
+    iceoryx_peer::Publisher out;
+    bool connect(double seconds) { return out.await_subscriber(seconds); }
+    void send(std::uint64_t v) {
+      std::byte* at = out.loan();
+      fill_message(at, S, v);
+      out.publish(at);
+    }
+  };
+  struct Receiver {
+    iceoryx_peer::Subscriber in;
+    std::optional<std::uint64_t> recv() {
+      const std::byte* at = in.take();
+      const auto v = check_message(at, S);
+      in.release(at);
+      return v;
+    }
+  };
+  Sender sender() { return {iceoryx_peer::Publisher(topic, S)}; }
+  Receiver receiver() { return {iceoryx_peer::Subscriber(topic, slots_for(S), kWait)}; }
+};
+
+constexpr double kConnectSeconds = 10;  // for RouDi to connect a publisher to its subscriber
+double run_seconds() { return settings.quick ? 30 : 300; }  // for one run, then its processes are killed
+Clock::time_point run_deadline() {
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(run_seconds()));
+}
+
+// A child's body that says why it failed rather than ending in std::terminate.
+template <class Fn>
+std::function<bool()> guarded(Fn fn) {
+  return [fn]() mutable {
+    try {
+      return fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shmq_bench child %d: %s\n", getpid(), e.what());
+      return false;
+    }
+  };
+}
+
+// Reaps pid, killing it first if it is still running `deadline`; true if it exited 0 in time.
+bool reap_by(pid_t pid, Clock::time_point deadline) {
+  const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  pollfd exited{fd, POLLIN, 0};
+  bool in_time = true;
+  if (fd >= 0 && poll(&exited, 1, static_cast<int>(std::max<long long>(0, left))) == 0) {
+    std::fprintf(stderr, "shmq_bench: process %d still running after %.0f s: killed\n", pid, run_seconds());
+    kill(pid, SIGKILL);
+    in_time = false;
+  }
+  if (fd >= 0) close(fd);
+  return reap(pid) && in_time;
+}
+
+// One value of T in shared memory, for a child to report to the parent.
+template <class T>
+struct SharedValue {
+  T* p = new (mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)) T{};
+  SharedValue() = default;
+  SharedValue(const SharedValue&) = delete;
+  ~SharedValue() { munmap(p, sizeof(T)); }
+  T* operator->() { return p; }
+};
+
+// 1 -> 1 over a link: n messages of S bytes, then a stop. Messages per second from the connected
+// producer's first send to the consumer's stop, or nullopt if any message was lost or corrupted.
+template <class Link, std::size_t S>
+std::optional<double> link_throughput(long n) {
+  Link link;
+  struct Run {
+    Clock::time_point start, end;
+    Tally got;
+    bool intact;
+  };
+  SharedValue<Run> run;
+  const auto deadline = run_deadline();
+  const pid_t consumer = spawn(guarded([&] {
+    [[maybe_unused]] typename Link::Scope scope;
+    auto in = link.receiver();
+    Tally t{0, 0};
+    bool intact = true;
+    for (;;) {
+      const auto v = in.recv();
+      intact &= v.has_value();
+      if (v == kStop) break;
+      ++t.count;
+      t.sum += v.value_or(0);
+    }
+    run->end = Clock::now();
+    run->got = t;
+    run->intact = intact;
+    return true;
+  }));
+  const pid_t producer = spawn(guarded([&] {
+    [[maybe_unused]] typename Link::Scope scope;
+    auto out = link.sender();
+    if (!out.connect(kConnectSeconds)) throw std::runtime_error("no subscriber connected");
+    run->start = Clock::now();
+    for (long i = 0; i < n; ++i) out.send(std::uint64_t(i));
+    out.send(kStop);
+    return true;
+  }));
+  const bool ok = reap_by(producer, deadline) & reap_by(consumer, deadline);
+  if (!ok || !run->intact || run->got.count != std::uint64_t(n) ||
+      run->got.sum != std::uint64_t(n) * std::uint64_t(n - 1) / 2) {
+    return std::nullopt;
+  }
+  return double(n) / std::chrono::duration<double>(run->end - run->start).count();
+}
+
+// R round trips of S-byte messages over two links, between an asking process that times each one
+// and its echo, both opened after the fork (the echo is the asker's child).
+template <class Link, std::size_t S>
+std::optional<std::pair<double, double>> link_round_trips(long r) {
+  Link there, back;
+  SharedValue<std::pair<double, double>> p50_p99;
+  const auto deadline = run_deadline();
+  const pid_t asker = spawn(guarded([&] {
+    const pid_t echo = spawn(guarded([&] {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // killed with the asker if the run times out
+      [[maybe_unused]] typename Link::Scope scope;
+      auto in = there.receiver();
+      auto out = back.sender();
+      if (!out.connect(kConnectSeconds)) throw std::runtime_error("no subscriber connected");
+      for (long i = 0; i < r; ++i) {
+        const auto v = in.recv();
+        if (!v) return false;
+        out.send(*v);
+      }
+      return true;
+    }));
+    [[maybe_unused]] typename Link::Scope scope;
+    auto in = back.receiver();
+    auto out = there.sender();
+    if (!out.connect(kConnectSeconds)) throw std::runtime_error("no subscriber connected");
+    const auto times = timed_round_trips(r, echo, [&](long i) {
+      out.send(std::uint64_t(i));
+      return static_cast<long>(in.recv().value_or(kStop));
+    });
+    if (times) *p50_p99.p = *times;
+    return times.has_value();
+  }));
+  if (!reap_by(asker, deadline)) return std::nullopt;
+  return *p50_p99.p;
+}
+
+// The benchmark's iox-roudi, started by the first iceoryx line that runs, stopped after the last.
+class IceoryxLines {
+ public:
+  // Whether this scenario's iceoryx lines can run; if not, a row of the table says why.
+  bool ready(const std::string& scenario) {
+    if (!daemon_) daemon_.emplace();
+    const std::string why = daemon_->unavailable();
+    if (why.empty()) return true;
+    if (why != said_) std::fprintf(stderr, "shmq_bench: iceoryx lines left out: %s\n", why.c_str());
+    said_ = why;
+    results.push_back({scenario, "iceoryx: " + why.substr(0, why.find_first_of("(:"))});
+    return false;
+  }
+  // Throws if the daemon has ended since the scenario began (compare reports the line as not run).
+  void check() {
+    if (const std::string why = daemon_->unavailable(); !why.empty()) throw std::runtime_error(why);
+  }
+
+ private:
+  std::optional<iceoryx_peer::Daemon> daemon_;
+  std::string said_;
+};
+
+template <std::size_t S>
+void iceoryx_one_to_one(IceoryxLines& iceoryx, long n) {
+  using iceoryx_peer::Wait;
+  const std::string scenario = "iceoryx 1->1 " + std::to_string(S) + " B";
+  if (!selected(scenario)) return;
+  std::vector<Contender> cs = {
+      {"shmq put/get", [n] { return link_throughput<ShmqLink<S, false>, S>(n); }},
+      {"shmq put_with/get_with", [n] { return link_throughput<ShmqLink<S, true>, S>(n); }},
+  };
+  if (iceoryx.ready(scenario)) {
+    cs.push_back({"iceoryx loan+publish, WaitSet", [n, &iceoryx] {
+                    iceoryx.check();
+                    return link_throughput<IceoryxLink<S, Wait::waitset>, S>(n);
+                  }});
+    cs.push_back({"iceoryx loan+publish, busy poll", [n, &iceoryx] {
+                    iceoryx.check();
+                    return link_throughput<IceoryxLink<S, Wait::busy_poll>, S>(n);
+                  }});
+  }
+  compare(scenario, S, cs);
+}
+
+template <std::size_t S>
+void iceoryx_round_trip(IceoryxLines& iceoryx, long r) {
+  using iceoryx_peer::Wait;
+  const std::string scenario = "iceoryx round trip " + std::to_string(S) + " B";
+  if (!selected(scenario)) return;
+  RoundTrips cs = {
+      {"shmq put/get", [r] { return link_round_trips<ShmqLink<S, false>, S>(r); }},
+      {"shmq put_with/get_with", [r] { return link_round_trips<ShmqLink<S, true>, S>(r); }},
+  };
+  if (iceoryx.ready(scenario)) {
+    cs.push_back({"iceoryx loan+publish, WaitSet", [r, &iceoryx] {
+                    iceoryx.check();
+                    return link_round_trips<IceoryxLink<S, Wait::waitset>, S>(r);
+                  }});
+    cs.push_back({"iceoryx loan+publish, busy poll", [r, &iceoryx] {
+                    iceoryx.check();
+                    return link_round_trips<IceoryxLink<S, Wait::busy_poll>, S>(r);
+                  }});
+  }
+  compare_round_trips(scenario, cs);
+}
+
+void iceoryx_scenarios(long k) {
+  IceoryxLines iceoryx;
+  iceoryx_one_to_one<8>(iceoryx, 1000 * k);
+  iceoryx_one_to_one<256>(iceoryx, 1000 * k);
+  iceoryx_one_to_one<4096>(iceoryx, 200 * k);
+  iceoryx_one_to_one<65536>(iceoryx, 20 * k);
+  const long r = settings.quick ? 100 : 50'000;
+  iceoryx_round_trip<8>(iceoryx, r);
+  iceoryx_round_trip<256>(iceoryx, r);
+  iceoryx_round_trip<4096>(iceoryx, r);
+  iceoryx_round_trip<65536>(iceoryx, r / 2);
+}
+
 // Python's figures for the same scenarios, from bench/python_peer.py (one JSON object per line:
 // scenario, msgs_per_s | p50_us, p99_us | seconds).
 void python_peer(long n, long r, int items) {
@@ -996,6 +1303,7 @@ int main(int argc, char** argv) {
   lock_uncontended(settings.quick ? 10'000 : 10'000'000);
   event_round_trip(settings.quick ? 100 : 100'000);
   pipes_and_waits(settings.quick ? 100 : 50'000);
+  iceoryx_scenarios(k);
   compare("Pool.map 100k tasks", 0,
           {{"shmq Pool(2).map", [&] { return shmq_pool_map(settings.quick ? 1000 : 100'000); }}}, true);
   pool_scenarios();
