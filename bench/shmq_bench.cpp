@@ -1075,15 +1075,19 @@ std::optional<std::pair<double, double>> link_round_trips(long r) {
 // The benchmark's iox-roudi, started by the first iceoryx line that runs, stopped after the last.
 class IceoryxLines {
  public:
-  // Whether this scenario's iceoryx lines can run; if not, a row of the table says why.
-  bool ready(const std::string& scenario) {
+  // Whether the iceoryx lines can run (says why not on stderr, once for each reason).
+  bool ready() {
     if (!daemon_) daemon_.emplace();
     const std::string why = daemon_->unavailable();
-    if (why.empty()) return true;
-    if (why != said_) std::fprintf(stderr, "shmq_bench: iceoryx lines left out: %s\n", why.c_str());
+    if (!why.empty() && why != said_) std::fprintf(stderr, "shmq_bench: iceoryx lines left out: %s\n", why.c_str());
     said_ = why;
-    results.push_back({scenario, "iceoryx: " + why.substr(0, why.find_first_of("(:"))});
-    return false;
+    return why.empty();
+  }
+  // The row of a scenario whose iceoryx lines did not run, saying why in short ("iceoryx not installed").
+  void left_out(const std::string& scenario) {
+    std::string reason = said_.substr(0, said_.find_first_of("(:"));
+    while (!reason.empty() && reason.back() == ' ') reason.pop_back();
+    results.push_back({scenario, reason, 0, 0, 0, 0, 0});
   }
   // Throws if the daemon has ended since the scenario began (compare reports the line as not run).
   void check() {
@@ -1104,7 +1108,8 @@ void iceoryx_one_to_one(IceoryxLines& iceoryx, long n) {
       {"shmq put/get", [n] { return link_throughput<ShmqLink<S, false>, S>(n); }},
       {"shmq put_with/get_with", [n] { return link_throughput<ShmqLink<S, true>, S>(n); }},
   };
-  if (iceoryx.ready(scenario)) {
+  const bool with_iceoryx = iceoryx.ready();
+  if (with_iceoryx) {
     cs.push_back({"iceoryx loan+publish, WaitSet", [n, &iceoryx] {
                     iceoryx.check();
                     return link_throughput<IceoryxLink<S, Wait::waitset>, S>(n);
@@ -1115,6 +1120,7 @@ void iceoryx_one_to_one(IceoryxLines& iceoryx, long n) {
                   }});
   }
   compare(scenario, S, cs);
+  if (!with_iceoryx) iceoryx.left_out(scenario);
 }
 
 template <std::size_t S>
@@ -1126,7 +1132,8 @@ void iceoryx_round_trip(IceoryxLines& iceoryx, long r) {
       {"shmq put/get", [r] { return link_round_trips<ShmqLink<S, false>, S>(r); }},
       {"shmq put_with/get_with", [r] { return link_round_trips<ShmqLink<S, true>, S>(r); }},
   };
-  if (iceoryx.ready(scenario)) {
+  const bool with_iceoryx = iceoryx.ready();
+  if (with_iceoryx) {
     cs.push_back({"iceoryx loan+publish, WaitSet", [r, &iceoryx] {
                     iceoryx.check();
                     return link_round_trips<IceoryxLink<S, Wait::waitset>, S>(r);
@@ -1137,6 +1144,7 @@ void iceoryx_round_trip(IceoryxLines& iceoryx, long r) {
                   }});
   }
   compare_round_trips(scenario, cs);
+  if (!with_iceoryx) iceoryx.left_out(scenario);
 }
 
 void iceoryx_scenarios(long k) {
@@ -1237,7 +1245,7 @@ void print_table() {
     const Result* mine = mine_at == sorted.end() ? nullptr : &*mine_at;
     std::string ratio = "";
     if (mine != nullptr && mine->peer != r.peer) {
-      char buf[32];
+      char buf[32] = "";  // stays empty for a row with no figures (an iceoryx line left out)
       if (r.msgs_per_s > 0) std::snprintf(buf, sizeof buf, "%.2fx", mine->msgs_per_s / r.msgs_per_s);
       if (r.p50_us > 0) std::snprintf(buf, sizeof buf, "%.2fx", r.p50_us / mine->p50_us);
       if (r.seconds > 0) std::snprintf(buf, sizeof buf, "%.2fx", r.seconds / mine->seconds);
