@@ -37,7 +37,9 @@ using Clock = std::chrono::steady_clock;
 // The benchmark's pid, set when its Daemon starts: every process of one benchmark run names its
 // runtime after it, so leftovers of killed processes can be found and removed.
 pid_t bench_pid = 0;
-std::string runtime_prefix() { return "shmq-bench-" + std::to_string(bench_pid) + "-"; }
+std::string runtime_prefix() {
+  return "shmq-bench-" + std::to_string(bench_pid) + "-";
+}
 
 // Waits for pid to end, at most `seconds`; true (and *status set) if it did.
 bool wait_for_exit(pid_t pid, double seconds, int* status) {
@@ -52,7 +54,7 @@ bool wait_for_exit(pid_t pid, double seconds, int* status) {
 
 std::string describe_status(int status) {
   if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("killed by ") + strsignal(WTERMSIG(status));
+  if (WIFSIGNALED(status)) return std::string("killed by SIG") + sigabbrev_np(WTERMSIG(status));
   return "status " + std::to_string(status);
 }
 
@@ -74,16 +76,25 @@ void remove_daemon_leftovers() {
   shm_unlink("/iceoryx_mgmt");
   if (const group* g = getgrgid(getegid())) shm_unlink(("/" + std::string(g->gr_name)).c_str());
   unlink("/tmp/roudi");
+  unlink("/tmp/roudi.lock");
   unlink("/tmp/iox-unique-roudi.lock");
 }
 
-// A process of ours that was killed leaves its runtime's socket, /tmp/<runtime name>.
+// A process of ours that was killed leaves its runtime's socket and lock, /tmp/<runtime
+// name>[.lock]: removed for this benchmark, and for any earlier one that is no longer running
+// (killed itself, its daemon told our processes to end, SIGTERM, as it does to every process still
+// registered).
 void remove_runtime_leftovers() {
   DIR* tmp = opendir("/tmp");
   if (tmp == nullptr) return;
-  const std::string prefix = runtime_prefix();
   while (const dirent* e = readdir(tmp)) {
-    if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) unlink(("/tmp/" + std::string(e->d_name)).c_str());
+    char* after = nullptr;
+    if (std::strncmp(e->d_name, "shmq-bench-", 11) != 0) continue;
+    const long owner = std::strtol(e->d_name + 11, &after, 10);
+    if (after == e->d_name + 11 || *after != '-' || owner <= 0) continue;
+    if (owner == bench_pid || (kill(static_cast<pid_t>(owner), 0) != 0 && errno == ESRCH)) {
+      unlink(("/tmp/" + std::string(e->d_name)).c_str());
+    }
   }
   closedir(tmp);
 }
@@ -101,18 +112,29 @@ std::string Daemon::log_tail() const {
     all.append(buf, static_cast<std::size_t>(n));
     at += n;
   }
-  if (all.size() > 600) all = "..." + all.substr(all.size() - 600);
-  return all;
+  std::string plain;  // without the terminal's colour codes (ESC [ ... m)
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (all[i] == '\x1b') {
+      i = all.find('m', i);
+      if (i == std::string::npos) break;
+    } else {
+      plain += all[i];
+    }
+  }
+  if (plain.size() > 600) plain = "..." + plain.substr(plain.size() - 600);
+  return plain;
 }
 
 Daemon::Daemon() {
   bench_pid = getpid();
+  remove_runtime_leftovers();
   char config[] = "/tmp/shmq-bench-roudi-XXXXXX.toml";
   const int config_fd = mkstemps(config, 5);
   char log[] = "/tmp/shmq-bench-roudi-log-XXXXXX";
   log_fd_ = mkstemp(log);
   if (config_fd < 0 || log_fd_ < 0 ||
-      write(config_fd, kConfig, std::strlen(kConfig)) != static_cast<ssize_t>(std::strlen(kConfig))) {
+      write(config_fd, kConfig, std::strlen(kConfig)) !=
+          static_cast<ssize_t>(std::strlen(kConfig))) {
     why_ = std::string("cannot write iox-roudi's files in /tmp: ") + std::strerror(errno);
   }
   if (config_fd >= 0) close(config_fd);
@@ -128,7 +150,8 @@ Daemon::Daemon() {
       dup2(null, 0);
       dup2(log_fd_, 1);
       dup2(log_fd_, 2);
-      execlp("iox-roudi", "iox-roudi", "--config-file", config, "--log-level", "warning", static_cast<char*>(nullptr));
+      execlp("iox-roudi", "iox-roudi", "--config-file", config, "--log-level", "warning",
+             static_cast<char*>(nullptr));
       std::fprintf(stderr, "cannot run iox-roudi: %s\n", std::strerror(errno));
       _exit(127);
     }
@@ -183,7 +206,9 @@ Daemon::~Daemon() {
 
 namespace {
 
-iox::capro::IdString_t id(const std::string& s) { return iox::capro::IdString_t(iox::cxx::TruncateToCapacity, s.c_str()); }
+iox::capro::IdString_t id(const std::string& s) {
+  return iox::capro::IdString_t(iox::cxx::TruncateToCapacity, s.c_str());
+}
 iox::capro::ServiceDescription service(const std::string& topic) {
   return {id("shmq-bench"), id(std::to_string(bench_pid)), id(topic)};
 }
@@ -215,13 +240,15 @@ class ScopedRuntime final : public iox::runtime::PoshRuntimeImpl {
 
 // iceoryx logs every registration at its default level (verbose): only warnings and errors here.
 bool quiet_log() {
-  iox::log::LogManager::GetLogManager().SetDefaultLogLevel(iox::log::LogLevel::kWarn, iox::log::LogLevelOutput::kHideLogLevel);
+  iox::log::LogManager::GetLogManager().SetDefaultLogLevel(iox::log::LogLevel::kWarn,
+                                                           iox::log::LogLevelOutput::kHideLogLevel);
   return true;
 }
 
 struct Runtime::Impl {
   bool quiet = quiet_log();  // before the runtime makes its loggers
-  iox::RuntimeName_t name{iox::cxx::TruncateToCapacity, (runtime_prefix() + std::to_string(getpid())).c_str()};
+  iox::RuntimeName_t name{iox::cxx::TruncateToCapacity,
+                          (runtime_prefix() + std::to_string(getpid())).c_str()};
   ScopedRuntime runtime{name};
 };
 
@@ -237,10 +264,12 @@ struct Publisher::Impl {
     o.subscriberTooSlowPolicy = iox::popo::ConsumerTooSlowPolicy::WAIT_FOR_CONSUMER;
     return o;
   }
-  Impl(const std::string& topic, std::size_t s) : size(static_cast<std::uint32_t>(s)), publisher(service(topic), options()) {}
+  Impl(const std::string& topic, std::size_t s)
+      : size(static_cast<std::uint32_t>(s)), publisher(service(topic), options()) {}
 };
 
-Publisher::Publisher(const std::string& topic, std::size_t size) : impl_(std::make_unique<Impl>(topic, size)) {}
+Publisher::Publisher(const std::string& topic, std::size_t size)
+    : impl_(std::make_unique<Impl>(topic, size)) {}
 Publisher::~Publisher() = default;
 Publisher::Publisher(Publisher&&) noexcept = default;
 
@@ -257,13 +286,16 @@ bool Publisher::await_subscriber(double seconds) {
 std::byte* Publisher::loan() {
   auto chunk = impl_->publisher.loan(impl_->size, alignof(std::uint64_t));
   if (chunk.has_error()) {
-    throw std::runtime_error("iceoryx: loan of " + std::to_string(impl_->size) + " bytes failed (AllocationError " +
+    throw std::runtime_error("iceoryx: loan of " + std::to_string(impl_->size) +
+                             " bytes failed (AllocationError " +
                              std::to_string(static_cast<int>(chunk.get_error())) + ")");
   }
   return static_cast<std::byte*>(chunk.value());
 }
 
-void Publisher::publish(std::byte* payload) { impl_->publisher.publish(payload); }
+void Publisher::publish(std::byte* payload) {
+  impl_->publisher.publish(payload);
+}
 
 struct Subscriber::Impl {
   iox::popo::UntypedSubscriber subscriber;
@@ -275,7 +307,8 @@ struct Subscriber::Impl {
     o.queueFullPolicy = iox::popo::QueueFullPolicy::BLOCK_PRODUCER;
     return o;
   }
-  Impl(const std::string& topic, std::size_t queue_capacity, Wait wait) : subscriber(service(topic), options(queue_capacity)) {
+  Impl(const std::string& topic, std::size_t queue_capacity, Wait wait)
+      : subscriber(service(topic), options(queue_capacity)) {
     if (wait == Wait::waitset) {
       waitset.emplace();
       if (waitset->attachState(subscriber, iox::popo::SubscriberState::HAS_DATA).has_error()) {
@@ -301,7 +334,9 @@ const std::byte* Subscriber::take() {
   }
 }
 
-void Subscriber::release(const std::byte* payload) { impl_->subscriber.release(payload); }
+void Subscriber::release(const std::byte* payload) {
+  impl_->subscriber.release(payload);
+}
 
 }  // namespace iceoryx_peer
 
@@ -309,27 +344,43 @@ void Subscriber::release(const std::byte* payload) { impl_->subscriber.release(p
 
 namespace iceoryx_peer {
 
-
-constexpr const char* kNotInstalled = "iceoryx not installed (its packages were not found when the benchmark was configured)";
-Daemon::Daemon() { why_ = kNotInstalled; }
+constexpr const char* kNotInstalled =
+    "iceoryx not installed (its packages were not found when the benchmark was configured)";
+Daemon::Daemon() {
+  why_ = kNotInstalled;
+}
 Daemon::~Daemon() = default;
-std::string Daemon::unavailable() { return why_; }
+std::string Daemon::unavailable() {
+  return why_;
+}
 
 struct Runtime::Impl {};
-Runtime::Runtime() { throw std::logic_error(kNotInstalled); }
+Runtime::Runtime() {
+  throw std::logic_error(kNotInstalled);
+}
 Runtime::~Runtime() = default;
 struct Publisher::Impl {};
-Publisher::Publisher(const std::string&, std::size_t) { throw std::logic_error(kNotInstalled); }
+Publisher::Publisher(const std::string&, std::size_t) {
+  throw std::logic_error(kNotInstalled);
+}
 Publisher::~Publisher() = default;
 Publisher::Publisher(Publisher&&) noexcept = default;
-bool Publisher::await_subscriber(double) { return false; }
-std::byte* Publisher::loan() { return nullptr; }
+bool Publisher::await_subscriber(double) {
+  return false;
+}
+std::byte* Publisher::loan() {
+  return nullptr;
+}
 void Publisher::publish(std::byte*) {}
 struct Subscriber::Impl {};
-Subscriber::Subscriber(const std::string&, std::size_t, Wait) { throw std::logic_error(kNotInstalled); }
+Subscriber::Subscriber(const std::string&, std::size_t, Wait) {
+  throw std::logic_error(kNotInstalled);
+}
 Subscriber::~Subscriber() = default;
 Subscriber::Subscriber(Subscriber&&) noexcept = default;
-const std::byte* Subscriber::take() { return nullptr; }
+const std::byte* Subscriber::take() {
+  return nullptr;
+}
 void Subscriber::release(const std::byte*) {}
 
 }  // namespace iceoryx_peer

@@ -636,11 +636,15 @@ void compare_round_trips(const std::string& scenario, const RoundTrips& cs) {
   std::map<std::string, std::vector<double>> p50, p99;
   for (int rep = 0; rep < settings.reps; ++rep) {
     for (const auto& [peer, run] : cs) {
-      if (const auto v = run()) {
-        p50[peer].push_back(v->first);
-        p99[peer].push_back(v->second);
-      } else {
-        record_failure(scenario, peer);
+      try {
+        if (const auto v = run()) {
+          p50[peer].push_back(v->first);
+          p99[peer].push_back(v->second);
+        } else {
+          record_failure(scenario, peer);
+        }
+      } catch (const std::exception& e) {  // as in compare(): a line that cannot run is left out
+        std::fprintf(stderr, "%s / %s could not run: %s\n", scenario.c_str(), peer.c_str(), e.what());
       }
     }
   }
