@@ -1110,33 +1110,39 @@ class IceoryxLines {
   std::string said_;
 };
 
+// Adds iceoryx's two lines to a scenario's contenders, unless its daemon cannot run; each line
+// checks that the daemon still runs. measure<Link>() runs one line over a Link.
+template <std::size_t S, class Contenders, class Measure>
+bool add_iceoryx_lines(IceoryxLines& iceoryx, Contenders& cs, Measure measure) {
+  using iceoryx_peer::Wait;
+  if (!iceoryx.ready()) return false;
+  cs.push_back({"iceoryx loan+publish, WaitSet", [measure, &iceoryx] {
+                  iceoryx.check();
+                  return measure.template operator()<IceoryxLink<S, Wait::waitset>>();
+                }});
+  cs.push_back({"iceoryx loan+publish, busy poll", [measure, &iceoryx] {
+                  iceoryx.check();
+                  return measure.template operator()<IceoryxLink<S, Wait::busy_poll>>();
+                }});
+  return true;
+}
+
 template <std::size_t S>
 void iceoryx_one_to_one(IceoryxLines& iceoryx, long n) {
-  using iceoryx_peer::Wait;
   const std::string scenario = "iceoryx 1->1 " + std::to_string(S) + " B";
   if (!selected(scenario)) return;
   std::vector<Contender> cs = {
       {"shmq put/get", [n] { return link_throughput<ShmqLink<S, false>, S>(n); }},
       {"shmq put_with/get_with", [n] { return link_throughput<ShmqLink<S, true>, S>(n); }},
   };
-  const bool with_iceoryx = iceoryx.ready();
-  if (with_iceoryx) {
-    cs.push_back({"iceoryx loan+publish, WaitSet", [n, &iceoryx] {
-                    iceoryx.check();
-                    return link_throughput<IceoryxLink<S, Wait::waitset>, S>(n);
-                  }});
-    cs.push_back({"iceoryx loan+publish, busy poll", [n, &iceoryx] {
-                    iceoryx.check();
-                    return link_throughput<IceoryxLink<S, Wait::busy_poll>, S>(n);
-                  }});
-  }
+  const bool with_iceoryx =
+      add_iceoryx_lines<S>(iceoryx, cs, [n]<class Link>() { return link_throughput<Link, S>(n); });
   compare(scenario, S, cs);
   if (!with_iceoryx) iceoryx.left_out(scenario);
 }
 
 template <std::size_t S>
 void iceoryx_round_trip(IceoryxLines& iceoryx, long r) {
-  using iceoryx_peer::Wait;
   const std::string scenario = "iceoryx round trip " + std::to_string(S) + " B";
   if (!selected(scenario)) return;
   RoundTrips cs = {
@@ -1144,17 +1150,8 @@ void iceoryx_round_trip(IceoryxLines& iceoryx, long r) {
       {"shmq put_with/get_with", [r] { return link_round_trips<ShmqLink<S, true>, S>(r); }},
       {"shmq put/try_get, busy poll", [r] { return link_round_trips<ShmqLink<S, false, true>, S>(r); }},
   };
-  const bool with_iceoryx = iceoryx.ready();
-  if (with_iceoryx) {
-    cs.push_back({"iceoryx loan+publish, WaitSet", [r, &iceoryx] {
-                    iceoryx.check();
-                    return link_round_trips<IceoryxLink<S, Wait::waitset>, S>(r);
-                  }});
-    cs.push_back({"iceoryx loan+publish, busy poll", [r, &iceoryx] {
-                    iceoryx.check();
-                    return link_round_trips<IceoryxLink<S, Wait::busy_poll>, S>(r);
-                  }});
-  }
+  const bool with_iceoryx =
+      add_iceoryx_lines<S>(iceoryx, cs, [r]<class Link>() { return link_round_trips<Link, S>(r); });
   compare_round_trips(scenario, cs);
   if (!with_iceoryx) iceoryx.left_out(scenario);
 }
