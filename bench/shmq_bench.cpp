@@ -15,9 +15,12 @@
 #include <fcntl.h>
 #include <mqueue.h>
 #include <pthread.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "iceoryx_peer.hpp"
 #include "shmq/shmq.hpp"
 
 namespace bip = boost::interprocess;
@@ -669,11 +673,15 @@ void compare_round_trips(const std::string& scenario, const RoundTrips& cs) {
   std::map<std::string, std::vector<double>> p50, p99;
   for (int rep = 0; rep < settings.reps; ++rep) {
     for (const auto& [peer, run] : cs) {
-      if (const auto v = run()) {
-        p50[peer].push_back(v->first);
-        p99[peer].push_back(v->second);
-      } else {
-        record_failure(scenario, peer);
+      try {
+        if (const auto v = run()) {
+          p50[peer].push_back(v->first);
+          p99[peer].push_back(v->second);
+        } else {
+          record_failure(scenario, peer);
+        }
+      } catch (const std::exception& e) {  // as in compare(): a line that cannot run is left out
+        std::fprintf(stderr, "%s / %s could not run: %s\n", scenario.c_str(), peer.c_str(), e.what());
       }
     }
   }
@@ -882,6 +890,324 @@ void pipes_and_waits(long r) {
   compare_round_trips(scenario, cs);
 }
 
+// ---------------------------------------------------------------- Eclipse iceoryx (issue 17)
+//
+// iceoryx against shmq, 1 -> 1 and round trips, at 8 B, 256 B, 4 KiB and 64 KiB. iceoryx registers
+// every process with its daemon, so its endpoints cannot be made before the fork and inherited as
+// the channels above are. Each contender here is a link made in the parent (a queue, or an iceoryx
+// topic name) whose two ends are opened after the fork, each in its own process, under that
+// process's Scope (its iceoryx runtime; nothing for shmq). One driver serves every link.
+//
+// Every message is written whole by its producer where the consumer will find it (into the
+// producer's own buffer for put, in place for put_with and an iceoryx loan) and checked whole by
+// its consumer where it lies (in the buffer get returns, in place for get_with and iceoryx): fill
+// bytes, and its value in the first and the last 8 bytes. The clock starts once the producer is
+// connected (iceoryx's daemon connects a subscriber within about 100 ms), so no line pays for setup.
+
+void fill_message(std::byte* at, std::size_t size, std::uint64_t v) {
+  if (size > 16) std::memset(at + 8, 0x5a, size - 16);
+  std::memcpy(at, &v, 8);
+  std::memcpy(at + size - 8, &v, 8);
+}
+
+// The value of the message of `size` bytes at `at`, or nullopt if any of its bytes is wrong.
+std::optional<std::uint64_t> check_message(const std::byte* at, std::size_t size) {
+  static const std::vector<std::byte> fill(65536, std::byte{0x5a});
+  std::uint64_t head, tail;
+  std::memcpy(&head, at, 8);
+  std::memcpy(&tail, at + size - 8, 8);
+  if (head != tail || (size > 16 && std::memcmp(at + 8, fill.data(), size - 16) != 0)) return std::nullopt;
+  return head;
+}
+
+// shmq: one queue; put/get copy the message in and out, put_with/get_with write and read it in the
+// ring. kBusyPoll: the consumer calls try_get until it returns a message (iceoryx's busy polling)
+// instead of get, which spins a while and then sleeps.
+template <std::size_t S, bool kInPlace, bool kBusyPoll = false>
+struct ShmqLink {
+  static_assert(!(kInPlace && kBusyPoll), "the busy-polling consumer copies the message out");
+  using Message = typename ShmqChannel<S>::Message;
+  struct Scope {};
+  shmq::Queue<Message> q{shmq::QueueOptions{.maxsize = 0, .capacity_bytes = kRingBytes}};
+  struct Sender {
+    shmq::Queue<Message>& q;
+    Message m{};
+    bool connect(double) { return true; }
+    void send(std::uint64_t v) {
+      if constexpr (kInPlace) {
+        q.put_with(S, [v](std::byte* at, std::size_t) { fill_message(at, S, v); });
+      } else {
+        fill_message(reinterpret_cast<std::byte*>(&m), S, v);
+        q.put(m);
+      }
+    }
+  };
+  struct Receiver {
+    shmq::Queue<Message>& q;
+    std::optional<std::uint64_t> recv() {
+      if constexpr (kInPlace) {
+        return q.get_with([](const std::byte* at, std::size_t n) {
+          return n == S ? check_message(at, S) : std::optional<std::uint64_t>();
+        });
+      } else if constexpr (kBusyPoll) {
+        for (;;) {
+          if (const auto m = q.try_get()) return check_message(reinterpret_cast<const std::byte*>(&*m), S);
+        }
+      } else {
+        const Message m = q.get();
+        return check_message(reinterpret_cast<const std::byte*>(&m), S);
+      }
+    }
+  };
+  Sender sender() { return {q}; }
+  Receiver receiver() { return {q}; }
+};
+
+// iceoryx: one topic; the producer loans a chunk, writes the message in it and publishes it; the
+// consumer takes it, reads it in place and releases it. The subscriber's queue holds as many
+// messages as the other peers' rings (at most 256, iceoryx's limit), and a full queue blocks the
+// publisher, as every other peer does: nothing is dropped.
+long iceoryx_topics = 0;
+template <std::size_t S, iceoryx_peer::Wait kWait>
+struct IceoryxLink {
+  using Scope = iceoryx_peer::Runtime;
+  std::string topic = "topic-" + std::to_string(++iceoryx_topics);
+  struct Sender {
+    iceoryx_peer::Publisher out;
+    bool connect(double seconds) { return out.await_subscriber(seconds); }
+    void send(std::uint64_t v) {
+      std::byte* at = out.loan();
+      fill_message(at, S, v);
+      out.publish(at);
+    }
+  };
+  struct Receiver {
+    iceoryx_peer::Subscriber in;
+    std::optional<std::uint64_t> recv() {
+      const std::byte* at = in.take();
+      const auto v = check_message(at, S);
+      in.release(at);
+      return v;
+    }
+  };
+  Sender sender() { return {iceoryx_peer::Publisher(topic, S)}; }
+  Receiver receiver() { return {iceoryx_peer::Subscriber(topic, slots_for(S), kWait)}; }
+};
+
+constexpr double kConnectSeconds = 10;  // for RouDi to connect a publisher to its subscriber
+double run_seconds() { return settings.quick ? 30 : 300; }  // for one run, then its processes are killed
+Clock::time_point run_deadline() {
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(run_seconds()));
+}
+
+// A child's body that says why it failed rather than ending in std::terminate.
+template <class Fn>
+std::function<bool()> guarded(Fn fn) {
+  return [fn]() mutable {
+    try {
+      return fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shmq_bench child %d: %s\n", getpid(), e.what());
+      return false;
+    }
+  };
+}
+
+// Reaps pid, killing it first if it is still running `deadline`; true if it exited 0 in time.
+bool reap_by(pid_t pid, Clock::time_point deadline) {
+  const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  pollfd exited{fd, POLLIN, 0};
+  bool in_time = true;
+  if (fd >= 0 && poll(&exited, 1, static_cast<int>(std::max<long long>(0, left))) == 0) {
+    std::fprintf(stderr, "shmq_bench: process %d still running after %.0f s: killed\n", pid, run_seconds());
+    kill(pid, SIGKILL);
+    in_time = false;
+  }
+  if (fd >= 0) close(fd);
+  return reap(pid) && in_time;
+}
+
+// One value of T in shared memory, for a child to report to the parent.
+template <class T>
+struct SharedValue {
+  T* p = new (mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)) T{};
+  SharedValue() = default;
+  SharedValue(const SharedValue&) = delete;
+  ~SharedValue() { munmap(p, sizeof(T)); }
+  T* operator->() { return p; }
+};
+
+// 1 -> 1 over a link: n messages of S bytes, then a stop. Messages per second from the connected
+// producer's first send to the consumer's stop, or nullopt if any message was lost or corrupted.
+template <class Link, std::size_t S>
+std::optional<double> link_throughput(long n) {
+  Link link;
+  struct Run {
+    Clock::time_point start, end;
+    Tally got;
+    bool intact;
+  };
+  SharedValue<Run> run;
+  const auto deadline = run_deadline();
+  const pid_t consumer = spawn(guarded([&] {
+    [[maybe_unused]] typename Link::Scope scope;
+    auto in = link.receiver();
+    Tally t{0, 0};
+    bool intact = true;
+    for (;;) {
+      const auto v = in.recv();
+      intact &= v.has_value();
+      if (v == kStop) break;
+      ++t.count;
+      t.sum += v.value_or(0);
+    }
+    run->end = Clock::now();
+    run->got = t;
+    run->intact = intact;
+    return true;
+  }));
+  const pid_t producer = spawn(guarded([&] {
+    [[maybe_unused]] typename Link::Scope scope;
+    auto out = link.sender();
+    if (!out.connect(kConnectSeconds)) throw std::runtime_error("no subscriber connected");
+    run->start = Clock::now();
+    for (long i = 0; i < n; ++i) out.send(std::uint64_t(i));
+    out.send(kStop);
+    return true;
+  }));
+  const bool ok = reap_by(producer, deadline) & reap_by(consumer, deadline);
+  if (!ok || !run->intact || run->got.count != std::uint64_t(n) ||
+      run->got.sum != std::uint64_t(n) * std::uint64_t(n - 1) / 2) {
+    return std::nullopt;
+  }
+  return double(n) / std::chrono::duration<double>(run->end - run->start).count();
+}
+
+// R round trips of S-byte messages over two links, between an asking process that times each one
+// and its echo, both opened after the fork (the echo is the asker's child).
+template <class Link, std::size_t S>
+std::optional<std::pair<double, double>> link_round_trips(long r) {
+  Link there, back;
+  SharedValue<std::pair<double, double>> p50_p99;
+  const auto deadline = run_deadline();
+  const pid_t asker = spawn(guarded([&] {
+    const pid_t echo = spawn(guarded([&] {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // killed with the asker if the run times out
+      [[maybe_unused]] typename Link::Scope scope;
+      auto in = there.receiver();
+      auto out = back.sender();
+      if (!out.connect(kConnectSeconds)) throw std::runtime_error("no subscriber connected");
+      bool intact = true;
+      for (long i = 0; i < r; ++i) {  // a corrupt message goes back as kStop: the asker sees it
+        const auto v = in.recv();
+        intact &= v.has_value();
+        out.send(v.value_or(kStop));
+      }
+      return intact;
+    }));
+    [[maybe_unused]] typename Link::Scope scope;
+    auto in = back.receiver();
+    auto out = there.sender();
+    if (!out.connect(kConnectSeconds)) throw std::runtime_error("no subscriber connected");
+    const auto times = timed_round_trips(r, echo, [&](long i) {
+      out.send(std::uint64_t(i));
+      return static_cast<long>(in.recv().value_or(kStop));
+    });
+    if (times) *p50_p99.p = *times;
+    return times.has_value();
+  }));
+  if (!reap_by(asker, deadline)) return std::nullopt;
+  return *p50_p99.p;
+}
+
+// The benchmark's iox-roudi, started by the first iceoryx line that runs, stopped after the last.
+class IceoryxLines {
+ public:
+  // Whether the iceoryx lines can run (says why not on stderr, once for each reason).
+  bool ready() {
+    if (!daemon_) daemon_.emplace();
+    const std::string why = daemon_->unavailable();
+    if (!why.empty() && why != said_) std::fprintf(stderr, "shmq_bench: iceoryx lines left out: %s\n", why.c_str());
+    said_ = why;
+    return why.empty();
+  }
+  // The row of a scenario whose iceoryx lines did not run, saying why in short ("iceoryx not installed").
+  void left_out(const std::string& scenario) {
+    std::string reason = said_.substr(0, said_.find_first_of("(:"));
+    while (!reason.empty() && reason.back() == ' ') reason.pop_back();
+    results.push_back({scenario, reason, 0, 0, 0, 0, 0});
+  }
+  // Throws if the daemon has ended since the scenario began (compare reports the line as not run).
+  void check() {
+    if (const std::string why = daemon_->unavailable(); !why.empty()) throw std::runtime_error(why);
+  }
+
+ private:
+  std::optional<iceoryx_peer::Daemon> daemon_;
+  std::string said_;
+};
+
+// Adds iceoryx's two lines to a scenario's contenders, unless its daemon cannot run; each line
+// checks that the daemon still runs. measure<Link>() runs one line over a Link.
+template <std::size_t S, class Contenders, class Measure>
+bool add_iceoryx_lines(IceoryxLines& iceoryx, Contenders& cs, Measure measure) {
+  using iceoryx_peer::Wait;
+  if (!iceoryx.ready()) return false;
+  cs.push_back({"iceoryx loan+publish, WaitSet", [measure, &iceoryx] {
+                  iceoryx.check();
+                  return measure.template operator()<IceoryxLink<S, Wait::waitset>>();
+                }});
+  cs.push_back({"iceoryx loan+publish, busy poll", [measure, &iceoryx] {
+                  iceoryx.check();
+                  return measure.template operator()<IceoryxLink<S, Wait::busy_poll>>();
+                }});
+  return true;
+}
+
+template <std::size_t S>
+void iceoryx_one_to_one(IceoryxLines& iceoryx, long n) {
+  const std::string scenario = "iceoryx 1->1 " + std::to_string(S) + " B";
+  if (!selected(scenario)) return;
+  std::vector<Contender> cs = {
+      {"shmq put/get", [n] { return link_throughput<ShmqLink<S, false>, S>(n); }},
+      {"shmq put_with/get_with", [n] { return link_throughput<ShmqLink<S, true>, S>(n); }},
+  };
+  const bool with_iceoryx =
+      add_iceoryx_lines<S>(iceoryx, cs, [n]<class Link>() { return link_throughput<Link, S>(n); });
+  compare(scenario, S, cs);
+  if (!with_iceoryx) iceoryx.left_out(scenario);
+}
+
+template <std::size_t S>
+void iceoryx_round_trip(IceoryxLines& iceoryx, long r) {
+  const std::string scenario = "iceoryx round trip " + std::to_string(S) + " B";
+  if (!selected(scenario)) return;
+  RoundTrips cs = {
+      {"shmq put/get", [r] { return link_round_trips<ShmqLink<S, false>, S>(r); }},
+      {"shmq put_with/get_with", [r] { return link_round_trips<ShmqLink<S, true>, S>(r); }},
+      {"shmq put/try_get, busy poll", [r] { return link_round_trips<ShmqLink<S, false, true>, S>(r); }},
+  };
+  const bool with_iceoryx =
+      add_iceoryx_lines<S>(iceoryx, cs, [r]<class Link>() { return link_round_trips<Link, S>(r); });
+  compare_round_trips(scenario, cs);
+  if (!with_iceoryx) iceoryx.left_out(scenario);
+}
+
+void iceoryx_scenarios(long k) {
+  IceoryxLines iceoryx;
+  // Fewer messages than the other 1 -> 1 lines: iceoryx moves about 0.3-2M a second.
+  iceoryx_one_to_one<8>(iceoryx, 500 * k);
+  iceoryx_one_to_one<256>(iceoryx, 500 * k);
+  iceoryx_one_to_one<4096>(iceoryx, 200 * k);
+  iceoryx_one_to_one<65536>(iceoryx, 20 * k);
+  const long r = settings.quick ? 100 : 20'000;
+  iceoryx_round_trip<8>(iceoryx, r);
+  iceoryx_round_trip<256>(iceoryx, r);
+  iceoryx_round_trip<4096>(iceoryx, r);
+  iceoryx_round_trip<65536>(iceoryx, r / 2);
+}
+
 // Python's figures for the same scenarios, from bench/python_peer.py (one JSON object per line:
 // scenario, msgs_per_s | p50_us, p99_us | seconds).
 void python_peer(long n, long r, int items) {
@@ -967,7 +1293,7 @@ void print_table() {
     const Result* mine = mine_at == sorted.end() ? nullptr : &*mine_at;
     std::string ratio = "";
     if (mine != nullptr && mine->peer != r.peer) {
-      char buf[32];
+      char buf[32] = "";  // stays empty for a row with no figures (an iceoryx line left out)
       if (r.msgs_per_s > 0) std::snprintf(buf, sizeof buf, "%.2fx", mine->msgs_per_s / r.msgs_per_s);
       if (r.p50_us > 0) std::snprintf(buf, sizeof buf, "%.2fx", r.p50_us / mine->p50_us);
       if (r.seconds > 0) std::snprintf(buf, sizeof buf, "%.2fx", r.seconds / mine->seconds);
@@ -1034,6 +1360,7 @@ int main(int argc, char** argv) {
   lock_uncontended(settings.quick ? 10'000 : 10'000'000);
   event_round_trip(settings.quick ? 100 : 100'000);
   pipes_and_waits(settings.quick ? 100 : 50'000);
+  iceoryx_scenarios(k);
   compare("Pool.map 100k tasks", 0,
           {{"shmq Pool(2).map", [&] { return shmq_pool_map(settings.quick ? 1000 : 100'000); }}}, true);
   pool_scenarios();
