@@ -62,7 +62,10 @@ PoolShared::~PoolShared() {
 }
 
 PoolCore::PoolCore(PoolOptions options)
-    : shared_(std::move(options)), manager_(spawn_manager(shared_)) {
+    : shared_(std::move(options)),
+      manager_(spawn_manager(shared_)),
+      payload_files_(std::make_shared<PayloadFiles>(2 * shared_.processes,
+                                                    shared_.options.payload_cache_bytes)) {
   shared_.channel.close_sending_end();  // the workers have theirs
 }
 
@@ -131,7 +134,11 @@ std::shared_ptr<Job> PoolCore::submit(std::vector<OutgoingTask>& tasks, Deliver 
     const std::uint64_t id = ++last_id_;
     tasks[i].message.id = id;
     // Filed as pending before it is queued, so that its outcome always finds it.
-    pending_.emplace(id, Pending{job, i, std::move(tasks[i].args)});
+    PayloadFile loan = payload_files_->lend();
+    tasks[i].message.loan = loan.is_open() ? MemfdRef{static_cast<std::int32_t>(shared_.owner_pid),
+                                                      loan.fd(), loan.capacity(), loan.name()}
+                                           : MemfdRef{};
+    pending_.emplace(id, Pending{job, i, std::move(tasks[i].args), std::move(loan)});
     lock.unlock();
     bool queued = shared_.tasks.try_put(tasks[i].message);
     lock.lock();
@@ -212,32 +219,54 @@ void PoolCore::file(ResultMessage message) {
     }
     return;
   }
+  Pending pending = std::move(it->second);
+  pending_.erase(it);
   TaskResult result;
   result.id = message.id;
   result.outcome = message.outcome;
   result.type_name = std::move(message.type_name);
   result.what = std::move(message.what);
-  if (message.outcome == TaskOutcome::returned) {
-    if (message.result.where == Payload::Where::inline_bytes) {
-      result.bytes = std::move(message.result.bytes);
-    } else {
-      try {
-        const int fd = shared_.channel.receive(message.id);
-        if (fd < 0) throw Error("shmq::Pool: the memfd of an out-of-band result never came");
-        result.file = PayloadFile::adopt(fd, message.result.size);
-      } catch (const Error&) {
-        result.outcome = TaskOutcome::raised;
-        std::tie(result.type_name, result.what) = describe_current_exception();
-      }
+  if (message.outcome == TaskOutcome::lost) {
+    // Another worker may still be running the task (pool_shared.hpp), reading its arguments or
+    // writing into its loan: neither is ever reused. Its worker may have sent a result memfd
+    // before it died.
+    pending.args.discard();
+    pending.loan.discard();
+    shared_.channel.discard_unless([&](std::uint64_t id) { return pending_.count(id) != 0; });
+  } else if (message.outcome == TaskOutcome::returned) {
+    try {
+      take_payload(message, pending, result);
+    } catch (const Error&) {
+      result.outcome = TaskOutcome::raised;
+      std::tie(result.type_name, result.what) = describe_current_exception();
     }
   }
-  Pending pending = std::move(it->second);
-  pending_.erase(it);
-  if (message.outcome == TaskOutcome::lost) {
-    // Its worker may have sent a result memfd before it died.
-    shared_.channel.discard_unless([&](std::uint64_t id) { return pending_.count(id) != 0; });
-  }
+  // Its worker has posted its outcome: the args and an unused loan are spares again.
   settle(pending, std::move(result));
+}
+
+void PoolCore::take_payload(ResultMessage& message, Pending& pending, TaskResult& result) {
+  const std::size_t size = message.result.memfd.size;
+  switch (message.result.where) {
+    case Payload::Where::inline_bytes:
+      result.bytes = std::move(message.result.bytes);
+      return;
+    case Payload::Where::lent:
+      if (!pending.loan.is_open() || pending.loan.capacity() < size) {
+        throw Error("shmq::Pool: a result said to be in a memfd lent to it, which it was not");
+      }
+      result.file = std::move(pending.loan);
+      break;
+    case Payload::Where::out_of_band: {
+      const int fd = shared_.channel.receive(message.id);
+      if (fd < 0) throw Error("shmq::Pool: the memfd of an out-of-band result never came");
+      result.file = PayloadFile::adopt(fd, size);
+      payload_files_->keep(result.file);  // a spare once the result is decoded
+      break;
+    }
+  }
+  result.file.set_size(size);
+  result.file.populate(size);
 }
 
 void PoolCore::settle(Pending& pending, TaskResult result) {
@@ -256,6 +285,8 @@ void PoolCore::end(State state, std::string reason) {
   state_ = state;
   ended_reason_ = std::move(reason);
   for (auto& [id, pending] : pending_) {
+    pending.args.discard();  // as for a worker lost: it may still be at them
+    pending.loan.discard();
     TaskResult lost;
     lost.id = id;
     lost.outcome = TaskOutcome::lost;
@@ -296,6 +327,7 @@ void PoolCore::join() {
       lock, [this] { return has_ended() || (pending_.empty() && undelivered_ == 0); },
       Deadline::never());
   manager_.wait_until(Deadline::never());
+  payload_files_->retire();
 }
 
 void PoolCore::terminate() noexcept {
@@ -306,6 +338,7 @@ void PoolCore::terminate() noexcept {
   shared_.results.shutdown(true);  // a puller blocked on it returns at once
   manager_.signal(SIGTERM);        // it kills every worker, reaps them and exits
   manager_.wait_until(Deadline::never());
+  payload_files_->retire();
 }
 
 void PoolCore::shut_down() noexcept {

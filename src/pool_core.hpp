@@ -43,8 +43,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   ~PoolCore();
 
   std::size_t processes() const noexcept { return shared_.processes; }
-  // Arguments larger than this travel out of band.
-  std::size_t inline_limit() const noexcept { return PoolShared::inline_limit(shared_.tasks); }
+  // Where arguments are encoded: in the message up to the task ring's limit, else out of band.
+  PayloadTarget payload_target() const noexcept {
+    return {PoolShared::inline_limit(shared_.tasks), payload_files_.get()};
+  }
 
   // Queues the tasks, numbering them, as one job. Waits while the task ring is full, collecting
   // outcomes meanwhile (the workers may be waiting for room to post them). Returns null, leaving
@@ -81,6 +83,7 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     std::shared_ptr<Job> job;
     std::size_t index;  // in job->results
     PayloadFile args;   // out-of-band arguments, held until the outcome is filed
+    PayloadFile loan;   // lent for the result, held until the outcome is filed
   };
 
   bool has_ended() const noexcept { return state_ == State::terminated || state_ == State::broken; }
@@ -91,6 +94,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
                    const Deadline& deadline);
   std::vector<ResultMessage> receive(const Deadline& deadline);
   void file(ResultMessage message);
+  // A returned result's payload, from the ring, the memfd lent, or the memfd sent with it.
+  void take_payload(ResultMessage& message, Pending& pending, TaskResult& result);
   void settle(Pending& pending, TaskResult result);
   void check_manager();
   void end(State state, std::string reason);
@@ -99,6 +104,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 
   PoolShared shared_;
   Child manager_;
+  // The memfds of out-of-band payloads, reused (pool_payload.hpp); shared with the results that
+  // hold one, which may outlive the pool.
+  const std::shared_ptr<PayloadFiles> payload_files_;
 
   // Guarded by mutex_.
   std::mutex mutex_;

@@ -91,7 +91,7 @@ void IMapCore::feed(const Deadline& deadline) {
     }
     const Payload& args = one.front().message.args;
     const std::size_t bytes =
-        args.where == Payload::Where::inline_bytes ? args.bytes.size() : args.size;
+        args.where == Payload::Where::inline_bytes ? args.bytes.size() : args.memfd.size;
     in_flight_.push_back({std::move(job), one.front().items, bytes});
     in_flight_bytes_ += bytes;
     unsent_.reset();
@@ -150,8 +150,8 @@ std::size_t Pool::default_chunksize(std::size_t items) const noexcept {
   return std::max<std::size_t>(1, (items + per - 1) / per);
 }
 
-std::size_t Pool::inline_limit() const noexcept {
-  return core_->inline_limit();
+detail::PayloadTarget Pool::payload_target() const noexcept {
+  return core_->payload_target();
 }
 
 void Pool::close() {

@@ -33,8 +33,12 @@ struct PoolOptions {
   // A worker is replaced after this many tasks; 0: never.
   std::size_t maxtasksperchild = 0;
   // Ring bytes of the task queue and of the result queue. Arguments, results and chunks of any
-  // size travel: those that do not fit go out of band, each in a memfd of its own.
+  // size travel: those that do not fit go out of band, in memfds.
   std::size_t queue_bytes = std::size_t{4} << 20;
+  // The memfds of out-of-band payloads are kept for reuse (a warm one costs no page faults), at
+  // most two per worker and at most this many bytes in all; 0: none kept. Freed once the pool is
+  // joined or terminated.
+  std::size_t payload_cache_bytes = std::size_t{256} << 20;
 };
 
 namespace detail {
@@ -436,12 +440,12 @@ class Pool {
     return all;
   }
 
-  // A task's message, its arguments encoded (out of band if larger than inline_limit).
+  // A task's message, its arguments encoded (out of band if larger than the target's limit).
   template <class F, class Args>
   static detail::OutgoingTask task(detail::Runner runner, F f, const Args& args, std::size_t items,
-                                   std::size_t inline_limit) {
+                                   const detail::PayloadTarget& target) {
     detail::OutgoingTask out;
-    auto payload = detail::encode_payload(args, inline_limit, "a task's arguments");
+    auto payload = detail::encode_payload(args, target, "a task's arguments");
     out.message.runner = detail::address_of(runner);
     out.message.function = detail::address_of(f);
     out.message.args = std::move(payload.wire);
@@ -472,7 +476,7 @@ class Pool {
         std::get<I>(all)))...>
         packed{{as_parameter<std::tuple_element_t<I, Params>>(std::get<I>(all))...}};
     std::vector<detail::OutgoingTask> tasks;
-    tasks.push_back(task(&detail::run_call<F>, f, packed, 1, inline_limit()));
+    tasks.push_back(task(&detail::run_call<F>, f, packed, 1, payload_target()));
     constexpr std::size_t kArgs = sizeof...(I);
     return AsyncResult<R>(submit(tasks, deliver(&assemble_one<R>, std::get<kArgs + C>(all)...)),
                           &assemble_one<R>);
@@ -497,11 +501,12 @@ class Pool {
       if (chunksize == 0) chunksize = default_chunksize(all.size());
       std::vector<detail::OutgoingTask> tasks;
       std::vector<Item> chunk;
+      const detail::PayloadTarget target = payload_target();
       for (std::size_t at = 0; at < all.size(); at += chunksize) {
         const std::size_t n = std::min(chunksize, all.size() - at);
         chunk.assign(std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(at)),
                      std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(at + n)));
-        tasks.push_back(task(&detail::run_chunk<F, kStar>, f, chunk, n, inline_limit()));
+        tasks.push_back(task(&detail::run_chunk<F, kStar>, f, chunk, n, target));
       }
       return AsyncResult<std::vector<R>>(
           submit(tasks, deliver(&assemble_chunks<R>, std::move(callbacks)...)),
@@ -533,7 +538,8 @@ class Pool {
       const F f = fn;
       auto source = std::make_shared<Source<Range>>(std::forward<Range>(items));
       detail::IMapCore::Feed feed =
-          [f, source, chunksize, limit = inline_limit()]() -> std::optional<detail::OutgoingTask> {
+          [f, source, chunksize,
+           target = payload_target()]() -> std::optional<detail::OutgoingTask> {
         if (source->error) std::rethrow_exception(std::exchange(source->error, nullptr));
         std::vector<Item> chunk;
         try {
@@ -545,7 +551,7 @@ class Pool {
           source->error = std::current_exception();
         }
         if (chunk.empty()) return std::nullopt;
-        return task(&detail::run_chunk<F, false>, f, chunk, chunk.size(), limit);
+        return task(&detail::run_chunk<F, false>, f, chunk, chunk.size(), target);
       };
       return IMapIterator<R>(start_imap(std::move(feed), ordered));
     }
@@ -554,7 +560,7 @@ class Pool {
   detail::PendingTasks submit(std::vector<detail::OutgoingTask>& tasks, detail::Deliver deliver);
   std::unique_ptr<detail::IMapCore> start_imap(detail::IMapCore::Feed feed, bool ordered);
   std::size_t default_chunksize(std::size_t items) const noexcept;
-  std::size_t inline_limit() const noexcept;
+  detail::PayloadTarget payload_target() const noexcept;
 
   std::shared_ptr<detail::PoolCore> core_;
 };
