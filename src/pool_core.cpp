@@ -130,38 +130,78 @@ std::shared_ptr<Job> PoolCore::submit(std::vector<OutgoingTask>& tasks, Deliver 
       callback_thread_ = std::thread([self = shared_from_this()] { self->run_callbacks(); });
     }
   }
+  const std::size_t queued = queue_tasks(
+      lock, tasks, [&](std::size_t i) { return std::make_pair(job, i); }, deadline, true, feeder);
+  if (queued == 0 && !tasks.empty()) {
+    if (job->deliver) --undelivered_;
+    return nullptr;
+  }
+  if (job->deliver && tasks.empty()) changed_.notify_all();
+  return job;
+}
+
+std::vector<std::shared_ptr<Job>> PoolCore::submit_each(std::vector<OutgoingTask>& tasks,
+                                                        const Deadline& deadline) {
+  std::vector<std::shared_ptr<Job>> jobs(tasks.size());
+  for (auto& job : jobs) {
+    job = std::make_shared<Job>();
+    job->results.resize(1);
+    job->missing = 1;
+  }
+  std::unique_lock lock(mutex_);
+  throw_unless_running(true);
+  jobs.resize(queue_tasks(
+      lock, tasks, [&](std::size_t i) { return std::make_pair(jobs[i], std::size_t{0}); }, deadline,
+      false, true));
+  return jobs;
+}
+
+std::size_t PoolCore::queue_tasks(
+    std::unique_lock<std::mutex>& lock, std::vector<OutgoingTask>& tasks,
+    const std::function<std::pair<std::shared_ptr<Job>, std::size_t>(std::size_t)>& owner,
+    const Deadline& deadline, bool all_once_begun, bool feeder) {
+  // Filed as pending before they are queued, so that every outcome finds its task.
   for (std::size_t i = 0; i < tasks.size(); ++i) {
     const std::uint64_t id = ++last_id_;
     tasks[i].message.id = id;
-    // Filed as pending before it is queued, so that its outcome always finds it.
     PayloadFile loan = payload_files_->lend();
     tasks[i].message.loan = loan.is_open() ? MemfdRef{static_cast<std::int32_t>(shared_.owner_pid),
                                                       loan.fd(), loan.capacity(), loan.name()}
                                            : MemfdRef{};
-    pending_.emplace(id, Pending{job, i, std::move(tasks[i].args), std::move(loan)});
-    lock.unlock();
-    bool queued = shared_.tasks.try_put(tasks[i].message);
-    lock.lock();
-    while (!queued) {
-      if (i == 0 && deadline.expired()) {
-        tasks[i].args = std::move(pending_.at(id).args);
-        pending_.erase(id);
-        if (job->deliver) --undelivered_;
-        return nullptr;
-      }
-      // The ring is full: collect until an outcome arrives (or a short while has passed), then
-      // look again. wait_locked() ends the pool if the manager has died: then nobody will ever
-      // make room.
-      wait_locked(
-          lock, [] { return false; }, deadline.capped(kRoomCheck));
-      if (has_ended()) throw_unless_running(feeder);
-      lock.unlock();
-      queued = shared_.tasks.try_put(tasks[i].message);
-      lock.lock();
-    }
+    auto [job, index] = owner(i);
+    pending_.emplace(id, Pending{std::move(job), index, std::move(tasks[i].args), std::move(loan)});
   }
-  if (job->deliver && tasks.empty()) changed_.notify_all();
-  return job;
+  // The task messages from `from` on, as a range for try_put_many.
+  struct Messages {
+    const OutgoingTask* first;
+    std::size_t count;
+    struct At {
+      const OutgoingTask* first;
+      const TaskMessage& operator[](std::ptrdiff_t i) const { return first[i].message; }
+    };
+    At begin() const { return {first}; }
+    std::size_t size() const { return count; }
+  };
+  std::size_t queued = 0;
+  for (;;) {
+    lock.unlock();
+    queued += shared_.tasks.try_put_many(Messages{tasks.data() + queued, tasks.size() - queued});
+    lock.lock();
+    if (queued == tasks.size()) return queued;
+    if ((queued == 0 || !all_once_begun) && deadline.expired()) break;
+    // The ring is full: collect until an outcome arrives (or a short while has passed), then look
+    // again. wait_locked() ends the pool if the manager has died: then nobody will ever make room.
+    wait_locked(
+        lock, [] { return false; }, deadline.capped(kRoomCheck));
+    if (has_ended()) throw_unless_running(feeder);
+  }
+  // The deadline passed: the tasks not queued are as they were.
+  for (std::size_t i = queued; i < tasks.size(); ++i) {
+    const auto it = pending_.find(tasks[i].message.id);
+    tasks[i].args = std::move(it->second.args);
+    pending_.erase(it);  // its loan goes back to the spares
+  }
+  return queued;
 }
 
 bool PoolCore::wait(const std::function<bool()>& done, const Deadline& deadline) {
@@ -194,15 +234,16 @@ bool PoolCore::wait_locked(std::unique_lock<std::mutex>& lock, const std::functi
 }
 
 std::vector<ResultMessage> PoolCore::receive(const Deadline& deadline) {
+  // Many outcomes per hold of the ring's lock.
+  constexpr std::size_t kBatch = 256;
   std::vector<ResultMessage> batch;
   try {
     if (deadline.is_now()) {
-      if (auto first = shared_.results.try_get()) batch.push_back(std::move(*first));
+      shared_.results.try_get_many(batch, kBatch);
     } else {
       const auto left = deadline.at() - Deadline::clock::now();
-      if (left > left.zero()) batch.push_back(shared_.results.get(left));
+      if (left > left.zero()) shared_.results.get_many(batch, kBatch, left);
     }
-    while (auto more = shared_.results.try_get()) batch.push_back(std::move(*more));
   } catch (const Empty&) {
   } catch (const ShutDown&) {     // terminate() shut the ring down: nothing more will come
   } catch (const DecodeError&) {  // bytes no worker of this pool wrote; the ring dropped them

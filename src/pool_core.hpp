@@ -55,6 +55,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // its manager has died.
   std::shared_ptr<Job> submit(std::vector<OutgoingTask>& tasks, Deliver deliver,
                               const Deadline& deadline, bool feeder = false);
+  // An imap's chunks, each a job of its own, queued many per hold of the ring's lock: as many as
+  // can be by the deadline (waiting for room, collecting meanwhile). Returns the jobs of those
+  // queued, in order; the others are left in `tasks` as they were. Throws as submit(feeder) does.
+  std::vector<std::shared_ptr<Job>> submit_each(std::vector<OutgoingTask>& tasks,
+                                                const Deadline& deadline);
   // An imap starts reading its input, or has read all of it (or was dropped). close() leaves the
   // task ring open to feeders until the last is done, as Python's imap keeps feeding after close.
   void feeder_started();
@@ -86,6 +91,14 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     PayloadFile loan;   // lent for the result, held until the outcome is filed
   };
 
+  // Files the tasks as pending (tasks[i] for owner(i): a job and the index of its result), then
+  // queues them in order, waiting while the ring is full. Returns how many were queued: all,
+  // unless the deadline passed first (with all_once_begun, only before the first was); those not
+  // queued are unfiled, their arguments back in `tasks`.
+  std::size_t queue_tasks(
+      std::unique_lock<std::mutex>& lock, std::vector<OutgoingTask>& tasks,
+      const std::function<std::pair<std::shared_ptr<Job>, std::size_t>(std::size_t)>& owner,
+      const Deadline& deadline, bool all_once_begun, bool feeder);
   bool has_ended() const noexcept { return state_ == State::terminated || state_ == State::broken; }
   std::string name() const;
   void throw_unless_running(bool feeder) const;

@@ -218,6 +218,7 @@ PayloadFile PayloadFiles::take(std::size_t size, const std::string& what) {
     if (best != spares_.end()) {
       file = std::move(*best);
       spares_.erase(best);
+      spare_count_.store(spares_.size(), std::memory_order_relaxed);
       file.home_ = shared_from_this();
     }
   }
@@ -234,6 +235,7 @@ PayloadFile PayloadFiles::take(std::size_t size, const std::string& what) {
 }
 
 PayloadFile PayloadFiles::lend() {
+  if (spare_count_.load(std::memory_order_relaxed) == 0) return {};
   std::lock_guard lock(mutex_);
   if (spares_.empty()) return {};
   const auto largest = std::max_element(
@@ -241,6 +243,7 @@ PayloadFile PayloadFiles::lend() {
       [](const PayloadFile& a, const PayloadFile& b) { return a.capacity() < b.capacity(); });
   PayloadFile file = std::move(*largest);
   spares_.erase(largest);
+  spare_count_.store(spares_.size(), std::memory_order_relaxed);
   file.home_ = shared_from_this();
   return file;
 }
@@ -262,6 +265,7 @@ void PayloadFiles::keep(PayloadFile& file) noexcept {
     closing.push_back(std::move(spares_.back()));
     spares_.pop_back();
   }
+  spare_count_.store(spares_.size(), std::memory_order_relaxed);
   if (!fits()) return;
   ++files_;
   bytes_ += file.capacity();
@@ -276,6 +280,7 @@ void PayloadFiles::give_back(PayloadFile file) noexcept {
     return;  // file closes as it goes
   }
   spares_.push_back(std::move(file));
+  spare_count_.store(spares_.size(), std::memory_order_relaxed);
 }
 
 void PayloadFiles::dropped(std::size_t capacity) noexcept {
@@ -293,6 +298,7 @@ void PayloadFiles::retire() noexcept {
     bytes_ -= spare.capacity();
   }
   closing.swap(spares_);
+  spare_count_.store(0, std::memory_order_relaxed);
 }
 
 PayloadFile& WorkerMappings::get(pid_t holder, int fd, const std::string& name, std::size_t size) {

@@ -171,9 +171,17 @@ class IMapIterator {
   explicit IMapIterator(std::unique_ptr<detail::IMapCore> core) : core_(std::move(core)) {}
 
   std::optional<R> next_until(const detail::Deadline& deadline) {
+    if (!to_next_item(deadline)) return std::nullopt;
+    return std::move(*value_++);
+  }
+
+  // Moves to the next item, whose result is then *value_; false at the end. Throws the item's
+  // failure. (Not an optional<R> returned: a range-for over a million ints would pay a store-
+  // forwarding stall on each.)
+  bool to_next_item(const detail::Deadline& deadline) {
     while (position_ == items_) {
       auto chunk = core_->next(deadline);
-      if (!chunk) return std::nullopt;
+      if (!chunk) return false;
       unpack(chunk->first, chunk->second);
     }
     const std::size_t at = position_++;
@@ -185,10 +193,10 @@ class IMapIterator {
     if (value_ == values_.end()) {
       throw DecodeError("shmq::IMapIterator: a chunk came back with fewer results than items");
     }
-    return std::move(*value_++);
+    return true;
   }
 
-  // The chunk's outcomes become the ones next_until gives, item by item.
+  // The chunk's outcomes become the ones to_next_item gives, item by item.
   void unpack(const detail::TaskResult& chunk, std::size_t items) {
     position_ = 0;
     items_ = items;
@@ -211,8 +219,8 @@ class IMapIterator {
   bool fetch() {
     if (has_current_) return true;
     try {
-      current_ = next_until(detail::Deadline::never());
-      if (!current_) return false;
+      if (!to_next_item(detail::Deadline::never())) return false;
+      current_.emplace(std::move(*value_++));
     } catch (...) {
       current_error_ = std::current_exception();
     }
@@ -254,7 +262,7 @@ class IMapIterator {
 // A task is a plain function or a lambda with no capture (its address is the same in the forked
 // workers) and its arguments; anything else is a compile error that says so. Arguments and
 // results travel through shmq::codec, so a Queue handle is a valid argument and reaches the same
-// queue; they may be of any size (what does not fit the rings travels in a memfd of its own). A
+// queue; they may be of any size (what does not fit the rings travels in a memfd, reused warm). A
 // task that throws makes its result throw RemoteError; a worker that dies mid-task is replaced
 // and its task's result throws WorkerLost — never a hang. Workers are named ForkPoolWorker-N
 // (current_process()), numbered from 1 in each pool, replacements counting on.
@@ -514,6 +522,9 @@ class Pool {
     }
   }
 
+  // The most items an imap chunk reserves room for before it reads them (a chunksize may be huge).
+  static constexpr std::size_t kChunkReserve = 1 << 16;
+
   // The input of an imap: the range (kept if it was an rvalue) and where it has been read to.
   template <class Range>
   struct Source {
@@ -542,6 +553,7 @@ class Pool {
            target = payload_target()]() -> std::optional<detail::OutgoingTask> {
         if (source->error) std::rethrow_exception(std::exchange(source->error, nullptr));
         std::vector<Item> chunk;
+        chunk.reserve(std::min<std::size_t>(chunksize, kChunkReserve));
         try {
           for (; chunk.size() < chunksize && source->next != source->end; ++source->next) {
             chunk.emplace_back(*source->next);

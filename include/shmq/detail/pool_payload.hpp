@@ -28,6 +28,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <list>
@@ -132,8 +133,10 @@ class PayloadFiles : public std::enable_shared_from_this<PayloadFiles> {
   const std::size_t most_files_;
   const std::size_t most_bytes_;
   std::vector<PayloadFile> spares_;  // each without home_ (which would make a cycle)
-  std::size_t files_ = 0;            // spare or in use, of this pool
-  std::size_t bytes_ = 0;            // their capacities
+  // spares_.size(), read without the lock by lend(), which most tasks call with none spare.
+  std::atomic<std::size_t> spare_count_{0};
+  std::size_t files_ = 0;  // spare or in use, of this pool
+  std::size_t bytes_ = 0;  // their capacities
   bool retired_ = false;
 };
 
