@@ -326,6 +326,10 @@ void WorkerMappings::keep(PayloadFile file) {
   if (kept_.size() > kKept) kept_.pop_front();
 }
 
+void WorkerMappings::trim() noexcept {
+  while (kept_.size() > most_) kept_.pop_front();
+}
+
 PayloadChannel::PayloadChannel() {
   int fds[2];
   if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, fds) != 0) {

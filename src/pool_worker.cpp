@@ -80,7 +80,8 @@ class Worker {
   Worker(PoolShared& shared, std::size_t index)
       : shared_(shared),
         slot_(shared.slots[index]),
-        inline_limit_(PoolShared::inline_limit(shared.results)) {}
+        inline_limit_(PoolShared::inline_limit(shared.results)),
+        mappings_(shared.options.payload_cache_bytes == 0 ? 0 : 2) {}
 
   int run() {
     if (shared_.options.initializer) {
@@ -114,8 +115,10 @@ class Worker {
       std::fflush(nullptr);
       post(result, file);
       // The caller keeps a memfd it was sent, and may lend it back: its mapping here stays.
-      if (file.is_open() && result.outcome == TaskOutcome::returned)
+      if (file.is_open() && result.outcome == TaskOutcome::returned) {
         mappings_.keep(std::move(file));
+      }
+      mappings_.trim();
       slot_.task.store(0);
     }
     return kExitRetired;

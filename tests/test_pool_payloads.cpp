@@ -226,7 +226,14 @@ TEST_CASE("repeated large round trips reuse the caller's memfds: at most two per
   CHECK(pool_memfds(getpid()).empty());
 }
 
-TEST_CASE("with payload_cache_bytes 0 no memfd is kept", "[pool][payload]") {
+namespace {
+int pool_memfds_held_here() {
+  return static_cast<int>(pool_memfds(getpid()).size());
+}
+}  // namespace
+
+TEST_CASE("with payload_cache_bytes 0 no memfd is kept, by the caller or a worker",
+          "[pool][payload]") {
   PoolOptions options;
   options.processes = 1;
   options.payload_cache_bytes = 0;
@@ -236,6 +243,7 @@ TEST_CASE("with payload_cache_bytes 0 no memfd is kept", "[pool][payload]") {
     REQUIRE(pool.apply(reverse_checked, big) == reversed(big));
   }
   CHECK(pool_memfds(getpid()).empty());
+  CHECK(pool.apply(pool_memfds_held_here) == 0);
 }
 
 TEST_CASE("workers killed at random points of large round trips: WorkerLost or the whole "
