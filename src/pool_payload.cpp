@@ -327,7 +327,7 @@ void WorkerMappings::keep(PayloadFile file) {
 }
 
 void WorkerMappings::trim() noexcept {
-  while (kept_.size() > most_) kept_.pop_front();
+  kept_.remove_if([&](const PayloadFile& f) { return f.capacity() > most_bytes_; });
 }
 
 PayloadChannel::PayloadChannel() {

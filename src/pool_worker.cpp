@@ -81,7 +81,7 @@ class Worker {
       : shared_(shared),
         slot_(shared.slots[index]),
         inline_limit_(PoolShared::inline_limit(shared.results)),
-        mappings_(shared.options.payload_cache_bytes == 0 ? 0 : 2) {}
+        mappings_(shared.options.payload_cache_bytes) {}
 
   int run() {
     if (shared_.options.initializer) {

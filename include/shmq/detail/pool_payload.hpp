@@ -142,22 +142,22 @@ class PayloadFiles : public std::enable_shared_from_this<PayloadFiles> {
 
 // A worker's mappings of the caller's memfds: the last two it used (a task's arguments and the
 // memfd lent for its result), so the next task that names one maps nothing. Between tasks it keeps
-// at most `most` (0 when the pool keeps no spares: then nothing of a past payload stays alive).
+// only those the caller may reuse (no larger than `most_bytes`, the pool's payload_cache_bytes):
+// a mapping here keeps a memfd alive, so one the caller let go must not stay mapped.
 class WorkerMappings {
  public:
-  explicit WorkerMappings(std::size_t most) : most_(most) {}
-
+  explicit WorkerMappings(std::size_t most_bytes) : most_bytes_(most_bytes) {}
   // The memfd `name`, descriptor `fd` of `holder`, mapped with at least `size` bytes populated.
   // Throws DecodeError if the holder no longer has it.
   PayloadFile& get(pid_t holder, int fd, const std::string& name, std::size_t size);
   // Keeps the mapping of a memfd this worker made and sent to the caller, which reuses it.
   void keep(PayloadFile file);
-  // Between tasks: lets go of all but the `most` last used.
+  // Between tasks: lets go of those larger than most_bytes.
   void trim() noexcept;
 
  private:
   static constexpr std::size_t kKept = 2;  // during a task: its arguments' and its result's
-  const std::size_t most_;
+  const std::size_t most_bytes_;
   std::list<PayloadFile> kept_;  // most recently used last; a list, so references stay valid
 };
 
