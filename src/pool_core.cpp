@@ -62,7 +62,10 @@ PoolShared::~PoolShared() {
 }
 
 PoolCore::PoolCore(PoolOptions options)
-    : shared_(std::move(options)), manager_(spawn_manager(shared_)) {
+    : shared_(std::move(options)),
+      manager_(spawn_manager(shared_)),
+      payload_files_(std::make_shared<PayloadFiles>(2 * shared_.processes,
+                                                    shared_.options.payload_cache_bytes)) {
   shared_.channel.close_sending_end();  // the workers have theirs
 }
 
@@ -127,34 +130,78 @@ std::shared_ptr<Job> PoolCore::submit(std::vector<OutgoingTask>& tasks, Deliver 
       callback_thread_ = std::thread([self = shared_from_this()] { self->run_callbacks(); });
     }
   }
-  for (std::size_t i = 0; i < tasks.size(); ++i) {
-    const std::uint64_t id = ++last_id_;
-    tasks[i].message.id = id;
-    // Filed as pending before it is queued, so that its outcome always finds it.
-    pending_.emplace(id, Pending{job, i, std::move(tasks[i].args)});
-    lock.unlock();
-    bool queued = shared_.tasks.try_put(tasks[i].message);
-    lock.lock();
-    while (!queued) {
-      if (i == 0 && deadline.expired()) {
-        tasks[i].args = std::move(pending_.at(id).args);
-        pending_.erase(id);
-        if (job->deliver) --undelivered_;
-        return nullptr;
-      }
-      // The ring is full: collect until an outcome arrives (or a short while has passed), then
-      // look again. wait_locked() ends the pool if the manager has died: then nobody will ever
-      // make room.
-      wait_locked(
-          lock, [] { return false; }, deadline.capped(kRoomCheck));
-      if (has_ended()) throw_unless_running(feeder);
-      lock.unlock();
-      queued = shared_.tasks.try_put(tasks[i].message);
-      lock.lock();
-    }
+  const std::size_t queued = queue_tasks(
+      lock, tasks, [&](std::size_t i) { return std::make_pair(job, i); }, deadline, true, feeder);
+  if (queued == 0 && !tasks.empty()) {
+    if (job->deliver) --undelivered_;
+    return nullptr;
   }
   if (job->deliver && tasks.empty()) changed_.notify_all();
   return job;
+}
+
+std::vector<std::shared_ptr<Job>> PoolCore::submit_each(std::vector<OutgoingTask>& tasks,
+                                                        const Deadline& deadline) {
+  std::vector<std::shared_ptr<Job>> jobs(tasks.size());
+  for (auto& job : jobs) {
+    job = std::make_shared<Job>();
+    job->results.resize(1);
+    job->missing = 1;
+  }
+  std::unique_lock lock(mutex_);
+  throw_unless_running(true);
+  jobs.resize(queue_tasks(
+      lock, tasks, [&](std::size_t i) { return std::make_pair(jobs[i], std::size_t{0}); }, deadline,
+      false, true));
+  return jobs;
+}
+
+std::size_t PoolCore::queue_tasks(
+    std::unique_lock<std::mutex>& lock, std::vector<OutgoingTask>& tasks,
+    const std::function<std::pair<std::shared_ptr<Job>, std::size_t>(std::size_t)>& owner,
+    const Deadline& deadline, bool all_once_begun, bool feeder) {
+  // Filed as pending before they are queued, so that every outcome finds its task.
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    const std::uint64_t id = ++last_id_;
+    tasks[i].message.id = id;
+    PayloadFile loan = payload_files_->lend();
+    tasks[i].message.loan = loan.is_open() ? MemfdRef{static_cast<std::int32_t>(shared_.owner_pid),
+                                                      loan.fd(), loan.capacity(), loan.name()}
+                                           : MemfdRef{};
+    auto [job, index] = owner(i);
+    pending_.emplace(id, Pending{std::move(job), index, std::move(tasks[i].args), std::move(loan)});
+  }
+  // The task messages from `from` on, as a range for try_put_many.
+  struct Messages {
+    const OutgoingTask* first;
+    std::size_t count;
+    struct At {
+      const OutgoingTask* first;
+      const TaskMessage& operator[](std::ptrdiff_t i) const { return first[i].message; }
+    };
+    At begin() const { return {first}; }
+    std::size_t size() const { return count; }
+  };
+  std::size_t queued = 0;
+  for (;;) {
+    lock.unlock();
+    queued += shared_.tasks.try_put_many(Messages{tasks.data() + queued, tasks.size() - queued});
+    lock.lock();
+    if (queued == tasks.size()) return queued;
+    if ((queued == 0 || !all_once_begun) && deadline.expired()) break;
+    // The ring is full: collect until an outcome arrives (or a short while has passed), then look
+    // again. wait_locked() ends the pool if the manager has died: then nobody will ever make room.
+    wait_locked(
+        lock, [] { return false; }, deadline.capped(kRoomCheck));
+    if (has_ended()) throw_unless_running(feeder);
+  }
+  // The deadline passed: the tasks not queued are as they were.
+  for (std::size_t i = queued; i < tasks.size(); ++i) {
+    const auto it = pending_.find(tasks[i].message.id);
+    tasks[i].args = std::move(it->second.args);
+    pending_.erase(it);  // its loan goes back to the spares
+  }
+  return queued;
 }
 
 bool PoolCore::wait(const std::function<bool()>& done, const Deadline& deadline) {
@@ -187,15 +234,16 @@ bool PoolCore::wait_locked(std::unique_lock<std::mutex>& lock, const std::functi
 }
 
 std::vector<ResultMessage> PoolCore::receive(const Deadline& deadline) {
+  // Many outcomes per hold of the ring's lock.
+  constexpr std::size_t kBatch = 256;
   std::vector<ResultMessage> batch;
   try {
     if (deadline.is_now()) {
-      if (auto first = shared_.results.try_get()) batch.push_back(std::move(*first));
+      shared_.results.try_get_many(batch, kBatch);
     } else {
       const auto left = deadline.at() - Deadline::clock::now();
-      if (left > left.zero()) batch.push_back(shared_.results.get(left));
+      if (left > left.zero()) shared_.results.get_many(batch, kBatch, left);
     }
-    while (auto more = shared_.results.try_get()) batch.push_back(std::move(*more));
   } catch (const Empty&) {
   } catch (const ShutDown&) {     // terminate() shut the ring down: nothing more will come
   } catch (const DecodeError&) {  // bytes no worker of this pool wrote; the ring dropped them
@@ -212,32 +260,54 @@ void PoolCore::file(ResultMessage message) {
     }
     return;
   }
+  Pending pending = std::move(it->second);
+  pending_.erase(it);
   TaskResult result;
   result.id = message.id;
   result.outcome = message.outcome;
   result.type_name = std::move(message.type_name);
   result.what = std::move(message.what);
-  if (message.outcome == TaskOutcome::returned) {
-    if (message.result.where == Payload::Where::inline_bytes) {
-      result.bytes = std::move(message.result.bytes);
-    } else {
-      try {
-        const int fd = shared_.channel.receive(message.id);
-        if (fd < 0) throw Error("shmq::Pool: the memfd of an out-of-band result never came");
-        result.file = PayloadFile::adopt(fd, message.result.size);
-      } catch (const Error&) {
-        result.outcome = TaskOutcome::raised;
-        std::tie(result.type_name, result.what) = describe_current_exception();
-      }
+  if (message.outcome == TaskOutcome::lost) {
+    // Another worker may still be running the task (pool_shared.hpp), reading its arguments or
+    // writing into its loan: neither is ever reused. Its worker may have sent a result memfd
+    // before it died.
+    pending.args.discard();
+    pending.loan.discard();
+    shared_.channel.discard_unless([&](std::uint64_t id) { return pending_.count(id) != 0; });
+  } else if (message.outcome == TaskOutcome::returned) {
+    try {
+      take_payload(message, pending, result);
+    } catch (const Error&) {
+      result.outcome = TaskOutcome::raised;
+      std::tie(result.type_name, result.what) = describe_current_exception();
     }
   }
-  Pending pending = std::move(it->second);
-  pending_.erase(it);
-  if (message.outcome == TaskOutcome::lost) {
-    // Its worker may have sent a result memfd before it died.
-    shared_.channel.discard_unless([&](std::uint64_t id) { return pending_.count(id) != 0; });
-  }
+  // Its worker has posted its outcome: the args and an unused loan are spares again.
   settle(pending, std::move(result));
+}
+
+void PoolCore::take_payload(ResultMessage& message, Pending& pending, TaskResult& result) {
+  const std::size_t size = message.result.memfd.size;
+  switch (message.result.where) {
+    case Payload::Where::inline_bytes:
+      result.bytes = std::move(message.result.bytes);
+      return;
+    case Payload::Where::lent:
+      if (!pending.loan.is_open() || pending.loan.capacity() < size) {
+        throw Error("shmq::Pool: a result said to be in a memfd lent to it, which it was not");
+      }
+      result.file = std::move(pending.loan);
+      break;
+    case Payload::Where::out_of_band: {
+      const int fd = shared_.channel.receive(message.id);
+      if (fd < 0) throw Error("shmq::Pool: the memfd of an out-of-band result never came");
+      result.file = PayloadFile::adopt(fd, size);
+      payload_files_->keep(result.file);  // a spare once the result is decoded
+      break;
+    }
+  }
+  result.file.set_size(size);
+  result.file.populate(size);
 }
 
 void PoolCore::settle(Pending& pending, TaskResult result) {
@@ -256,6 +326,8 @@ void PoolCore::end(State state, std::string reason) {
   state_ = state;
   ended_reason_ = std::move(reason);
   for (auto& [id, pending] : pending_) {
+    pending.args.discard();  // as for a worker lost: it may still be at them
+    pending.loan.discard();
     TaskResult lost;
     lost.id = id;
     lost.outcome = TaskOutcome::lost;
@@ -296,6 +368,7 @@ void PoolCore::join() {
       lock, [this] { return has_ended() || (pending_.empty() && undelivered_ == 0); },
       Deadline::never());
   manager_.wait_until(Deadline::never());
+  payload_files_->retire();
 }
 
 void PoolCore::terminate() noexcept {
@@ -306,6 +379,7 @@ void PoolCore::terminate() noexcept {
   shared_.results.shutdown(true);  // a puller blocked on it returns at once
   manager_.signal(SIGTERM);        // it kills every worker, reaps them and exits
   manager_.wait_until(Deadline::never());
+  payload_files_->retire();
 }
 
 void PoolCore::shut_down() noexcept {

@@ -43,8 +43,10 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   ~PoolCore();
 
   std::size_t processes() const noexcept { return shared_.processes; }
-  // Arguments larger than this travel out of band.
-  std::size_t inline_limit() const noexcept { return PoolShared::inline_limit(shared_.tasks); }
+  // Where arguments are encoded: in the message up to the task ring's limit, else out of band.
+  PayloadTarget payload_target() const noexcept {
+    return {PoolShared::inline_limit(shared_.tasks), payload_files_.get()};
+  }
 
   // Queues the tasks, numbering them, as one job. Waits while the task ring is full, collecting
   // outcomes meanwhile (the workers may be waiting for room to post them). Returns null, leaving
@@ -53,6 +55,11 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
   // its manager has died.
   std::shared_ptr<Job> submit(std::vector<OutgoingTask>& tasks, Deliver deliver,
                               const Deadline& deadline, bool feeder = false);
+  // An imap's chunks, each a job of its own, queued many per hold of the ring's lock: as many as
+  // can be by the deadline (waiting for room, collecting meanwhile). Returns the jobs of those
+  // queued, in order; the others are left in `tasks` as they were. Throws as submit(feeder) does.
+  std::vector<std::shared_ptr<Job>> submit_each(std::vector<OutgoingTask>& tasks,
+                                                const Deadline& deadline);
   // An imap starts reading its input, or has read all of it (or was dropped). close() leaves the
   // task ring open to feeders until the last is done, as Python's imap keeps feeding after close.
   void feeder_started();
@@ -81,8 +88,17 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
     std::shared_ptr<Job> job;
     std::size_t index;  // in job->results
     PayloadFile args;   // out-of-band arguments, held until the outcome is filed
+    PayloadFile loan;   // lent for the result, held until the outcome is filed
   };
 
+  // Files the tasks as pending (tasks[i] for owner(i): a job and the index of its result), then
+  // queues them in order, waiting while the ring is full. Returns how many were queued: all,
+  // unless the deadline passed first (with all_once_begun, only before the first was); those not
+  // queued are unfiled, their arguments back in `tasks`.
+  std::size_t queue_tasks(
+      std::unique_lock<std::mutex>& lock, std::vector<OutgoingTask>& tasks,
+      const std::function<std::pair<std::shared_ptr<Job>, std::size_t>(std::size_t)>& owner,
+      const Deadline& deadline, bool all_once_begun, bool feeder);
   bool has_ended() const noexcept { return state_ == State::terminated || state_ == State::broken; }
   std::string name() const;
   void throw_unless_running(bool feeder) const;
@@ -91,6 +107,8 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
                    const Deadline& deadline);
   std::vector<ResultMessage> receive(const Deadline& deadline);
   void file(ResultMessage message);
+  // A returned result's payload, from the ring, the memfd lent, or the memfd sent with it.
+  void take_payload(ResultMessage& message, Pending& pending, TaskResult& result);
   void settle(Pending& pending, TaskResult result);
   void check_manager();
   void end(State state, std::string reason);
@@ -99,6 +117,9 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 
   PoolShared shared_;
   Child manager_;
+  // The memfds of out-of-band payloads, reused (pool_payload.hpp); shared with the results that
+  // hold one, which may outlive the pool.
+  const std::shared_ptr<PayloadFiles> payload_files_;
 
   // Guarded by mutex_.
   std::mutex mutex_;

@@ -48,59 +48,76 @@ IMapCore::IMapCore(std::shared_ptr<PoolCore> core, Feed feed, bool ordered)
       ordered_(ordered),
       window_(kChunksInFlightPerWorker * core_->processes()) {
   core_->feeder_started();
+  feeding_ = true;
   this->feed(Deadline::never());  // the workers start at once, as Python's imap does
 }
 
 IMapCore::~IMapCore() {
-  if (!exhausted_) core_->feeder_done();
+  finish_feeding();
   for (auto& chunk : in_flight_) core_->forget(*chunk.job);
 }
 
+void IMapCore::finish_feeding() noexcept {
+  if (feeding_) core_->feeder_done();
+  feeding_ = false;
+}
+
+namespace {
+std::size_t argument_bytes(const OutgoingTask& task) {
+  const Payload& args = task.message.args;
+  return args.where == Payload::Where::inline_bytes ? args.bytes.size() : args.memfd.size;
+}
+}  // namespace
+
 void IMapCore::feed(const Deadline& deadline) {
   const std::size_t at_least = 2 * core_->processes();
-  while (!exhausted_ && in_flight_.size() < window_ &&
-         (in_flight_.size() < at_least || in_flight_bytes_ < kBytesInFlight)) {
-    if (!unsent_) {
-      try {
-        unsent_ = feed_();
-      } catch (...) {
-        feed_error_ = std::current_exception();
-      }
-      if (!unsent_) {
-        exhausted_ = true;
-        core_->feeder_done();
-        return;
-      }
-    }
-    std::vector<OutgoingTask> one;
-    one.push_back(std::move(*unsent_));
-    std::shared_ptr<Job> job;
+  const auto wants_more = [&] {
+    const std::size_t chunks = in_flight_.size() + unsent_.size();
+    return chunks < window_ &&
+           (chunks < at_least || in_flight_bytes_ + unsent_bytes_ < kBytesInFlight);
+  };
+  while (!exhausted_ && wants_more()) {
+    std::optional<OutgoingTask> next;
     try {
-      job = core_->submit(one, {}, deadline, true);
+      next = feed_();
+    } catch (...) {
+      feed_error_ = std::current_exception();
+    }
+    if (!next) {
+      exhausted_ = true;
+      break;
+    }
+    unsent_bytes_ += argument_bytes(*next);
+    unsent_.push_back(std::move(*next));
+  }
+  if (!unsent_.empty()) {
+    std::vector<std::shared_ptr<Job>> jobs;
+    try {
+      jobs = core_->submit_each(unsent_, deadline);
     } catch (const Error&) {
       // The pool ended or was joined: the chunks in flight come first, then this, once.
       feed_error_ = std::current_exception();
-      unsent_.reset();
+      unsent_.clear();
+      unsent_bytes_ = 0;
       exhausted_ = true;
-      core_->feeder_done();
-      return;
     }
-    if (!job) {  // no room in the task ring by the deadline: kept for the next call
-      unsent_ = std::move(one.front());
-      return;
+    // What the deadline left unqueued stays in unsent_ for the next call.
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      const std::size_t bytes = argument_bytes(unsent_[i]);
+      in_flight_.push_back({std::move(jobs[i]), unsent_[i].items, bytes});
+      in_flight_bytes_ += bytes;
+      unsent_bytes_ -= bytes;
     }
-    const Payload& args = one.front().message.args;
-    const std::size_t bytes =
-        args.where == Payload::Where::inline_bytes ? args.bytes.size() : args.size;
-    in_flight_.push_back({std::move(job), one.front().items, bytes});
-    in_flight_bytes_ += bytes;
-    unsent_.reset();
+    unsent_.erase(unsent_.begin(), unsent_.begin() + static_cast<std::ptrdiff_t>(jobs.size()));
   }
+  if (exhausted_ && unsent_.empty()) finish_feeding();
 }
 
 std::optional<std::pair<TaskResult, std::size_t>> IMapCore::next(const Deadline& deadline) {
   if (in_flight_.size() <= window_ / 2) feed(deadline);
   if (in_flight_.empty()) {
+    if (!unsent_.empty())
+      throw TimeoutError("shmq::IMapIterator: no room for a task within the timeout");
     if (feed_error_) std::rethrow_exception(std::exchange(feed_error_, nullptr));
     return std::nullopt;
   }
@@ -150,8 +167,8 @@ std::size_t Pool::default_chunksize(std::size_t items) const noexcept {
   return std::max<std::size_t>(1, (items + per - 1) / per);
 }
 
-std::size_t Pool::inline_limit() const noexcept {
-  return core_->inline_limit();
+detail::PayloadTarget Pool::payload_target() const noexcept {
+  return core_->payload_target();
 }
 
 void Pool::close() {

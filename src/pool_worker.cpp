@@ -23,20 +23,23 @@ std::pair<std::string, std::string> describe_current_exception() {
 
 namespace {
 
-// Where a task's result is encoded: inline bytes when they fit the result ring, else a memfd.
+// Where a task's result is encoded: inline bytes when they fit the result ring, else the memfd the
+// caller lent with the task if it is large enough, else a new memfd.
 class WorkerSink final : public ResultSink {
  public:
-  WorkerSink(std::uint64_t task, std::size_t inline_limit)
-      : task_(task), inline_limit_(inline_limit) {}
+  WorkerSink(const TaskMessage& task, std::size_t inline_limit, WorkerMappings& mappings)
+      : task_(task), inline_limit_(inline_limit), mappings_(mappings) {}
 
-  // The result message, its memfd (if any) sealed for sending.
+  // The result message; `file` gets the new memfd to send, if the result is in one.
   ResultMessage finish(PayloadFile& file) {
     ResultMessage message;
-    message.id = task_;
-    if (file_.is_open()) {
-      file_.seal(what());
+    message.id = task_.id;
+    if (lent_ != nullptr) {
+      message.result.where = Payload::Where::lent;
+      message.result.memfd.size = lent_->size();
+    } else if (file_.is_open()) {
       message.result.where = Payload::Where::out_of_band;
-      message.result.size = file_.size();
+      message.result.memfd.size = file_.size();
       file = std::move(file_);
     } else {
       message.result.bytes = std::move(bytes_);
@@ -50,14 +53,25 @@ class WorkerSink final : public ResultSink {
       bytes_.resize(size);
       return reinterpret_cast<std::byte*>(bytes_.data());
     }
-    file_ = PayloadFile::create("shmq.pool.result." + std::to_string(task_), size, what());
+    const MemfdRef& loan = task_.loan;
+    if (loan.is_set() && loan.size >= size) {
+      try {
+        lent_ = &mappings_.get(loan.holder, loan.fd, loan.name, size);
+        return lent_->data();
+      } catch (const DecodeError&) {  // the caller let it go: a memfd of its own instead
+      }
+    }
+    file_ = PayloadFile::create("shmq.pool.result." + std::to_string(task_.id), size, what());
+    file_.populate(size);
     return file_.data();
   }
-  std::string what() const { return "the result of task " + std::to_string(task_); }
+  std::string what() const { return "the result of task " + std::to_string(task_.id); }
 
-  std::uint64_t task_;
+  const TaskMessage& task_;
   std::size_t inline_limit_;
+  WorkerMappings& mappings_;
   std::string bytes_;
+  PayloadFile* lent_ = nullptr;  // in mappings_
   PayloadFile file_;
 };
 
@@ -66,7 +80,8 @@ class Worker {
   Worker(PoolShared& shared, std::size_t index)
       : shared_(shared),
         slot_(shared.slots[index]),
-        inline_limit_(PoolShared::inline_limit(shared.results)) {}
+        inline_limit_(PoolShared::inline_limit(shared.results)),
+        mappings_(shared.options.payload_cache_bytes) {}
 
   int run() {
     if (shared_.options.initializer) {
@@ -99,6 +114,11 @@ class Worker {
       // submits a task whose worker prints) must not see its own lines come first.
       std::fflush(nullptr);
       post(result, file);
+      // The caller keeps a memfd it was sent, and may lend it back: its mapping here stays.
+      if (file.is_open() && result.outcome == TaskOutcome::returned) {
+        mappings_.keep(std::move(file));
+      }
+      mappings_.trim();
       slot_.task.store(0);
     }
     return kExitRetired;
@@ -107,18 +127,15 @@ class Worker {
  private:
   ResultMessage run(const TaskMessage& task, PayloadFile& file) {
     try {
-      PayloadFile args_file;
       const std::byte* args = reinterpret_cast<const std::byte*>(task.args.bytes.data());
       std::size_t args_size = task.args.bytes.size();
-      if (task.args.where == Payload::Where::out_of_band) {
-        args_file = PayloadFile::open(task.args.holder, task.args.fd,
-                                      arguments_file_name(task.args.holder, task.args.serial),
-                                      task.args.size);
-        args = args_file.data();
-        args_size = args_file.size();
+      if (task.args.where != Payload::Where::inline_bytes) {
+        const MemfdRef& ref = task.args.memfd;
+        args = mappings_.get(ref.holder, ref.fd, ref.name, ref.size).data();
+        args_size = ref.size;
       }
       Reader in(args, args_size);
-      WorkerSink sink(task.id, inline_limit_);
+      WorkerSink sink(task, inline_limit_, mappings_);
       from_address<Runner>(task.runner)(task.function, in, sink);
       return sink.finish(file);
     } catch (...) {
@@ -151,6 +168,7 @@ class Worker {
   PoolShared& shared_;
   WorkerSlot& slot_;
   const std::size_t inline_limit_;
+  WorkerMappings mappings_;
 };
 
 }  // namespace

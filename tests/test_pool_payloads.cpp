@@ -1,14 +1,20 @@
 // Pool arguments, results and chunks of any size: what does not fit the rings travels out of band
-// in a sealed memfd of its own, which nothing leaves behind in /dev/shm (the listener checks every
+// in memfds sealed at their size, reused warm, which nothing leaves behind in /dev/shm (the listener checks every
 // case for /dev/shm entries and descriptors left open).
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <numeric>
+#include <optional>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shmq/shmq.hpp"
@@ -149,4 +155,145 @@ TEST_CASE("an exception with a 16 MiB what(): RemoteError with its start, and th
     CHECK_THAT(e.what(), Catch::Contains("wwww"));
   }
   CHECK(pool.apply(size_of, std::string("ok")) == 2);
+}
+
+// ---- Reused memfds: the caller keeps those of past payloads as spares, lends one with each task
+// for its result, and drops (never reuses) the memfds of a task whose worker was lost.
+
+namespace {
+
+// The names of the pool payload memfds that process `pid` holds, by descriptor.
+std::vector<std::string> pool_memfds(pid_t pid) {
+  std::vector<std::string> names;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::error_code error;
+    const std::string target = std::filesystem::read_symlink(entry.path(), error).string();
+    if (!error && target.rfind("/memfd:shmq.pool.", 0) == 0) names.push_back(target);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string reversed(std::string s) {
+  std::reverse(s.begin(), s.end());
+  return s;
+}
+
+// reverse_checked, once it has said which worker runs it.
+std::string reverse_announced(std::string s, Queue<int> started) {
+  started.put(getpid());
+  return reverse_checked(std::move(s));
+}
+
+// As a hostile task would: opens every pool memfd `owner` holds, and tries to shrink and grow
+// each. Returns how many it found, or -1 if any resize worked.
+int resize_pool_memfds(int owner) {
+  int found = 0;
+  bool resized = false;
+  const std::string dir = "/proc/" + std::to_string(owner) + "/fd/";
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::error_code error;
+    const std::string target = std::filesystem::read_symlink(entry.path(), error).string();
+    if (error || target.rfind("/memfd:shmq.pool.", 0) != 0) continue;
+    const int fd = open(entry.path().c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) continue;
+    ++found;
+    resized = resized || ftruncate(fd, 0) == 0 || ftruncate(fd, off_t{1} << 32) == 0;
+    close(fd);
+  }
+  return resized ? -1 : found;
+}
+
+}  // namespace
+
+TEST_CASE("repeated large round trips reuse the caller's memfds: at most two per worker, none "
+          "after join",
+          "[pool][payload]") {
+  Pool pool(2);
+  const std::string big = pattern(16 * kMiB);
+  std::vector<std::string> held;
+  for (int round = 0; round < 6; ++round) {
+    REQUIRE(pool.apply(reverse_checked, big) == reversed(big));
+    if (round == 2) held = pool_memfds(getpid());
+  }
+  // Warm memfds kept, and no new ones made after the first round trips.
+  CHECK_FALSE(held.empty());
+  CHECK(held.size() <= 2 * pool.processes());
+  CHECK(pool_memfds(getpid()) == held);
+  pool.close();
+  pool.join();
+  CHECK(pool_memfds(getpid()).empty());
+}
+
+namespace {
+int pool_memfds_held_here() {
+  return static_cast<int>(pool_memfds(getpid()).size());
+}
+}  // namespace
+
+TEST_CASE("with payload_cache_bytes 0 no memfd is kept, by the caller or a worker",
+          "[pool][payload]") {
+  PoolOptions options;
+  options.processes = 1;
+  options.payload_cache_bytes = 0;
+  Pool pool(options);
+  const std::string big = pattern(8 * kMiB);
+  for (int round = 0; round < 3; ++round) {
+    REQUIRE(pool.apply(reverse_checked, big) == reversed(big));
+  }
+  CHECK(pool_memfds(getpid()).empty());
+  CHECK(pool.apply(pool_memfds_held_here) == 0);
+}
+
+TEST_CASE("workers killed at random points of large round trips: WorkerLost or the whole "
+          "result, and every later result whole",
+          "[pool][payload][fault]") {
+  Pool pool(2);
+  Queue<int> started;
+  std::mt19937 random(Catch::rngSeed());
+  int lost = 0;
+  for (int round = 0; round < 12; ++round) {
+    INFO("round " << round);
+    const std::string big = pattern(8 * kMiB + static_cast<std::size_t>(round) * 4096);
+    auto doomed = pool.apply_async(reverse_announced, big, started);
+    const pid_t worker = started.get(60s);
+    // Not a synchronisation: a random instant of the task's decoding, run or result writing.
+    std::this_thread::sleep_for(std::chrono::microseconds(random() % 80'000));
+    kill(worker, SIGKILL);  // if the task was done, an idle worker dies: it is replaced
+    std::optional<std::string> back;
+    try {
+      back = doomed.get(60s);
+    } catch (const shmq::WorkerLost&) {
+      ++lost;
+    }
+    if (back) CHECK(*back == reversed(big));
+    // The memfds the lost task had are never reused: what comes next is whole.
+    const std::string next = pattern(4 * kMiB + static_cast<std::size_t>(round));
+    CHECK(pool.apply(reverse_checked, next) == reversed(next));
+  }
+  CHECK(lost > 0);
+  CHECK(pool_memfds(getpid()).size() <= 2 * pool.processes());
+}
+
+TEST_CASE("a task cannot shrink or grow the memfds the pool lends it", "[pool][payload][fault]") {
+  Pool pool(1);
+  const std::string big = pattern(8 * kMiB);
+  REQUIRE(pool.apply(reverse_checked, big) == reversed(big));
+  REQUIRE(pool.apply(reverse_checked, big) == reversed(big));
+  // The caller holds spares now, and the task is lent one.
+  CHECK(pool.apply(resize_pool_memfds, static_cast<int>(getpid())) >= 1);
+  CHECK(pool.apply(reverse_checked, big) == reversed(big));
+}
+
+TEST_CASE("a large result outlives its pool", "[pool][payload]") {
+  std::optional<shmq::AsyncResult<std::string>> result;
+  {
+    Pool pool(1);
+    REQUIRE(pool.apply(reverse_checked, pattern(8 * kMiB)).size() == 8 * kMiB);  // spares exist
+    result.emplace(pool.apply_async(make_pattern, std::uint64_t{8 * kMiB}));
+    result->wait();
+    REQUIRE(result->ready());
+  }
+  CHECK(result->get() == pattern(8 * kMiB));
 }

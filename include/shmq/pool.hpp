@@ -33,8 +33,12 @@ struct PoolOptions {
   // A worker is replaced after this many tasks; 0: never.
   std::size_t maxtasksperchild = 0;
   // Ring bytes of the task queue and of the result queue. Arguments, results and chunks of any
-  // size travel: those that do not fit go out of band, each in a memfd of its own.
+  // size travel: those that do not fit go out of band, in memfds.
   std::size_t queue_bytes = std::size_t{4} << 20;
+  // The memfds of out-of-band payloads are kept for reuse (a warm one costs no page faults), at
+  // most two per worker and at most this many bytes in all; 0: none kept. Freed once the pool is
+  // joined or terminated.
+  std::size_t payload_cache_bytes = std::size_t{256} << 20;
 };
 
 namespace detail {
@@ -167,9 +171,17 @@ class IMapIterator {
   explicit IMapIterator(std::unique_ptr<detail::IMapCore> core) : core_(std::move(core)) {}
 
   std::optional<R> next_until(const detail::Deadline& deadline) {
+    if (!to_next_item(deadline)) return std::nullopt;
+    return std::move(*value_++);
+  }
+
+  // Moves to the next item, whose result is then *value_; false at the end. Throws the item's
+  // failure. (Not an optional<R> returned: a range-for over a million ints would pay a store-
+  // forwarding stall on each.)
+  bool to_next_item(const detail::Deadline& deadline) {
     while (position_ == items_) {
       auto chunk = core_->next(deadline);
-      if (!chunk) return std::nullopt;
+      if (!chunk) return false;
       unpack(chunk->first, chunk->second);
     }
     const std::size_t at = position_++;
@@ -181,10 +193,10 @@ class IMapIterator {
     if (value_ == values_.end()) {
       throw DecodeError("shmq::IMapIterator: a chunk came back with fewer results than items");
     }
-    return std::move(*value_++);
+    return true;
   }
 
-  // The chunk's outcomes become the ones next_until gives, item by item.
+  // The chunk's outcomes become the ones to_next_item gives, item by item.
   void unpack(const detail::TaskResult& chunk, std::size_t items) {
     position_ = 0;
     items_ = items;
@@ -207,8 +219,8 @@ class IMapIterator {
   bool fetch() {
     if (has_current_) return true;
     try {
-      current_ = next_until(detail::Deadline::never());
-      if (!current_) return false;
+      if (!to_next_item(detail::Deadline::never())) return false;
+      current_.emplace(std::move(*value_++));
     } catch (...) {
       current_error_ = std::current_exception();
     }
@@ -250,7 +262,7 @@ class IMapIterator {
 // A task is a plain function or a lambda with no capture (its address is the same in the forked
 // workers) and its arguments; anything else is a compile error that says so. Arguments and
 // results travel through shmq::codec, so a Queue handle is a valid argument and reaches the same
-// queue; they may be of any size (what does not fit the rings travels in a memfd of its own). A
+// queue; they may be of any size (what does not fit the rings travels in a memfd, reused warm). A
 // task that throws makes its result throw RemoteError; a worker that dies mid-task is replaced
 // and its task's result throws WorkerLost — never a hang. Workers are named ForkPoolWorker-N
 // (current_process()), numbered from 1 in each pool, replacements counting on.
@@ -436,12 +448,12 @@ class Pool {
     return all;
   }
 
-  // A task's message, its arguments encoded (out of band if larger than inline_limit).
+  // A task's message, its arguments encoded (out of band if larger than the target's limit).
   template <class F, class Args>
   static detail::OutgoingTask task(detail::Runner runner, F f, const Args& args, std::size_t items,
-                                   std::size_t inline_limit) {
+                                   const detail::PayloadTarget& target) {
     detail::OutgoingTask out;
-    auto payload = detail::encode_payload(args, inline_limit, "a task's arguments");
+    auto payload = detail::encode_payload(args, target, "a task's arguments");
     out.message.runner = detail::address_of(runner);
     out.message.function = detail::address_of(f);
     out.message.args = std::move(payload.wire);
@@ -472,7 +484,7 @@ class Pool {
         std::get<I>(all)))...>
         packed{{as_parameter<std::tuple_element_t<I, Params>>(std::get<I>(all))...}};
     std::vector<detail::OutgoingTask> tasks;
-    tasks.push_back(task(&detail::run_call<F>, f, packed, 1, inline_limit()));
+    tasks.push_back(task(&detail::run_call<F>, f, packed, 1, payload_target()));
     constexpr std::size_t kArgs = sizeof...(I);
     return AsyncResult<R>(submit(tasks, deliver(&assemble_one<R>, std::get<kArgs + C>(all)...)),
                           &assemble_one<R>);
@@ -497,17 +509,21 @@ class Pool {
       if (chunksize == 0) chunksize = default_chunksize(all.size());
       std::vector<detail::OutgoingTask> tasks;
       std::vector<Item> chunk;
+      const detail::PayloadTarget target = payload_target();
       for (std::size_t at = 0; at < all.size(); at += chunksize) {
         const std::size_t n = std::min(chunksize, all.size() - at);
         chunk.assign(std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(at)),
                      std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(at + n)));
-        tasks.push_back(task(&detail::run_chunk<F, kStar>, f, chunk, n, inline_limit()));
+        tasks.push_back(task(&detail::run_chunk<F, kStar>, f, chunk, n, target));
       }
       return AsyncResult<std::vector<R>>(
           submit(tasks, deliver(&assemble_chunks<R>, std::move(callbacks)...)),
           &assemble_chunks<R>);
     }
   }
+
+  // The most items an imap chunk reserves room for before it reads them (a chunksize may be huge).
+  static constexpr std::size_t kChunkReserve = 1 << 16;
 
   // The input of an imap: the range (kept if it was an rvalue) and where it has been read to.
   template <class Range>
@@ -533,9 +549,11 @@ class Pool {
       const F f = fn;
       auto source = std::make_shared<Source<Range>>(std::forward<Range>(items));
       detail::IMapCore::Feed feed =
-          [f, source, chunksize, limit = inline_limit()]() -> std::optional<detail::OutgoingTask> {
+          [f, source, chunksize,
+           target = payload_target()]() -> std::optional<detail::OutgoingTask> {
         if (source->error) std::rethrow_exception(std::exchange(source->error, nullptr));
         std::vector<Item> chunk;
+        chunk.reserve(std::min<std::size_t>(chunksize, kChunkReserve));
         try {
           for (; chunk.size() < chunksize && source->next != source->end; ++source->next) {
             chunk.emplace_back(*source->next);
@@ -545,7 +563,7 @@ class Pool {
           source->error = std::current_exception();
         }
         if (chunk.empty()) return std::nullopt;
-        return task(&detail::run_chunk<F, false>, f, chunk, chunk.size(), limit);
+        return task(&detail::run_chunk<F, false>, f, chunk, chunk.size(), target);
       };
       return IMapIterator<R>(start_imap(std::move(feed), ordered));
     }
@@ -554,7 +572,7 @@ class Pool {
   detail::PendingTasks submit(std::vector<detail::OutgoingTask>& tasks, detail::Deliver deliver);
   std::unique_ptr<detail::IMapCore> start_imap(detail::IMapCore::Feed feed, bool ordered);
   std::size_t default_chunksize(std::size_t items) const noexcept;
-  std::size_t inline_limit() const noexcept;
+  detail::PayloadTarget payload_target() const noexcept;
 
   std::shared_ptr<detail::PoolCore> core_;
 };

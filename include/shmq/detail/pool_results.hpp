@@ -90,7 +90,10 @@ class IMapCore {
   std::optional<std::pair<TaskResult, std::size_t>> next(const Deadline& deadline);
 
  private:
+  // Reads the input up to the window, and queues what it read, as much as the deadline allows.
   void feed(const Deadline& deadline);
+  // Tells the pool this imap reads no more input (once).
+  void finish_feeding() noexcept;
 
   std::shared_ptr<PoolCore> core_;
   Feed feed_;
@@ -103,10 +106,12 @@ class IMapCore {
     std::size_t bytes;
   };
   std::deque<InFlight> in_flight_;
-  std::size_t in_flight_bytes_ = 0;     // the encoded size of the chunks in flight
-  std::optional<OutgoingTask> unsent_;  // fed, but the task ring had no room by the deadline
-  bool exhausted_ = false;
-  std::exception_ptr feed_error_;  // what the input's iterator threw
+  std::size_t in_flight_bytes_ = 0;   // the encoded size of the chunks in flight
+  std::vector<OutgoingTask> unsent_;  // read, not yet queued (no room in the ring by the deadline)
+  std::size_t unsent_bytes_ = 0;      // their arguments' encoded size
+  bool exhausted_ = false;            // the input is all read (or its iterator threw)
+  bool feeding_ = false;              // the pool counts this imap as a feeder
+  std::exception_ptr feed_error_;     // what the input's iterator threw
 };
 
 }  // namespace shmq::detail

@@ -95,14 +95,30 @@ F from_address(std::uint64_t address) {
 
 // ---- Payloads: an encoding, in the message when it fits the ring, else out of band.
 
+// A memfd that process `holder` holds as descriptor `fd`, by its name (which the opener checks
+// through /proc); fd -1: none.
+struct MemfdRef {
+  std::int32_t holder = 0;
+  std::int32_t fd = -1;
+  std::uint64_t size = 0;  // a payload's: its encoding's size; a loan's: the memfd's capacity
+  std::string name;
+  bool is_set() const noexcept { return fd >= 0; }
+};
+
 struct Payload {
-  enum class Where : std::uint8_t { inline_bytes = 0, out_of_band = 1 };
+  // out_of_band: an argument, in the memfd `memfd` names; a result, in the memfd sent with it over
+  // the PayloadChannel. lent: a result, in the memfd lent with its task.
+  enum class Where : std::uint8_t { inline_bytes = 0, out_of_band = 1, lent = 2 };
   Where where = Where::inline_bytes;
-  std::string bytes;         // inline: the encoding
-  std::uint64_t size = 0;    // out of band: the encoding's size
-  std::int32_t holder = 0;   // out of band, arguments only: the pid holding the memfd,
-  std::int32_t fd = -1;      // its descriptor there,
-  std::uint64_t serial = 0;  // and the memfd's number, in its name (arguments_file_name)
+  std::string bytes;  // inline: the encoding
+  MemfdRef memfd;     // otherwise: memfd.size is the encoding's size
+};
+
+// Where a caller's payloads are encoded: in the message up to inline_limit bytes, else in a memfd
+// of `files` (owned by the pool, which outlives every encoding).
+struct PayloadTarget {
+  std::size_t inline_limit = 0;
+  PayloadFiles* files = nullptr;
 };
 
 // A payload's encoding as the sender made it: the wire form, and the memfd when out of band.
@@ -111,33 +127,22 @@ struct EncodedPayload {
   PayloadFile file;
 };
 
-// The name of the memfd `serial` of process `holder`, which the opener checks through /proc.
-inline std::string arguments_file_name(std::int64_t holder, std::uint64_t serial) {
-  return "shmq.pool.args." + std::to_string(holder) + "." + std::to_string(serial);
-}
-// A number for the next out-of-band payload this process sends.
-std::uint64_t next_payload_serial() noexcept;
-
-// Encodes v: inline if it is at most inline_limit bytes, else into a new sealed memfd.
+// Encodes v: inline if it is at most target.inline_limit bytes, else into a memfd of the caller's.
 template <class T>
-EncodedPayload encode_payload(const T& v, std::size_t inline_limit, const char* what) {
+EncodedPayload encode_payload(const T& v, const PayloadTarget& target, const char* what) {
   EncodedPayload out;
   const std::size_t size = codec<T>::size(v);
-  if (size <= inline_limit) {
+  if (size <= target.inline_limit) {
     out.wire.bytes.resize(size);
     Writer w(reinterpret_cast<std::byte*>(out.wire.bytes.data()), size);
     codec<T>::encode(v, w);
     return out;
   }
-  out.wire.serial = next_payload_serial();
-  out.wire.holder = static_cast<std::int32_t>(getpid());
-  out.file = PayloadFile::create(arguments_file_name(out.wire.holder, out.wire.serial), size, what);
+  out.file = target.files->take(size, what);
   Writer w(out.file.data(), size);
   codec<T>::encode(v, w);
-  out.file.seal(what);
   out.wire.where = Payload::Where::out_of_band;
-  out.wire.size = size;
-  out.wire.fd = out.file.fd();
+  out.wire.memfd = {static_cast<std::int32_t>(getpid()), out.file.fd(), size, out.file.name()};
   return out;
 }
 
@@ -148,6 +153,7 @@ struct TaskMessage {
   std::uint64_t runner = 0;    // Runner address
   std::uint64_t function = 0;  // the task's function address
   Payload args;
+  MemfdRef loan;  // a caller's memfd the result may be written into, if it fits; or none
 };
 
 enum class TaskOutcome : std::uint8_t { returned = 0, raised = 1, lost = 2 };
@@ -250,20 +256,37 @@ void run_chunk(std::uint64_t function, Reader& in, ResultSink& out) {
 namespace shmq {
 
 template <>
+struct codec<detail::MemfdRef> {
+  using M = detail::MemfdRef;
+  static std::size_t size(const M& m) { return 16 + encoded_size(m.name); }
+  static void encode(const M& m, Writer& out) {
+    out.write(&m.holder, 4);
+    out.write(&m.fd, 4);
+    out.write(&m.size, 8);
+    shmq::encode(m.name, out);
+  }
+  static M decode(Reader& in) {
+    M m;
+    in.read(&m.holder, 4);
+    in.read(&m.fd, 4);
+    in.read(&m.size, 8);
+    m.name = shmq::decode<std::string>(in);
+    return m;
+  }
+};
+
+template <>
 struct codec<detail::Payload> {
   using P = detail::Payload;
   static std::size_t size(const P& p) {
-    return 1 + (p.where == P::Where::inline_bytes ? encoded_size(p.bytes) : 24);
+    return 1 + (p.where == P::Where::inline_bytes ? encoded_size(p.bytes) : encoded_size(p.memfd));
   }
   static void encode(const P& p, Writer& out) {
     out.write(&p.where, 1);
     if (p.where == P::Where::inline_bytes) {
       shmq::encode(p.bytes, out);
     } else {
-      out.write(&p.size, 8);
-      out.write(&p.holder, 4);
-      out.write(&p.fd, 4);
-      out.write(&p.serial, 8);
+      shmq::encode(p.memfd, out);
     }
   }
   static P decode(Reader& in) {
@@ -271,11 +294,8 @@ struct codec<detail::Payload> {
     in.read(&p.where, 1);
     if (p.where == P::Where::inline_bytes) {
       p.bytes = shmq::decode<std::string>(in);
-    } else if (p.where == P::Where::out_of_band) {
-      in.read(&p.size, 8);
-      in.read(&p.holder, 4);
-      in.read(&p.fd, 4);
-      in.read(&p.serial, 8);
+    } else if (p.where == P::Where::out_of_band || p.where == P::Where::lent) {
+      p.memfd = shmq::decode<detail::MemfdRef>(in);
     } else {
       throw DecodeError("shmq::Pool: bad payload kind");
     }
@@ -296,12 +316,18 @@ struct codec<detail::ArgumentPack<E...>> {
 
 template <>
 struct codec<detail::TaskMessage> {
-  static std::size_t size(const detail::TaskMessage& t) { return 24 + encoded_size(t.args); }
+  // The loan, when there is none (nearly always), costs one byte.
+  static std::size_t size(const detail::TaskMessage& t) {
+    return 25 + encoded_size(t.args) + (t.loan.is_set() ? encoded_size(t.loan) : 0);
+  }
   static void encode(const detail::TaskMessage& t, Writer& out) {
     out.write(&t.id, 8);
     out.write(&t.runner, 8);
     out.write(&t.function, 8);
     shmq::encode(t.args, out);
+    const std::uint8_t lent = t.loan.is_set() ? 1 : 0;
+    out.write(&lent, 1);
+    if (lent) shmq::encode(t.loan, out);
   }
   static detail::TaskMessage decode(Reader& in) {
     detail::TaskMessage t;
@@ -309,6 +335,9 @@ struct codec<detail::TaskMessage> {
     in.read(&t.runner, 8);
     in.read(&t.function, 8);
     t.args = shmq::decode<detail::Payload>(in);
+    std::uint8_t lent = 0;
+    in.read(&lent, 1);
+    if (lent != 0) t.loan = shmq::decode<detail::MemfdRef>(in);
     return t;
   }
 };
