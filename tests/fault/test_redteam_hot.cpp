@@ -1,0 +1,468 @@
+// Red-team regressions for the single put/get's try-once path (a lock held through the robust
+// list's list_op_pending alone, ring.hpp Tracking::pending), the waiting producer's "room to
+// spare" poll, get(out) with codec decode_into, and the leased get's claim/commit.
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shmq/detail/layout.hpp"
+#include "shmq/detail/ring.hpp"
+#include "shmq/shmq.hpp"
+#include "../support.hpp"
+
+using namespace std::chrono_literals;
+using shmq::Queue;
+using shmq::QueueOptions;
+using shmq::detail::SharedHeader;
+using shmq::test::eventually;
+using shmq::test::GlibcRobustMutexes;
+
+namespace {
+
+// A queue's header page, mapped once more (as test_locks.cpp's HeaderView).
+class Header {
+ public:
+  explicit Header(const std::string& queue) {
+    const int fd = open(shmq::test::segment_path(queue).c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error("cannot open the segment of " + queue);
+    void* at = mmap(nullptr, shmq::detail::kHeaderBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (at == MAP_FAILED) throw std::runtime_error("cannot map the header of " + queue);
+    h_ = static_cast<SharedHeader*>(at);
+  }
+  Header(const Header&) = delete;
+  Header& operator=(const Header&) = delete;
+  ~Header() { munmap(h_, shmq::detail::kHeaderBytes); }
+  SharedHeader& operator*() const { return *h_; }
+  SharedHeader* operator->() const { return h_; }
+
+ private:
+  SharedHeader* h_;
+};
+
+// The TID a lock word names as its holder (0: free, or released by the kernel for a dead holder).
+std::uint32_t holder_of(const shmq::detail::RobustMutex& m) {
+  return m.word.load() & FUTEX_TID_MASK;
+}
+
+// A child that stops itself (SIGSTOP) under ptrace after prepare(), so that the parent can run
+// it one instruction at a time through ops() and kill it at any instruction. Always killed and
+// reaped by its destructor if it still exists.
+class SteppedChild {
+ public:
+  template <class Prepare, class Ops>
+  SteppedChild(Prepare&& prepare, Ops&& ops) {
+    std::fflush(nullptr);
+    pid_ = fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      int code = 0;
+      try {
+        prepare();
+        if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) _exit(3);
+        raise(SIGSTOP);
+        ops();
+      } catch (...) {
+        code = 1;
+      }
+      _exit(code);
+    }
+    int status = 0;
+    if (waitpid(pid_, &status, 0) != pid_ || !WIFSTOPPED(status)) {
+      pid_ = -1;
+      throw std::runtime_error("the stepped child did not stop");
+    }
+  }
+  SteppedChild(const SteppedChild&) = delete;
+  SteppedChild& operator=(const SteppedChild&) = delete;
+  ~SteppedChild() { kill_now(); }
+
+  // Runs `steps` instructions; false if the child exited first (then it is reaped).
+  bool step(long steps) {
+    int sig = 0;
+    for (long i = 0; i < steps; ++i) {
+      if (ptrace(PTRACE_SINGLESTEP, pid_, nullptr, reinterpret_cast<void*>(long{sig})) != 0) {
+        throw std::runtime_error("PTRACE_SINGLESTEP failed");
+      }
+      int status = 0;
+      while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      }
+      if (WIFEXITED(status) || WIFSIGNALED(status)) {
+        exit_status_ = status;
+        pid_ = -1;
+        return false;
+      }
+      sig = WSTOPSIG(status) == SIGTRAP ? 0 : WSTOPSIG(status);
+    }
+    return true;
+  }
+  void kill_now() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+  }
+  int exit_status() const { return exit_status_; }
+
+ private:
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+};
+
+}  // namespace
+
+// Every instruction of a process's single puts and gets (at once, and through the general path on
+// an empty and a full ring), each run inside another queue's put_with callback (a listed shmq
+// lock) and with a glibc robust mutex held, is a place it may be SIGKILLed: at each, the locks it
+// held or was taking must be left to the kernel (no word still naming the dead TID), the glibc
+// mutex must come back EOWNERDEAD, and every queue must keep working.
+TEST_CASE("a process killed at any instruction of its single puts and gets leaves no lock held",
+          "[fault][lock][redteam]") {
+  // The sequence is about 5000 instructions, and single-stepping costs some 20 us each, so every
+  // instruction (SHMQ_REDTEAM_STRIDE=1) takes minutes: by default every 31st, from a random start
+  // that a failure reports, so that runs together cover them all.
+  const char* const env = std::getenv("SHMQ_REDTEAM_STRIDE");
+  const long stride = env != nullptr ? std::max(1L, std::atol(env)) : 31;
+  const long first = static_cast<long>(std::random_device{}() % static_cast<unsigned>(stride));
+  long covered = 0;
+  bool finished = false;
+  for (long at = first; !finished; at += stride) {
+    Queue<long> q;
+    Queue<long> full(1);
+    Queue<long> outer;
+    full.put(1);
+    Header hq(q.name()), hfull(full.name()), houter(outer.name());
+    GlibcRobustMutexes glibc;
+    SteppedChild child(
+        [&] {
+          // Identify this thread and fault the pages in before the stop: those steps are not the
+          // path under attack.
+          q.put(0);
+          (void)q.get();
+          if (pthread_mutex_lock(&glibc.m[0]) != 0) throw std::runtime_error("lock failed");
+        },
+        [&] {
+          outer.put_with(sizeof(long), [&](std::byte* dst, std::size_t) {
+            const long one = 1;
+            std::memcpy(dst, &one, sizeof one);
+            q.put(7);
+            long v = 0;
+            q.get(v);
+            q.put_nowait(8);
+            (void)q.try_get();   // at once
+            (void)q.try_get();   // empty: the general path, tracked by list_op_pending alone
+            (void)full.try_put(2);  // full: the same for a put
+          });
+        });
+    if (!child.step(at)) {
+      finished = true;
+      CHECK(WIFEXITED(child.exit_status()));
+      CHECK(WEXITSTATUS(child.exit_status()) == 0);
+    }
+    child.kill_now();
+    ++covered;
+    INFO("killed after " << at << " instructions");
+    for (auto* h : {&hq, &hfull, &houter}) {
+      REQUIRE(holder_of((*h)->put_lock) == 0);
+      REQUIRE(holder_of((*h)->get_lock) == 0);
+    }
+    if (!finished) {
+      REQUIRE(pthread_mutex_trylock(&glibc.m[0]) == EOWNERDEAD);
+      pthread_mutex_consistent(&glibc.m[0]);
+      pthread_mutex_unlock(&glibc.m[0]);
+    }
+    // Every queue still works, each lock taken over if it had to be.
+    for (auto* queue : {&q, &full, &outer}) {
+      while (queue->try_get()) {
+      }
+      queue->put(3, 1s);
+      REQUIRE(queue->get(1s) == 3);
+    }
+  }
+  CHECK(covered * stride > 4000);  // the whole sequence was stepped through
+}
+
+namespace {
+
+// The calling thread's robust list as the kernel sees it: nothing pending, and no entry linked.
+bool robust_list_is_idle() {
+  robust_list_head* head = nullptr;
+  std::size_t bytes = 0;
+  if (syscall(SYS_get_robust_list, 0, &head, &bytes) != 0 || head == nullptr) return false;
+  return head->list_op_pending == nullptr && head->list.next == &head->list;
+}
+
+}  // namespace
+
+// A hold named by list_op_pending alone must end with it on every way out of a single put or get:
+// done, full, empty, shut down, closed, a hostile frame or cursor. Left set, the thread (or, after
+// its exit, nobody) would still name the lock for the kernel, which would wake a sleeper on it
+// or mark it owner-died when the thread ends: a thread that exits normally must leave nothing.
+TEST_CASE("every way out of a single put or get of a bitwise type leaves the robust list idle",
+          "[queue][lock][redteam]") {
+  std::thread worker([] {
+    QueueOptions options;
+    options.maxsize = 1;
+    Queue<long> q(options);
+    Header h(q.name());
+    long out = 0;
+    const auto idle = [&] {
+      return robust_list_is_idle() && holder_of(h->put_lock) == 0 && holder_of(h->get_lock) == 0;
+    };
+    CHECK(idle());
+    q.put(1);
+    CHECK(idle());
+    CHECK_FALSE(q.try_put(2));  // full
+    CHECK(idle());
+    CHECK_THROWS_AS(q.put_nowait(2), shmq::Full);
+    CHECK(idle());
+    CHECK_THROWS_AS(q.put(2, 0ms), shmq::Full);
+    CHECK(idle());
+    CHECK(q.get(1s) == 1);
+    CHECK(idle());
+    CHECK_FALSE(q.try_get(out));  // empty
+    CHECK(idle());
+    CHECK_THROWS_AS(q.get_nowait(), shmq::Empty);
+    CHECK(idle());
+    CHECK_THROWS_AS(q.get(out, -1s), shmq::Empty);
+    CHECK(idle());
+    q.put(3);
+    // Hostile cursors: a tail offset past the ring makes both sides report corruption.
+    const std::uint64_t tail = h->tail.load();
+    h->tail.store(tail | 0xFFFFFFF0u);
+    CHECK_THROWS_AS(q.get_nowait(), shmq::Incompatible);
+    CHECK(idle());
+    CHECK_THROWS_AS(q.try_put(4), shmq::Incompatible);
+    CHECK(idle());
+    h->tail.store(tail);
+    h->tail_seen = tail;
+    CHECK(q.get(1s) == 3);
+    CHECK(idle());
+    q.shutdown();
+    CHECK_THROWS_AS(q.put(5), shmq::ShutDown);
+    CHECK(idle());
+    CHECK_THROWS_AS(q.get(out), shmq::ShutDown);
+    CHECK(idle());
+    q.close();
+    CHECK_THROWS_AS(q.try_get(out), shmq::Closed);
+    CHECK(idle());
+  });
+  worker.join();
+}
+
+// A producer waiting on a full ring polls for room for its frame and some to spare, but must go
+// on as soon as its frame fits: here the consumer frees one frame, which leaves less to spare than
+// the poll asks for (three frames of 1.3 KiB fill a 4 KiB ring). Every blocking put form.
+TEST_CASE("a producer on a full ring goes on when the consumer frees just its frame",
+          "[queue][wait][redteam]") {
+  QueueOptions options;
+  options.capacity_bytes = 4096;
+  Queue<std::string> q(options);
+  const std::string big(1300, 'x');
+  const std::vector<std::function<void()>> forms = {
+      [&] { q.put(big); },
+      [&] { q.put(big, 1h); },
+      [&] { q.put_many(std::vector<std::string>{big}); },
+      [&] {
+        const std::string encoded = shmq::detail::encode_to_string(big);
+        q.put_with(encoded.size(),
+                   [&](std::byte* dst, std::size_t n) { std::memcpy(dst, encoded.data(), n); });
+      },
+  };
+  for (std::size_t form = 0; form < forms.size(); ++form) {
+    INFO("put form " << form);
+    while (q.try_put(big)) {
+    }
+    REQUIRE(q.qsize() == 3);
+    const auto slept = q.stats().full_waits;
+    std::atomic<bool> done{false};
+    std::thread producer([&] {
+      forms[form]();
+      done = true;
+    });
+    REQUIRE(eventually([&] { return q.stats().full_waits > slept; }));
+    CHECK(q.get() == big);
+    const bool went_on = eventually([&] { return done.load(); });
+    if (!went_on) q.shutdown();  // let the producer go, to fail rather than hang
+    producer.join();
+    REQUIRE(went_on);
+    while (q.try_get()) {
+    }
+  }
+}
+
+namespace {
+
+// A codec whose decode_into gives up after changing `out` (a user codec may throw anything).
+struct Tally {
+  std::vector<int> counts;
+};
+
+}  // namespace
+
+namespace shmq {
+template <>
+struct codec<Tally> {
+  static std::size_t size(const Tally& t) { return codec<std::vector<int>>::size(t.counts); }
+  static void encode(const Tally& t, Writer& out) { codec<std::vector<int>>::encode(t.counts, out); }
+  static Tally decode(Reader& in) { return Tally{codec<std::vector<int>>::decode(in)}; }
+  static void decode_into(Reader& in, Tally& out) {
+    codec<std::vector<int>>::decode_into(in, out.counts);
+    if (!out.counts.empty() && out.counts[0] < 0) throw std::runtime_error("negative tally");
+  }
+};
+}  // namespace shmq
+
+// get(out) on hostile or truncated frames: a count larger than the frame, a huge count, a
+// truncated element; and a user decode_into that throws midway. Each is dropped with DecodeError,
+// `out` stays a valid value, and the next message arrives whole into the same `out`.
+TEST_CASE("get into an existing value drops a hostile message and keeps the next one whole",
+          "[queue][codec][redteam]") {
+  SECTION("strings") {
+    Queue<std::string> q;
+    const auto put_raw = [&](std::string bytes) {
+      q.put_with(bytes.size(), [&](std::byte* dst, std::size_t n) { std::memcpy(dst, bytes.data(), n); });
+    };
+    std::string hostile = shmq::detail::encode_to_string(std::string("hello"));
+    const std::uint32_t too_many = 6;  // one more than the frame holds
+    std::memcpy(hostile.data(), &too_many, sizeof too_many);
+    put_raw(hostile);
+    const std::uint32_t huge = 0xFFFFFFFFu;
+    std::memcpy(hostile.data(), &huge, sizeof huge);
+    put_raw(hostile);
+    put_raw(std::string(2, '\0'));  // shorter than a count
+    q.put("world");
+    std::string out(100, 'o');
+    for (int i = 0; i < 3; ++i) {
+      CHECK_THROWS_AS(q.get(out, 1s), shmq::DecodeError);
+      CHECK(out.size() <= out.capacity());
+    }
+    CHECK(q.try_get(out));
+    CHECK(out == "world");
+  }
+  SECTION("vectors of strings") {
+    using Strings = std::vector<std::string>;
+    Queue<Strings> q;
+    std::string truncated = shmq::detail::encode_to_string(Strings{"ab", "cdef"});
+    truncated.resize(truncated.size() - 1);
+    q.put_with(truncated.size(),
+               [&](std::byte* dst, std::size_t n) { std::memcpy(dst, truncated.data(), n); });
+    std::string huge_count = shmq::detail::encode_to_string(Strings{"ab"});
+    const std::uint32_t huge = 0x7FFFFFFFu;
+    std::memcpy(huge_count.data(), &huge, sizeof huge);
+    q.put_with(huge_count.size(),
+               [&](std::byte* dst, std::size_t n) { std::memcpy(dst, huge_count.data(), n); });
+    q.put(Strings{"x", "yz"});
+    q.put(Strings{});
+    Strings out{"1", "2", "3", "4", "5"};
+    CHECK_THROWS_AS(q.get_nowait(out), shmq::DecodeError);
+    CHECK_THROWS_AS(q.get_nowait(out), shmq::DecodeError);
+    q.get_nowait(out);
+    CHECK(out == Strings{"x", "yz"});  // the extra elements of `out` are gone
+    q.get(out);
+    CHECK(out.empty());
+    CHECK_FALSE(q.try_get(out));
+    CHECK(out.empty());  // untouched without a message
+  }
+  SECTION("a user codec's decode_into that throws midway") {
+    Queue<Tally> q;
+    q.put(Tally{{-1, 2, 3}});
+    q.put(Tally{{4}});
+    Tally out{{9, 9, 9, 9}};
+    CHECK_THROWS_AS(q.get(out), shmq::DecodeError);  // a runtime_error, turned into DecodeError
+    q.get(out);
+    CHECK(out.counts == std::vector<int>{4});
+    CHECK(q.qsize() == 0);
+  }
+}
+
+// The leased get's claim and commit (lease_table.hpp) and the inline ack and nack, killed at any
+// instruction in a forked child that inherited its parent's next-free-slot hint: no lock is left
+// naming the dead process, and the queue keeps delivering: a new message arrives, exactly once,
+// and nothing but the messages put comes out.
+TEST_CASE("a process killed at any instruction of its leased gets, acks and nacks leaves the queue working",
+          "[fault][lease][redteam]") {
+  const char* const env = std::getenv("SHMQ_REDTEAM_STRIDE");
+  const long stride = env != nullptr ? std::max(1L, std::atol(env)) : 127;  // ~11000 steps
+  const long first = static_cast<long>(std::random_device{}() % static_cast<unsigned>(stride));
+  long covered = 0;
+  bool finished = false;
+  for (long at = first; !finished; at += stride) {
+    QueueOptions options;
+    options.max_leases = 4;
+    options.lease_message_bytes = 16;
+    Queue<long> q(options);
+    Header h(q.name());
+    // The parent's hint moves past slot 0; the child inherits it.
+    q.put(1);
+    q.get_leased().ack();
+    q.put(5);
+    q.put(6);
+    SteppedChild child([&] { (void)q.qsize(); },
+                       [&] {
+                         auto a = q.get_leased();
+                         a.ack();
+                         auto b = q.get_leased();
+                         b.nack();
+                       });
+    if (!child.step(at)) {
+      finished = true;
+      CHECK(WIFEXITED(child.exit_status()));
+      CHECK(WEXITSTATUS(child.exit_status()) == 0);
+    }
+    child.kill_now();
+    ++covered;
+    INFO("killed after " << at << " instructions");
+    REQUIRE(holder_of(h->put_lock) == 0);
+    REQUIRE(holder_of(h->get_lock) == 0);
+    q.put(9);
+    // 6 was nacked (or never taken) and 9 is new: each comes exactly once; 5 at most once (the
+    // child may have acked it). A lease of the dead child comes back once its death is seen.
+    int fives = 0, sixes = 0, nines = 0;
+    while (sixes == 0 || nines == 0) {
+      auto lease = q.try_get_leased();
+      if (!lease) lease = q.get_leased(5s);
+      const long v = lease->value();
+      CHECK((v == 5 || v == 6 || v == 9));
+      fives += v == 5;
+      sixes += v == 6;
+      nines += v == 9;
+      lease->ack();
+    }
+    while (auto lease = q.try_get_leased()) {
+      fives += lease->value() == 5;
+      sixes += lease->value() == 6;
+      nines += lease->value() == 9;
+      lease->ack();
+    }
+    CHECK(fives <= 1);
+    CHECK(sixes == 1);
+    CHECK(nines == 1);
+  }
+  CHECK(covered * stride > 1000);
+}
