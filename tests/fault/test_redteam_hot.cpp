@@ -11,27 +11,28 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <functional>
+#include <limits>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../support.hpp"
 #include "shmq/detail/layout.hpp"
 #include "shmq/detail/ring.hpp"
 #include "shmq/shmq.hpp"
-#include "../support.hpp"
 
 using namespace std::chrono_literals;
 using shmq::Queue;
@@ -103,7 +104,7 @@ class SteppedChild {
   // Runs `steps` instructions; false if the child exited first (then it is reaped).
   bool step(long steps) {
     int sig = 0;
-    for (long i = 0; i < steps; ++i) {
+    for (long i = 0; i < steps; ++i, ++stepped_) {
       if (ptrace(PTRACE_SINGLESTEP, pid_, nullptr, reinterpret_cast<void*>(long{sig})) != 0) {
         throw std::runtime_error("PTRACE_SINGLESTEP failed");
       }
@@ -128,11 +129,37 @@ class SteppedChild {
     pid_ = -1;
   }
   int exit_status() const { return exit_status_; }
+  long stepped() const { return stepped_; }
 
  private:
   pid_t pid_ = -1;
   int exit_status_ = -1;
+  long stepped_ = 0;
 };
+
+// Kill points per sequence. Each one replays the sequence from its start at some 20 us an
+// instruction, so a fixed stride would make the sanitizer builds, whose sequences are many times
+// longer, take quadratically longer; a stride from the measured length keeps every build to about
+// kKillPoints × length / 2 steps.
+constexpr long kKillPoints = 100;
+
+// Kills a stepped sequence at every stride-th instruction from a random start: attempt(at) runs
+// one fresh sequence, kills it after `at` instructions, checks what it must, and returns the
+// sequence's length if it finished first (else -1). The stride is SHMQ_REDTEAM_STRIDE (1: every
+// instruction, which takes minutes) or the length of a first, unkilled sequence / kKillPoints.
+template <class Attempt>
+void kill_at_every_stride(Attempt&& attempt) {
+  const long length = attempt(std::numeric_limits<long>::max());
+  REQUIRE(length > 1000);  // the sequence really ran under the tracer
+  const char* const env = std::getenv("SHMQ_REDTEAM_STRIDE");
+  const long stride =
+      env != nullptr ? std::max(1L, std::atol(env)) : std::max(1L, length / kKillPoints);
+  const long first = static_cast<long>(std::random_device{}() % static_cast<unsigned long>(stride));
+  INFO("stride " << stride << " from " << first);
+  long at = first;
+  while (attempt(at) < 0) at += stride;
+  CHECK(at >= length);  // the whole sequence was stepped through
+}
 
 }  // namespace
 
@@ -143,15 +170,9 @@ class SteppedChild {
 // mutex must come back EOWNERDEAD, and every queue must keep working.
 TEST_CASE("a process killed at any instruction of its single puts and gets leaves no lock held",
           "[fault][lock][redteam]") {
-  // The sequence is about 5000 instructions, and single-stepping costs some 20 us each, so every
-  // instruction (SHMQ_REDTEAM_STRIDE=1) takes minutes: by default every 31st, from a random start
-  // that a failure reports, so that runs together cover them all.
-  const char* const env = std::getenv("SHMQ_REDTEAM_STRIDE");
-  const long stride = env != nullptr ? std::max(1L, std::atol(env)) : 31;
-  const long first = static_cast<long>(std::random_device{}() % static_cast<unsigned>(stride));
-  long covered = 0;
-  bool finished = false;
-  for (long at = first; !finished; at += stride) {
+  // The sequence is about 5000 instructions (many more under the sanitizers): runs from random
+  // starts, which a failure reports, together cover them all.
+  kill_at_every_stride([](long at) {
     Queue<long> q;
     Queue<long> full(1);
     Queue<long> outer;
@@ -174,18 +195,17 @@ TEST_CASE("a process killed at any instruction of its single puts and gets leave
             long v = 0;
             q.get(v);
             q.put_nowait(8);
-            (void)q.try_get();   // at once
-            (void)q.try_get();   // empty: the general path, tracked by list_op_pending alone
+            (void)q.try_get();      // at once
+            (void)q.try_get();      // empty: the general path, tracked by list_op_pending alone
             (void)full.try_put(2);  // full: the same for a put
           });
         });
-    if (!child.step(at)) {
-      finished = true;
+    const bool finished = !child.step(at);
+    if (finished) {
       CHECK(WIFEXITED(child.exit_status()));
       CHECK(WEXITSTATUS(child.exit_status()) == 0);
     }
     child.kill_now();
-    ++covered;
     INFO("killed after " << at << " instructions");
     for (auto* h : {&hq, &hfull, &houter}) {
       REQUIRE(holder_of((*h)->put_lock) == 0);
@@ -203,8 +223,8 @@ TEST_CASE("a process killed at any instruction of its single puts and gets leave
       queue->put(3, 1s);
       REQUIRE(queue->get(1s) == 3);
     }
-  }
-  CHECK(covered * stride > 4000);  // the whole sequence was stepped through
+    return finished ? child.stepped() : -1L;
+  });
 }
 
 namespace {
@@ -329,7 +349,9 @@ namespace shmq {
 template <>
 struct codec<Tally> {
   static std::size_t size(const Tally& t) { return codec<std::vector<int>>::size(t.counts); }
-  static void encode(const Tally& t, Writer& out) { codec<std::vector<int>>::encode(t.counts, out); }
+  static void encode(const Tally& t, Writer& out) {
+    codec<std::vector<int>>::encode(t.counts, out);
+  }
   static Tally decode(Reader& in) { return Tally{codec<std::vector<int>>::decode(in)}; }
   static void decode_into(Reader& in, Tally& out) {
     codec<std::vector<int>>::decode_into(in, out.counts);
@@ -346,7 +368,8 @@ TEST_CASE("get into an existing value drops a hostile message and keeps the next
   SECTION("strings") {
     Queue<std::string> q;
     const auto put_raw = [&](std::string bytes) {
-      q.put_with(bytes.size(), [&](std::byte* dst, std::size_t n) { std::memcpy(dst, bytes.data(), n); });
+      q.put_with(bytes.size(),
+                 [&](std::byte* dst, std::size_t n) { std::memcpy(dst, bytes.data(), n); });
     };
     std::string hostile = shmq::detail::encode_to_string(std::string("hello"));
     const std::uint32_t too_many = 6;  // one more than the frame holds
@@ -405,14 +428,11 @@ TEST_CASE("get into an existing value drops a hostile message and keeps the next
 // instruction in a forked child that inherited its parent's next-free-slot hint: no lock is left
 // naming the dead process, and the queue keeps delivering: a new message arrives, exactly once,
 // and nothing but the messages put comes out.
-TEST_CASE("a process killed at any instruction of its leased gets, acks and nacks leaves the queue working",
-          "[fault][lease][redteam]") {
-  const char* const env = std::getenv("SHMQ_REDTEAM_STRIDE");
-  const long stride = env != nullptr ? std::max(1L, std::atol(env)) : 127;  // ~11000 steps
-  const long first = static_cast<long>(std::random_device{}() % static_cast<unsigned>(stride));
-  long covered = 0;
-  bool finished = false;
-  for (long at = first; !finished; at += stride) {
+TEST_CASE(
+    "a process killed at any instruction of its leased gets, acks and nacks leaves the queue "
+    "working",
+    "[fault][lease][redteam]") {
+  kill_at_every_stride([](long at) {
     QueueOptions options;
     options.max_leases = 4;
     options.lease_message_bytes = 16;
@@ -430,13 +450,12 @@ TEST_CASE("a process killed at any instruction of its leased gets, acks and nack
                          auto b = q.get_leased();
                          b.nack();
                        });
-    if (!child.step(at)) {
-      finished = true;
+    const bool finished = !child.step(at);
+    if (finished) {
       CHECK(WIFEXITED(child.exit_status()));
       CHECK(WEXITSTATUS(child.exit_status()) == 0);
     }
     child.kill_now();
-    ++covered;
     INFO("killed after " << at << " instructions");
     REQUIRE(holder_of(h->put_lock) == 0);
     REQUIRE(holder_of(h->get_lock) == 0);
@@ -463,6 +482,6 @@ TEST_CASE("a process killed at any instruction of its leased gets, acks and nack
     CHECK(fives <= 1);
     CHECK(sixes == 1);
     CHECK(nines == 1);
-  }
-  CHECK(covered * stride > 1000);
+    return finished ? child.stepped() : -1L;
+  });
 }
