@@ -137,23 +137,25 @@ class SteppedChild {
   long stepped_ = 0;
 };
 
-// Kill points per sequence. Each one replays the sequence from its start at some 20 us an
-// instruction, so a fixed stride would make the sanitizer builds, whose sequences are many times
-// longer, take quadratically longer; a stride from the measured length keeps every build to about
-// kKillPoints × length / 2 steps.
-constexpr long kKillPoints = 100;
+// Each kill point replays the sequence from its start, at some 20 us an instruction, so the cost
+// grows with the square of the sequence's length, which the sanitizer builds multiply many times
+// over. The stride keeps both bounds: about `points` kill points, and at most kStepBudget steps in
+// all (some 8 s), so a long sequence gets fewer, farther-apart points.
+constexpr long kStepBudget = 400'000;
 
 // Kills a stepped sequence at every stride-th instruction from a random start: attempt(at) runs
 // one fresh sequence, kills it after `at` instructions, checks what it must, and returns the
 // sequence's length if it finished first (else -1). The stride is SHMQ_REDTEAM_STRIDE (1: every
-// instruction, which takes minutes) or the length of a first, unkilled sequence / kKillPoints.
+// instruction, which takes minutes) or as `points` and kStepBudget allow, given the length of a
+// first, unkilled sequence.
 template <class Attempt>
-void kill_at_every_stride(Attempt&& attempt) {
+void kill_at_every_stride(long points, Attempt&& attempt) {
   const long length = attempt(std::numeric_limits<long>::max());
   REQUIRE(length > 1000);  // the sequence really ran under the tracer
   const char* const env = std::getenv("SHMQ_REDTEAM_STRIDE");
-  const long stride =
-      env != nullptr ? std::max(1L, std::atol(env)) : std::max(1L, length / kKillPoints);
+  const long stride = env != nullptr
+                          ? std::max(1L, std::atol(env))
+                          : std::max({1L, length / points, length / 2 * length / kStepBudget});
   const long first = static_cast<long>(std::random_device{}() % static_cast<unsigned long>(stride));
   INFO("stride " << stride << " from " << first);
   long at = first;
@@ -172,7 +174,7 @@ TEST_CASE("a process killed at any instruction of its single puts and gets leave
           "[fault][lock][redteam]") {
   // The sequence is about 5000 instructions (many more under the sanitizers): runs from random
   // starts, which a failure reports, together cover them all.
-  kill_at_every_stride([](long at) {
+  kill_at_every_stride(100, [](long at) {
     Queue<long> q;
     Queue<long> full(1);
     Queue<long> outer;
@@ -432,7 +434,9 @@ TEST_CASE(
     "a process killed at any instruction of its leased gets, acks and nacks leaves the queue "
     "working",
     "[fault][lease][redteam]") {
-  kill_at_every_stride([](long at) {
+  // Each kill point also waits for the dead child's lease to come back (up to 100 ms): fewer
+  // points.
+  kill_at_every_stride(30, [](long at) {
     QueueOptions options;
     options.max_leases = 4;
     options.lease_message_bytes = 16;
