@@ -337,7 +337,12 @@ struct codec<detail::TaskMessage> {
     t.args = shmq::decode<detail::Payload>(in);
     std::uint8_t lent = 0;
     in.read(&lent, 1);
-    if (lent != 0) t.loan = shmq::decode<detail::MemfdRef>(in);
+    if (lent > 1) throw DecodeError("shmq::Pool: bad loan flag in a task message");
+    if (lent == 1) {
+      t.loan = shmq::decode<detail::MemfdRef>(in);
+      // One encoding per message: a loan that names no memfd is sent as none.
+      if (!t.loan.is_set()) throw DecodeError("shmq::Pool: a task's loan names no memfd");
+    }
     return t;
   }
 };
