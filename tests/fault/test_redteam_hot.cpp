@@ -128,7 +128,17 @@ class SteppedChild {
     }
     pid_ = -1;
   }
-  int exit_status() const { return exit_status_; }
+  // Runs `at` instructions, then kills the child if it still runs: true if it finished first,
+  // which it must have done cleanly.
+  bool finished_within(long at) {
+    const bool finished = !step(at);
+    if (finished) {
+      CHECK(WIFEXITED(exit_status_));
+      CHECK(WEXITSTATUS(exit_status_) == 0);
+    }
+    kill_now();
+    return finished;
+  }
   long stepped() const { return stepped_; }
 
  private:
@@ -202,12 +212,7 @@ TEST_CASE("a process killed at any instruction of its single puts and gets leave
             (void)full.try_put(2);  // full: the same for a put
           });
         });
-    const bool finished = !child.step(at);
-    if (finished) {
-      CHECK(WIFEXITED(child.exit_status()));
-      CHECK(WEXITSTATUS(child.exit_status()) == 0);
-    }
-    child.kill_now();
+    const bool finished = child.finished_within(at);
     INFO("killed after " << at << " instructions");
     for (auto* h : {&hq, &hfull, &houter}) {
       REQUIRE(holder_of((*h)->put_lock) == 0);
@@ -454,12 +459,7 @@ TEST_CASE(
                          auto b = q.get_leased();
                          b.nack();
                        });
-    const bool finished = !child.step(at);
-    if (finished) {
-      CHECK(WIFEXITED(child.exit_status()));
-      CHECK(WEXITSTATUS(child.exit_status()) == 0);
-    }
-    child.kill_now();
+    const bool finished = child.finished_within(at);
     INFO("killed after " << at << " instructions");
     REQUIRE(holder_of(h->put_lock) == 0);
     REQUIRE(holder_of(h->get_lock) == 0);
