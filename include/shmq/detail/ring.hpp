@@ -517,6 +517,35 @@ class Ring {
     return {tail.count - head.count, bytes};
   }
 
+  // ---- The single put and get of a message whose bytes only the ring's own code handles (a
+  // bitwise T's): one attempt that never waits, with the lock held through list_op_pending alone
+  // (Tracking::pending). Each returns false, having changed nothing, when the attempt cannot
+  // finish at once (the lock is held, there is no room / no message, the queue is shut down, or
+  // it has a lease area, whose redeliveries come first); the caller then takes the general path,
+  // which waits, times out or reports, as for any put or get. Both throw what the general path
+  // throws for corrupt cursors or frames. Public for callers that must not wait where they first
+  // try (the Python module tries once holding the GIL, and lets go of it only to wait).
+  template <class Fill>
+  __attribute__((always_inline)) bool put_at_once(std::uint32_t payload, Fill& fill) {
+    PendingLock lock(h_->put_lock);
+    if (!lock || shutdown_state() != ShutdownState::running) return false;
+    const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
+    Cursor head = Cursor::unpack(h_->head_seen);
+    Room room = room_after(head, tail);
+    const std::uint32_t frame = frame_bytes(payload);
+    if (!make_room(head, tail, room, frame)) return false;
+    write_frame(tail, payload, [&](std::byte* dst) { fill(0, dst, payload); });
+    commit_put(tail, advanced(tail, frame), tail.count + 1 - head.count, lock);
+    return true;
+  }
+  template <class Take>
+  __attribute__((always_inline)) bool get_at_once(Take& take) {
+    if (leases_ != nullptr) return false;
+    PendingLock lock(h_->get_lock);
+    if (!lock || shutdown_state() == ShutdownState::immediate) return false;
+    return take_frames(1, take, lock) != 0;
+  }
+
  private:
   static constexpr std::uint32_t kCorrupt = UINT32_MAX;
   // How much room beyond its frame a producer waiting on a full ring polls for (put_waiting), at
@@ -636,34 +665,6 @@ class Ring {
           deadline);
     }
   }
-  // ---- The single put and get of a message whose bytes only the ring's own code handles (a
-  // bitwise T's): one attempt that never waits, with the lock held through list_op_pending alone
-  // (Tracking::pending). Each returns false, having changed nothing, when the attempt cannot
-  // finish at once (the lock is held, there is no room / no message, the queue is shut down, or
-  // it has a lease area, whose redeliveries come first); the caller then takes the general path,
-  // which waits, times out or reports, as for any put or get. Both throw what the general path
-  // throws for corrupt cursors or frames.
-  template <class Fill>
-  __attribute__((always_inline)) bool put_at_once(std::uint32_t payload, Fill& fill) {
-    PendingLock lock(h_->put_lock);
-    if (!lock || shutdown_state() != ShutdownState::running) return false;
-    const Cursor tail = Cursor::unpack(h_->tail.load(std::memory_order_relaxed));
-    Cursor head = Cursor::unpack(h_->head_seen);
-    Room room = room_after(head, tail);
-    const std::uint32_t frame = frame_bytes(payload);
-    if (!make_room(head, tail, room, frame)) return false;
-    write_frame(tail, payload, [&](std::byte* dst) { fill(0, dst, payload); });
-    commit_put(tail, advanced(tail, frame), tail.count + 1 - head.count, lock);
-    return true;
-  }
-  template <class Take>
-  __attribute__((always_inline)) bool get_at_once(Take& take) {
-    if (leases_ != nullptr) return false;
-    PendingLock lock(h_->get_lock);
-    if (!lock || shutdown_state() == ShutdownState::immediate) return false;
-    return take_frames(1, take, lock) != 0;
-  }
-
   // put_many's general path, given size_of(0).
   template <class SizeOf, class Fill>
   Progress put_waiting(std::size_t count, std::uint32_t first, SizeOf& size_of, Fill& fill,
