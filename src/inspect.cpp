@@ -233,6 +233,7 @@ std::optional<ObjectStats> inspect_object(std::string_view name) {
     s.lock_recoveries = h.lock.recoveries.load(relaxed);
   }
   s.value = h.count.load(relaxed);
+  if (kind == ObjectKind::event) s.value = detail::event_is_set(s.value) ? 1 : 0;
   s.limit = h.limit;
   s.waiting = kind == ObjectKind::barrier ? std::min(h.arrived.load(relaxed), h.limit)
                                           : detail::sleepers_of(h.wakeups.sleep.load(relaxed));

@@ -68,24 +68,29 @@ std::uint32_t count_sleeper(SyncObject& object) {
   return epoch;
 }
 
+// Whether a notify has started a new epoch since the caller was counted in `epoch`.
+bool epoch_moved(SyncObject& object, std::uint32_t epoch) noexcept {
+  return epoch_of(object.header().wakeups.sleep.load(std::memory_order_acquire)) != epoch;
+}
+
 // For a thread counted by count_sleeper in `epoch`: polls as long as `spin` allows (not at all
-// without one), then sleeps, until a notify starts a new epoch or ready() holds (true), or the
-// deadline passes (false); then takes itself off the count. The budget adapts as await()'s does:
-// a fixed one would spin its whole length on every wait when the peer shares the core and cannot
-// run until the spinner sleeps (a 2000-poll Event round trip took 105 us there, against 6). A
-// notifier that finds sleepers starts a new epoch before bumping `seq` and waking, so a notifier
-// killed between the two still counts once the waiter looks again (its sleeps last at most
-// kLongestSleep); and the waiter stays counted across its sleeps, so no notify falls between them.
-template <class Ready>
-bool sleep_until_notified(SyncObject& object, std::uint32_t epoch, const Deadline& deadline,
-                          SpinBudget* spin, Ready&& ready) {
+// without one), then sleeps, until released() (true) or the deadline passes (false); then takes
+// itself off the count. The budget adapts as await()'s does: a fixed one would spin its whole
+// length on every wait when the peer shares the core and cannot run until the spinner sleeps (a
+// 2000-poll Event round trip took 105 us there, against 6). A notifier that finds sleepers starts
+// a new epoch before bumping `seq` and waking, so a notifier killed between the two still counts
+// once the waiter looks again (its sleeps last at most kLongestSleep). A new epoch clears the
+// count: a waiter that it did not release (an Event's waiter, woken by a set() that began before
+// its wait) counts itself again in the new epoch before it sleeps, so the next notify finds it.
+template <class Released>
+bool sleep_until_released(SyncObject& object, std::uint32_t epoch, const Deadline& deadline,
+                          SpinBudget* spin, Released&& released) {
   EventCount& ev = object.header().wakeups;
-  const auto notified = [&] {
-    return epoch_of(ev.sleep.load(std::memory_order_acquire)) != epoch || ready();
-  };
   bool done = false;
   if (spin != nullptr) {
-    for (unsigned i = 0, polls = spin->polls(); i < polls && !(done = notified()); ++i) cpu_relax();
+    for (unsigned i = 0, polls = spin->polls(); i < polls && !(done = released()); ++i) {
+      cpu_relax();
+    }
     if (done) {
       spin->paid_off();
     } else {
@@ -94,7 +99,11 @@ bool sleep_until_notified(SyncObject& object, std::uint32_t epoch, const Deadlin
   }
   while (!done) {
     const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
-    if ((done = notified()) || deadline.expired()) break;
+    if ((done = released()) || deadline.expired()) break;
+    if (epoch_moved(object, epoch)) {
+      epoch = count_sleeper(object);
+      continue;  // counted again: look once more before sleeping (Dekker, as count_sleeper says)
+    }
     futex_wait(ev.seq, seq, deadline.capped(kLongestSleep));
   }
   // Off the count, unless a notifier already cleared it by starting a new epoch.
@@ -107,13 +116,20 @@ bool sleep_until_notified(SyncObject& object, std::uint32_t epoch, const Deadlin
 
 }  // namespace
 
-// A waiter counts itself before it looks at the flag, even to poll it: a set() after that look
-// finds it counted and starts a new epoch, which releases it even if a clear() follows at once
-// (Python's Event releases every thread waiting when set() is called).
+// A wait is released by the flag, or by any set() that began after the wait did, even if a
+// clear() has followed (Python's Event releases every thread waiting when set() is called). The
+// word's set count tells those set()s apart from one that began before the wait: a set() whose
+// notify was still in flight when the wait counted itself starts a new epoch, but leaves the set
+// count as the wait first read it (a ping-pong of set() and clear() between two processes used
+// to take such a stale epoch for its next ping, and both sides then waited for ever).
 bool event_wait(SyncObject& object, const Deadline& deadline) {
-  auto& flag = object.header().count;
-  return sleep_until_notified(object, count_sleeper(object), deadline, &object.spin(),
-                              [&] { return flag.load(std::memory_order_acquire) != 0; });
+  auto& word = object.header().count;
+  const std::uint32_t start = word.load(std::memory_order_acquire);
+  if (event_is_set(start)) return true;
+  return sleep_until_released(object, count_sleeper(object), deadline, &object.spin(), [&] {
+    const std::uint32_t now = word.load(std::memory_order_acquire);
+    return event_is_set(now) || event_sets(now) != event_sets(start);
+  });
 }
 
 }  // namespace detail
@@ -122,7 +138,7 @@ bool event_wait(SyncObject& object, const Deadline& deadline) {
 //
 // A waiter counts itself on the EventCount while it holds the lock, then lets go of the lock and
 // sleeps until the EventCount's epoch moves: a notifier (holding the lock, so after the waiter
-// counted itself) that finds sleepers starts a new epoch (detail::sleep_until_notified).
+// counted itself) that finds sleepers starts a new epoch (detail::sleep_until_released).
 
 Condition Condition::open(std::string_view name) {
   auto object = detail::SyncObject::open(name, kinds());
@@ -140,8 +156,8 @@ bool Condition::wait_until(const detail::Deadline& deadline) {
   }
   const std::uint32_t epoch = detail::count_sleeper(*object_);
   const std::uint32_t depth = lock.release_all();
-  const bool notified =
-      detail::sleep_until_notified(*object_, epoch, deadline, nullptr, [] { return false; });
+  const bool notified = detail::sleep_until_released(
+      *object_, epoch, deadline, nullptr, [&] { return detail::epoch_moved(*object_, epoch); });
   lock.reacquire(depth);
   return notified;
 }

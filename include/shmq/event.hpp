@@ -41,11 +41,16 @@ class Event : public detail::NamedObject<Event> {
 
   // Sets the flag and wakes every waiter.
   void set() noexcept {
-    flag().store(1, std::memory_order_release);
+    std::uint32_t now = flag().load(std::memory_order_relaxed);
+    while (!flag().compare_exchange_weak(now, detail::event_after_set(now),
+                                         std::memory_order_release, std::memory_order_relaxed)) {
+    }
     detail::notify(object_->header().wakeups);
   }
-  void clear() noexcept { flag().store(0, std::memory_order_relaxed); }
-  bool is_set() const noexcept { return flag().load(std::memory_order_acquire) != 0; }
+  void clear() noexcept { flag().fetch_and(~1u, std::memory_order_relaxed); }
+  bool is_set() const noexcept {
+    return detail::event_is_set(flag().load(std::memory_order_acquire));
+  }
   // Python's wait(timeout=None): blocks until set, or the timeout; returns is_set().
   bool wait(std::optional<double> timeout = std::nullopt) {
     return is_set() || detail::event_wait(*object_, detail::deadline_after_seconds(

@@ -305,6 +305,42 @@ TEST_CASE("every way out of a single put or get of a bitwise type leaves the rob
 // A producer waiting on a full ring polls for room for its frame and some to spare, but must go
 // on as soon as its frame fits: here the consumer frees one frame, which leaves less to spare than
 // the poll asks for (three frames of 1.3 KiB fill a 4 KiB ring). Every blocking put form.
+// A set() is stopped at each of its instructions while another thread starts waiting, then
+// finishes: a wait that began after the set() began is released by it (even once cleared), and one
+// that began after the flag was already set and cleared is not. A set() whose wake-up was still in
+// flight used to release the next wait, so a set()/clear() ping-pong between two processes took a
+// stale wake-up for its next message and both sides then waited for ever.
+TEST_CASE("an Event wait is released only by a set() that did not finish before the wait began",
+          "[sync][event][fault]") {
+  shmq::Event event;
+  const auto counted = [&] {
+    return shmq::detail::sleepers_of(event.wakeup_count().sleep.load()) != 0;
+  };
+  long after_set = 0;  // stops found with the flag already set
+  for (long at = 0;; ++at) {
+    SteppedChild setter([] {}, [&] { event.set(); });
+    if (!setter.step(at)) break;  // the whole set() ran before this stop
+    const bool began_before = event.is_set();
+    after_set += began_before ? 1 : 0;
+    if (began_before) event.clear();
+    std::atomic<int> released{-1};
+    std::thread waiter([&] { released = event.wait(60.0) ? 1 : 0; });
+    REQUIRE(eventually(counted));
+    REQUIRE(setter.finished_within(kStepBudget));
+    if (began_before) {
+      // Still waiting: counted again if the set()'s wake-up cleared the count, never released.
+      REQUIRE(eventually([&] { return released != -1 || counted(); }));
+      INFO("stopped " << at << " instructions in, after the flag was set");
+      CHECK(released == -1);
+      event.set();
+    }
+    waiter.join();
+    CHECK(released == 1);
+    event.clear();
+  }
+  CHECK(after_set > 0);  // the stops reached the instructions after the flag's store
+}
+
 TEST_CASE("a producer on a full ring goes on when the consumer frees just its frame",
           "[queue][wait][redteam]") {
   QueueOptions options;

@@ -111,8 +111,8 @@ struct ObjectHeader {
   // ---- State.
   // Lock, RLock; a Value's or Array's lock; a Barrier's lock, guarding its fields below.
   alignas(kCacheLine) LockState lock;
-  // Semaphore: units left (CAS; acquire to take one, release to give one back). Event: 1 when
-  // set (release store; acquire load).
+  // Semaphore: units left (CAS; acquire to take one, release to give one back). Event: its flag
+  // and set count (event_is_set, event_sets below; set() by release CAS, acquire load).
   alignas(kCacheLine) std::atomic<std::uint32_t> count;
   // Barrier: parties waiting in this generation; written under lock, read relaxed by n_waiting().
   std::atomic<std::uint32_t> arrived;
@@ -122,6 +122,20 @@ struct ObjectHeader {
   EventCount wakeups;
 };
 static_assert(sizeof(ObjectHeader) <= kObjectHeaderBytes, "the header must fit its page");
+
+// An Event's word (ObjectHeader::count): bit 0 is the flag; the bits above count the set()s that
+// found it clear, modulo 2^31, so that a wait tells a set() that began after it from an earlier
+// one (src/sync_primitives.cpp, event_wait). Any value is valid.
+constexpr bool event_is_set(std::uint32_t word) noexcept {
+  return (word & 1u) != 0;
+}
+constexpr std::uint32_t event_sets(std::uint32_t word) noexcept {
+  return word >> 1;
+}
+// The word after a set(): the flag on, and one more set counted if it was off.
+constexpr std::uint32_t event_after_set(std::uint32_t word) noexcept {
+  return event_is_set(word) ? word : word + 3;
+}
 static_assert(std::is_standard_layout_v<ObjectHeader>);
 static_assert(offsetof(ObjectHeader, magic) == 0, "ObjectFile::open waits for the magic at 0");
 
