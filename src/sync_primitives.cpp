@@ -86,17 +86,7 @@ template <class Released>
 bool sleep_until_released(SyncObject& object, std::uint32_t epoch, const Deadline& deadline,
                           SpinBudget* spin, Released&& released) {
   EventCount& ev = object.header().wakeups;
-  bool done = false;
-  if (spin != nullptr) {
-    for (unsigned i = 0, polls = spin->polls(); i < polls && !(done = released()); ++i) {
-      cpu_relax();
-    }
-    if (done) {
-      spin->paid_off();
-    } else {
-      spin->wasted();
-    }
-  }
+  bool done = spin != nullptr && spin->spin_until(released);
   while (!done) {
     const std::uint32_t seq = ev.seq.load(std::memory_order_acquire);
     if ((done = released()) || deadline.expired()) break;

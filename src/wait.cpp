@@ -63,16 +63,7 @@ std::size_t wait_any(const WaitItem* items, std::size_t n, bool* ready, const De
   };
   if (deadline.is_now()) return last_look();  // poll(), wait(..., 0): no sleeper to announce
   static SpinBudget spin(kWaitSpinPolls);
-  {
-    for (unsigned i = 0, polls = spin.polls(); i < polls; ++i) {
-      if (look(items, n, ready) != 0) {
-        spin.paid_off();
-        return last_look();
-      }
-      cpu_relax();
-    }
-    spin.wasted();
-  }
+  if (spin.spin_until([&] { return look(items, n, ready) != 0; })) return last_look();
   futex_waitv words[kMaxWaitObjects];
   SleeperTicket tickets[kMaxWaitObjects];
   for (;;) {

@@ -747,3 +747,34 @@ TEST_CASE("get(out) drops a message that does not decode, and the next get(out) 
   CHECK(out == "good");
   CHECK(q.empty());
 }
+
+// The spin before a sleep (detail::SpinBudget), with answers that come after a given number of
+// looks: a budget driven to its floor by a burst of load grows back once answers come within the
+// queue's spin_polls again, even answers slower than the floor.
+TEST_CASE("a spin budget driven to its floor grows back once answers come within spin_polls",
+          "[queue][spin]") {
+  shmq::detail::SpinBudget spin(2000);
+  const auto wait_for_answer_after = [&](unsigned looks_needed) {
+    unsigned looks = 0;
+    return spin.spin_until([&] { return ++looks > looks_needed; });
+  };
+  for (int i = 0; i < 20; ++i) CHECK_FALSE(wait_for_answer_after(UINT_MAX));  // the burst
+  int first_paid = -1;  // answers now take 200 looks (a 4 KiB ping-pong on two cores)
+  for (int i = 0; i < 1000 && first_paid < 0; ++i) {
+    if (wait_for_answer_after(200)) first_paid = i;
+  }
+  REQUIRE(first_paid >= 0);
+  CHECK(first_paid < 64);
+  for (int i = 0; i < 100; ++i) CHECK(wait_for_answer_after(200));
+}
+
+TEST_CASE("where polling never pays, the probes add a bounded share to the floor's spinning",
+          "[queue][spin]") {
+  shmq::detail::SpinBudget spin(2000);
+  unsigned long long looks = 0;
+  constexpr unsigned long long kWaits = 100'000;
+  for (unsigned long long i = 0; i < kWaits; ++i) {
+    CHECK_FALSE(spin.spin_until([&] { return ++looks == 0; }));
+  }
+  CHECK(looks <= kWaits * (16 + 4));  // the floor, and 2000 / 1024 a wait for the probes
+}

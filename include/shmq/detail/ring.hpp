@@ -87,21 +87,70 @@ inline void notify(EventCount& ev) noexcept {
 // on another core and answers within the budget (then the budget doubles, up to the queue's
 // spin_polls), and only burns the CPU the peer needs when processes outnumber cores (then the
 // waiter sleeps anyway and the budget halves, down to a floor from which it can grow again).
+//
+// Growing back needs a poll that paid, and a wait longer than the floor never has one: one
+// disturbance (a burst of load that put both processes on one core) left a ping-pong of 4 KiB
+// messages, whose answers take longer than the floor, sleeping on every message for good (45 us
+// round trips instead of 1.5). So while the budget is below its top, every probe_every-th wait
+// probes: it polls the whole spin_polls, and one that pays sets the budget to twice what it took.
+// A probe that does not pay doubles the interval to the next (up to kMaxProbeEvery), so where
+// polling never pays, as on a shared core, probes cost at most spin_polls / kMaxProbeEvery polls
+// a wait once the interval is long; any poll that pays starts the interval again.
 class SpinBudget {
  public:
   explicit SpinBudget(unsigned max_polls) noexcept : max_(max_polls), polls_(max_polls) {}
-  unsigned polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
-  void paid_off() noexcept {
-    polls_.store(std::min(max_, polls() * 2 + 1), std::memory_order_relaxed);
-  }
-  void wasted() noexcept {
-    polls_.store(std::min(max_, std::max(kFloor, polls() / 2)), std::memory_order_relaxed);
+
+  // Polls ready() as the budget allows, with a pause between looks: true once it holds.
+  template <class Ready>
+  bool spin_until(Ready&& ready) {
+    const unsigned budget = next_budget();
+    for (unsigned i = 0; i < budget; ++i) {
+      if (ready()) {
+        paid_off(i);
+        return true;
+      }
+      cpu_relax();
+    }
+    wasted();
+    return false;
   }
 
  private:
   static constexpr unsigned kFloor = 16;
+  static constexpr unsigned kFirstProbeEvery = 16;
+  static constexpr unsigned kMaxProbeEvery = 1024;
+
+  unsigned next_budget() noexcept {
+    const unsigned polls = polls_.load(std::memory_order_relaxed);
+    if (polls >= max_) return polls;
+    const unsigned left = probe_in_.load(std::memory_order_relaxed);
+    if (left > 1) {
+      probe_in_.store(left - 1, std::memory_order_relaxed);
+      return polls;
+    }
+    const unsigned every = probe_every_.load(std::memory_order_relaxed);
+    const unsigned next = std::min(kMaxProbeEvery, every * 2);  // if this probe does not pay
+    probe_every_.store(next, std::memory_order_relaxed);
+    probe_in_.store(next, std::memory_order_relaxed);
+    return max_;
+  }
+  // The answer came after `polls` polls.
+  void paid_off(unsigned polls) noexcept {
+    const unsigned grown = std::max(polls_.load(std::memory_order_relaxed) * 2 + 1, polls * 2);
+    polls_.store(std::min(max_, grown), std::memory_order_relaxed);
+    probe_every_.store(kFirstProbeEvery, std::memory_order_relaxed);
+    probe_in_.store(kFirstProbeEvery, std::memory_order_relaxed);
+  }
+  void wasted() noexcept {
+    const unsigned polls = polls_.load(std::memory_order_relaxed);
+    polls_.store(std::min(max_, std::max(kFloor, polls / 2)), std::memory_order_relaxed);
+  }
+
   const unsigned max_;
-  std::atomic<unsigned> polls_;  // relaxed: a hint shared by this process's threads
+  // Hints shared by this process's threads (relaxed: a lost update only changes one wait's spin).
+  std::atomic<unsigned> polls_;
+  std::atomic<unsigned> probe_every_{kFirstProbeEvery};
+  std::atomic<unsigned> probe_in_{kFirstProbeEvery};  // waits until the next probe
 };
 
 // No sleep on an EventCount outlasts this. A process killed between publishing a change and
@@ -149,14 +198,7 @@ inline void withdraw_sleeper(EventCount& ev, SleeperTicket ticket) noexcept {
 template <class Ready, class Plenty>
 bool await(EventCount& ev, std::atomic<std::uint64_t>* sleeps, SpinBudget& spin, Ready&& ready,
            const Deadline& deadline, Plenty&& plenty) {
-  for (unsigned i = 0, polls = spin.polls(); i < polls; ++i) {
-    if (plenty()) {
-      spin.paid_off();
-      return false;
-    }
-    cpu_relax();
-  }
-  spin.wasted();
+  if (spin.spin_until(plenty)) return false;
   const SleeperTicket ticket = announce_sleeper(ev);
   const bool sleeps_now = !ready();
   if (sleeps_now) {
