@@ -45,6 +45,34 @@ TARGETS = [
     ("batches vs the lock-free SPSC ring", "1->1 8 B, batches", PEERS[4], 0.5),
     ("4→4 8 B vs Boost", "4->4 8 B", PEERS[0], 2),
     ("round trip p50 vs Boost", "round trip 8 B", PEERS[0], 10),
+    # Round two (issues 13, 15, 17); a fifth field names the shmq line when it is not the first.
+    ("1→1 8 B vs the lock-free SPSC ring", "1->1 8 B", PEERS[4], 0.5),
+    ("4→4 8 B vs Boost (round two)", "4->4 8 B", PEERS[0], 5),
+    ("256 B std::string, get() vs Boost", "1->1 256 B std::string", PEERS[0], 2,
+     "shmq Queue<std::string> get()"),
+    ("256 B std::string, get(out) vs Boost", "1->1 256 B std::string", PEERS[0], 2,
+     "shmq Queue<std::string> get(out)"),
+    ("leased 8 B vs plain get", "1->1 8 B, leased", "shmq get", 0.5, "shmq get_leased+ack"),
+    ("leased 4 KiB vs plain get", "1->1 4096 B, leased", "shmq get", 0.7, "shmq get_leased+ack"),
+    ("Pipe round trip vs Queue (within 1.5×)", "round trip 8 B, Pipe and wait",
+     "shmq Queue put/get", 1 / 1.5, "shmq Pipe send/recv"),
+    ("wait() on 16 queues vs Queue (within 2×)", "round trip 8 B, Pipe and wait",
+     "shmq Queue put/get", 0.5, "shmq wait() on 16 queues"),
+    ("Notifier + epoll vs pipe + epoll", "round trip 8 B, Pipe and wait", "pipe + epoll", 1,
+     "shmq Notifier + epoll"),
+] + [
+    (f"iceoryx 1→1 {size} B, put/get vs {mode}", f"iceoryx 1->1 {size} B",
+     f"iceoryx loan+publish, {mode}", 1, "shmq put/get")
+    for size in (8, 256, 4096) for mode in ("WaitSet", "busy poll")
+] + [
+    (f"iceoryx 1→1 65536 B, put_with/get_with vs {mode}", "iceoryx 1->1 65536 B",
+     f"iceoryx loan+publish, {mode}", 0.7, "shmq put_with/get_with")
+    for mode in ("WaitSet", "busy poll")
+] + [
+    (f"iceoryx round trip p50 {size} B, {line} vs {mode}", f"iceoryx round trip {size} B",
+     f"iceoryx loan+publish, {mode}", 1, f"shmq {line}")
+    for size in (8, 256, 4096, 65536) for mode in ("WaitSet", "busy poll")
+    for line in ("put/get", "put_with/get_with")
 ]
 
 
@@ -73,8 +101,9 @@ def figure(r):
     return r["msgs_per_s"], True
 
 
-def ratio(run, scenario, peer):
-    mine, other = run.get((scenario, shmq_peer(run, scenario))), run.get((scenario, peer))
+def ratio(run, scenario, peer, line=None):
+    mine = run.get((scenario, line or shmq_peer(run, scenario)))
+    other = run.get((scenario, peer))
     if mine is None or other is None:
         return None
     (a, higher), (b, _) = figure(mine), figure(other)
@@ -94,8 +123,8 @@ def times(x):
     return f"{x:.0f}×" if x >= 100 else f"{x:.2g}×"
 
 
-def ratios(runs, scenario, peer):
-    return [x for x in (ratio(run, scenario, peer) for run in runs) if x is not None]
+def ratios(runs, scenario, peer, line=None):
+    return [x for x in (ratio(run, scenario, peer, line) for run in runs) if x is not None]
 
 
 def cell(runs, scenario, peer, with_ratio=True):
@@ -135,8 +164,8 @@ def main(paths):
         print(f"- {peer}: {cell(runs, '1->1 65536 B', peer)}")
     print("\n| target | at least | median | range | runs that met it |")
     print("|---|---|---|---|---|")
-    for label, scenario, peer, minimum in TARGETS:
-        r = ratios(runs, scenario, peer)
+    for label, scenario, peer, minimum, *line in TARGETS:
+        r = ratios(runs, scenario, peer, *line)
         if not r:
             continue
         met = sum(x >= minimum for x in r)
