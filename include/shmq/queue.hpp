@@ -468,14 +468,17 @@ class Queue {
     return [this, &out](const detail::LeaseTicket& ticket) { out.push_back(make_lease(ticket)); };
   }
   // The Lease<T> of `ticket`, its value decoded in place from the slot. A message that does not
-  // decode is acked (dropped) and DecodeError thrown; any other exception nacks it.
-  Lease<T> make_lease(const detail::LeaseTicket& ticket) {
+  // decode is acked (dropped) and DecodeError thrown; any other exception nacks it. Inlined, the
+  // decoding too: out of line they cost a sixth of a small message's leased get.
+  __attribute__((always_inline)) Lease<T> make_lease(const detail::LeaseTicket& ticket) {
     detail::LeaseTable& leases = *segment_->leases();
     const std::size_t bytes =
         std::min(leases.slot(ticket.slot).bytes.load(std::memory_order_relaxed), leases.payload());
     try {
-      return Lease<T>(detail::LeaseKey{}, segment_, ticket,
-                      [&] { return decode_message(leases.bytes(ticket.slot), bytes); });
+      return Lease<T>(
+          detail::LeaseKey{}, segment_, ticket, [&]() __attribute__((always_inline)) {
+            return decode_message(leases.bytes(ticket.slot), bytes);
+          });
     } catch (const DecodeError& e) {
       leases.ack(ticket);
       throw_dropped(e);

@@ -525,3 +525,166 @@ TEST_CASE(
     return finished ? child.stepped() : -1L;
   });
 }
+
+// The single leased get's try-once path (Ring::lease_at_once: get_lock held through
+// list_op_pending alone), killed at every instruction of get_leased + ack, run inside another
+// queue's put_with callback (a listed shmq lock) with a glibc robust mutex held: no lock word is
+// left naming the dead process, the glibc mutex comes back EOWNERDEAD, and the message is
+// delivered exactly once more unless the child had begun its ack (then at most once).
+TEST_CASE(
+    "a process killed at any instruction of a try-once leased get and its ack, holding other "
+    "robust locks, leaves the locks sane and the message delivered once",
+    "[fault][lease][lock][redteam]") {
+  kill_at_every_stride(30, [](long at) {
+    QueueOptions options;
+    options.max_leases = 4;
+    options.lease_message_bytes = 16;
+    {
+      // The same path once in this process first, so that the child inherits the symbols it
+      // calls already bound (lazy binding would lengthen only the first sequence).
+      Queue<long> warm(options);
+      warm.put(1);
+      warm.get_leased().ack();
+    }
+    Queue<long> q(options);
+    Queue<long> outer;
+    q.put(7);
+    Header hq(q.name()), houter(outer.name());
+    GlibcRobustMutexes glibc;
+    auto* acking = static_cast<std::atomic<int>*>(mmap(
+        nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(acking != MAP_FAILED);
+    new (acking) std::atomic<int>(0);
+    SteppedChild child(
+        [&] {
+          // Identify this thread and this process as a lease holder (a /proc read whose length
+          // varies) before the stop: not the path under attack. The get's lease-area check
+          // (reclaim_if_due) then runs in every sequence: nobody looked in this process before.
+          (void)shmq::detail::this_holder_word();
+          outer.put(0);
+          (void)outer.get();
+          if (pthread_mutex_lock(&glibc.m[0]) != 0) throw std::runtime_error("lock failed");
+        },
+        [&] {
+          outer.put_with(sizeof(long), [&](std::byte* dst, std::size_t) {
+            const long one = 1;
+            std::memcpy(dst, &one, sizeof one);
+            auto lease = q.get_leased();  // the ring has a message and no redelivery: at once
+            if (lease.value() != 7) throw std::runtime_error("wrong message");
+            acking->store(1);
+            lease.ack();
+          });
+        });
+    const bool finished = child.finished_within(at);
+    INFO("killed after " << at << " instructions");
+    for (auto* h : {&hq, &houter}) {
+      REQUIRE(holder_of((*h)->put_lock) == 0);
+      REQUIRE(holder_of((*h)->get_lock) == 0);
+    }
+    if (!finished) {
+      REQUIRE(pthread_mutex_trylock(&glibc.m[0]) == EOWNERDEAD);
+      pthread_mutex_consistent(&glibc.m[0]);
+      pthread_mutex_unlock(&glibc.m[0]);
+    }
+    // 7 comes back once (from the ring, a settled take, or the dead holder's lease) unless the
+    // child got as far as its ack; 9, put now, comes exactly once.
+    q.put(9);
+    int sevens = 0, nines = 0;
+    while (nines == 0 || (sevens == 0 && acking->load() == 0)) {
+      auto lease = q.try_get_leased();
+      if (!lease) lease = q.get_leased(5s);
+      CHECK((lease->value() == 7 || lease->value() == 9));
+      sevens += lease->value() == 7;
+      nines += lease->value() == 9;
+      lease->ack();
+    }
+    while (auto lease = q.try_get_leased()) {
+      sevens += lease->value() == 7;
+      nines += lease->value() == 9;
+      lease->ack();
+    }
+    CHECK(nines == 1);
+    CHECK(sevens <= 1);
+    if (acking->load() == 0) CHECK(sevens == 1);
+    if (finished) CHECK(sevens == 0);
+    CHECK(q.stats().leases.empty());
+    munmap(acking, sizeof(std::atomic<int>));
+    // The outer queue works, its lock taken over if it had to be.
+    while (outer.try_get()) {
+    }
+    outer.put(3, 1s);
+    REQUIRE(outer.get(1s) == 3);
+    return finished ? child.stepped() : -1L;
+  });
+}
+
+// As for the single put and get: every way out of a single leased get leaves the robust list
+// idle and the locks free: a lease taken at once, acked and nacked; a redelivery (the general
+// path); no message; no free slot; hostile cursors; shut down; closed.
+TEST_CASE("every way out of a single leased get leaves the robust list idle",
+          "[lease][lock][redteam]") {
+  std::thread worker([] {
+    QueueOptions options;
+    options.max_leases = 1;
+    options.lease_message_bytes = 16;
+    Queue<long> q(options);
+    Header h(q.name());
+    const auto idle = [&] {
+      return robust_list_is_idle() && holder_of(h->put_lock) == 0 && holder_of(h->get_lock) == 0;
+    };
+    CHECK(idle());
+    q.put(1);
+    q.put(2);
+    {
+      auto lease = q.get_leased();  // at once
+      CHECK(idle());
+      CHECK(lease.value() == 1);
+      CHECK_FALSE(q.try_get_leased());  // no free slot
+      CHECK(idle());
+      CHECK_THROWS_AS(q.get_leased_nowait(), shmq::Empty);
+      CHECK(idle());
+      lease.nack();
+    }
+    {
+      auto lease = q.get_leased(1s);  // the redelivery: the general path
+      CHECK(lease.value() == 1);
+      CHECK(lease.deliveries() == 2);
+      CHECK(idle());
+      lease.ack();
+    }
+    CHECK(q.get_leased_nowait().value() == 2);  // destroyed unacked: nacked
+    CHECK(idle());
+    {
+      auto lease = q.try_get_leased();  // the nacked one again
+      REQUIRE(lease);
+      CHECK(lease->value() == 2);
+      CHECK(idle());
+      lease->ack();
+    }
+    CHECK_FALSE(q.try_get_leased());  // empty
+    CHECK(idle());
+    CHECK_THROWS_AS(q.get_leased(-1s), shmq::Empty);
+    CHECK(idle());
+    // Hostile cursors: a tail offset past the ring makes the take report corruption.
+    q.put(3);
+    const std::uint64_t tail = h->tail.load();
+    h->tail.store(tail | 0xFFFFFFF0u);
+    CHECK_THROWS_AS(q.try_get_leased(), shmq::Incompatible);
+    CHECK(idle());
+    h->tail.store(tail);
+    h->tail_seen = tail;
+    {
+      auto lease = q.get_leased(1s);
+      CHECK(lease.value() == 3);
+      lease.ack();
+    }
+    CHECK(idle());
+    q.shutdown(true);
+    CHECK_THROWS_AS(q.get_leased(), shmq::ShutDown);
+    CHECK(idle());
+    q.close();
+    CHECK_THROWS_AS(q.try_get_leased(), shmq::Closed);
+    CHECK(idle());
+  });
+  worker.join();
+}

@@ -422,9 +422,51 @@ class Ring {
   // first the ready ones, then the ring's frames, each copied into a free slot. Waits while the
   // ring is empty or no slot is free. Once the lock is released, passes each lease to
   // on_lease(LeaseTicket); if it throws, the leases not yet passed are nacked and it propagates.
+  // A single lease (every single form) is first tried by lease_at_once.
   template <class OnLease>
-  Progress get_leased(std::size_t max, OnLease&& on_lease, const Deadline& deadline) {
+  __attribute__((always_inline)) Progress get_leased(std::size_t max, OnLease&& on_lease,
+                                                     const Deadline& deadline) {
     if (max == 0) return {Outcome::done, 0};
+    if (max == 1 && lease_at_once(on_lease)) return {Outcome::done, 1};
+    return get_leased_waiting(max, on_lease, deadline);
+  }
+
+  // The single leased get that tries once, as get_at_once: get_lock held through list_op_pending
+  // alone (Tracking::pending), the ring's oldest frame copied into a free slot by take_fresh, as
+  // the general path does it. The hold runs none but the ring's and the lease area's own code:
+  // the clock, reclaim_if_due (CASes and /proc reads, no lock), take_fresh; never take_ready,
+  // whose dead-letter puts take another queue's robust lock, and never on_lease (the caller's
+  // decoding), which runs once the lock is released. Returns false, having changed nothing, when
+  // it cannot finish at once: the lock is held, or was left by a dead holder (only the general
+  // path takes it over and settles its takes), the queue is shut down immediately, a redelivery
+  // is hinted (those come first, through take_ready), the ring is empty or no slot is free. The
+  // caller then takes the general path, which waits, times out or reports.
+  // Killed at any instruction of the hold, the kernel marks the lock owner-died through
+  // list_op_pending, as for get_at_once; the next get takes it over through the general path
+  // and settles the taking slot left, exactly as after a listed holder's death.
+  template <class OnLease>
+  __attribute__((always_inline)) bool lease_at_once(OnLease& on_lease) {
+    LeaseTable& leases = *leases_;
+    LeaseTicket got;
+    {
+      PendingLock lock(h_->get_lock);
+      if (!lock || shutdown_state() == ShutdownState::immediate) return false;
+      // Read under the lock, as on the general path: claims, and so their taken_ns, are ordered
+      // by the lock (see LeaseTicket).
+      const std::uint64_t now = monotonic_ns();
+      leases.reclaim_if_due(now);
+      if (leases.ready_hint() ||
+          take_fresh(leases, &got, 0, 1, this_holder_word(), now, lock) == 0) {
+        return false;
+      }
+    }
+    on_lease(got);
+    return true;
+  }
+
+  // get_leased's general path.
+  template <class OnLease>
+  Progress get_leased_waiting(std::size_t max, OnLease& on_lease, const Deadline& deadline) {
     LeaseTable& leases = *leases_;
     return consume(
         [&](RobustLock& lock, std::uint64_t now) -> std::size_t {
@@ -440,7 +482,7 @@ class Ring {
               leases.slot(i).state.store(s.pack(), std::memory_order_release);
               got[n++] = {i, s.pack(), now};
             });
-            n = take_fresh(leases, got, n, want, me, now, lock);
+            n = take_fresh(leases, got.data(), n, want, me, now, lock);
           } catch (...) {
             // A corrupt slot or frame: the redeliveries already taken (take_fresh gives back its
             // own) would stay held by this live process, nobody's, for as long as it lives.
@@ -829,10 +871,13 @@ class Ring {
   // `got`, up to `want` in all; returns the new count. Each slot is marked taking (recording head
   // as it was) before head moves past its frame, and held after: see lease_table.hpp for how a
   // death between the steps is settled. Releases the lock and wakes producers if it took any.
+  // `got` has room for `want` tickets; `lock` is get_lock's RobustLock or PendingLock.
   // Inlined into get_leased: a call would cost a tenth of a small message's leased get.
-  __attribute__((always_inline)) std::size_t take_fresh(
-      LeaseTable& leases, std::array<LeaseTicket, kMaxLeaseBatch>& got, std::size_t n,
-      std::size_t want, std::uint64_t me, std::uint64_t now, RobustLock& lock) {
+  template <class Lock>
+  __attribute__((always_inline)) std::size_t take_fresh(LeaseTable& leases, LeaseTicket* got,
+                                                        std::size_t n, std::size_t want,
+                                                        std::uint64_t me, std::uint64_t now,
+                                                        Lock& lock) {
     const Cursor head = Cursor::unpack(h_->head.load(std::memory_order_relaxed));
     const Cursor tail = readable_tail(head);
     if (tail.count == head.count || n == want) return n;
@@ -848,7 +893,7 @@ class Ring {
         }
         ++n;
         queued -= frame_bytes(payload);
-        end = Cursor{(end.offset + frame_bytes(payload)) % capacity_, end.count + 1};
+        end = advanced(end, frame_bytes(payload));
       }
     } catch (...) {
       // Nothing committed: head has not moved, so the slots are free again.
