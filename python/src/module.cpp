@@ -354,17 +354,17 @@ class PyQueue {
       message.assign(reinterpret_cast<const char*>(at), bytes);
     };
     py::object value;
-    take(1, deadline_from(block, timeout), block ? "get" : "get_nowait",
-         [&](const std::byte* at, std::uint32_t bytes) {
-           PyObject* made = nullptr;
-           if (format_->cpp ||
-               !decode_untracked(reinterpret_cast<const char*>(at), bytes, &made)) {
-             return copy(at, bytes);
-           }
-           if (made == nullptr) throw PythonErrorSet{};  // the message stays queued
-           value = py::reinterpret_steal<py::object>(made);
-         },
-         copy);
+    take(
+        1, deadline_from(block, timeout), block ? "get" : "get_nowait",
+        [&](const std::byte* at, std::uint32_t bytes) {
+          PyObject* made = nullptr;
+          if (format_->cpp || !decode_untracked(reinterpret_cast<const char*>(at), bytes, &made)) {
+            return copy(at, bytes);
+          }
+          if (made == nullptr) throw PythonErrorSet{};  // the message stays queued
+          value = py::reinterpret_steal<py::object>(made);
+        },
+        copy);
     if (!value) value = decode(message);
     if (message.capacity() <= kKeptBufferBytes) kept = std::move(message);
     return value;

@@ -148,8 +148,8 @@ int run(int argc, char** argv) {
     }
     return 0;
   }
-  if (cmd == "hold" && argc == 4 && (argv[3] == std::string_view("put") ||
-                                     argv[3] == std::string_view("get"))) {
+  if (cmd == "hold" && argc == 4 &&
+      (argv[3] == std::string_view("put") || argv[3] == std::string_view("get"))) {
     auto segment = shmq::detail::Segment::open(argv[2], nullptr);
     struct LetGo {};  // thrown to leave the queue as it was: nothing put, nothing taken
     const auto hold = [](auto&&...) {
@@ -160,8 +160,8 @@ int run(int argc, char** argv) {
     };
     try {
       if (argv[3] == std::string_view("put")) {
-        segment->ring().put_many(1, [](std::size_t) { return 1u; }, hold,
-                                 shmq::detail::Deadline::never());
+        segment->ring().put_many(
+            1, [](std::size_t) { return 1u; }, hold, shmq::detail::Deadline::never());
       } else {
         segment->ring().get_many(1, hold, shmq::detail::Deadline::never());
       }
