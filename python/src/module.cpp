@@ -197,6 +197,12 @@ class PeerPoll {
 // The most a thread keeps allocated between gets for copying messages out of the ring.
 constexpr std::size_t kKeptBufferBytes = 1 << 20;
 
+// The largest message a put or get copies while it holds the GIL when it tries at once (a few
+// microseconds of copying): a larger one is copied without it, so that the process's other
+// threads run meanwhile. A get builds a bytes of any size at once all the same: that copy needs
+// the GIL anyway.
+constexpr std::size_t kGilHeldCopyBytes = 64 << 10;
+
 const TypeTag& pickle_tag() {
   static const TypeTag tag = detail::make_type_tag(typeid(PythonObject*).name() + 1);  // drop 'P'
   return tag;
@@ -285,6 +291,18 @@ void check_signals() {
 // list_op_pending, where pybind11's error_already_set would format the error): the caller's
 // caller (set_python_error) leaves the error as it is.
 struct PythonErrorSet {};
+// Thrown by a get's try at once to leave a message it would rather copy without the GIL queued.
+struct TakeWithoutGil {};
+
+// What a get's try at once does with a message it copies out: copies it if it is small enough
+// to copy holding the GIL, else leaves it queued for the call's next try, without the GIL.
+template <class Copy>
+auto at_once_copy(Copy& copy) {
+  return [&copy](const std::byte* at, std::uint32_t bytes) {
+    if (bytes > kGilHeldCopyBytes) throw TakeWithoutGil{};
+    copy(at, bytes);
+  };
+}
 
 // Keeps the garbage collector from running for as long as it lives (see decode_untracked): with
 // the GIL held, no other thread turns it back on meanwhile.
@@ -359,7 +377,7 @@ class PyQueue {
         [&](const std::byte* at, std::uint32_t bytes) {
           PyObject* made = nullptr;
           if (format_->cpp || !decode_untracked(reinterpret_cast<const char*>(at), bytes, &made)) {
-            return copy(at, bytes);
+            return at_once_copy(copy)(at, bytes);
           }
           if (made == nullptr) throw PythonErrorSet{};  // the message stays queued
           value = py::reinterpret_steal<py::object>(made);
@@ -378,7 +396,7 @@ class PyQueue {
     const auto copy = [&](const std::byte* at, std::uint32_t bytes) {
       messages.emplace_back(reinterpret_cast<const char*>(at), bytes);
     };
-    take(max_items, deadline_from(block, timeout), "get_many", copy, copy);
+    take(max_items, deadline_from(block, timeout), "get_many", at_once_copy(copy), copy);
     py::list items;
     std::optional<py::error_already_set> first_failure;
     for (const std::string& m : messages) {
@@ -539,7 +557,10 @@ class PyQueue {
     const Outcome outcome = wait_in_slices(
         deadline, call,
         [&] {
-          if (n - done != 1 || !segment_->ring().put_at_once(size_of(0), fill)) return false;
+          if (n - done != 1 || size_of(0) > kGilHeldCopyBytes ||
+              !segment_->ring().put_at_once(size_of(0), fill)) {
+            return false;
+          }
           ++done;
           return true;
         },
@@ -566,7 +587,11 @@ class PyQueue {
         [&] {
           if (max != 1) return false;
           NoCollection no_collection;
-          return segment_->ring().get_at_once(at_once);
+          try {
+            return segment_->ring().get_at_once(at_once);
+          } catch (const TakeWithoutGil&) {
+            return false;
+          }
         },
         [&](const Deadline& slice) {
           return segment_->ring().get_many(max, copy, slice, &sliced).outcome;

@@ -361,13 +361,15 @@ def test_threads_share_a_queue():
 
 # The values a get may build straight from the ring (bytes, int, float, None, True, False), their
 # neighbours that are pickled or copied out (a big int, a bytes subclass, str, bytearray), every
-# put form and every get form: each comes back equal and of the same type.
+# put form and every get form: each comes back equal and of the same type; and large ones.
 class _Bytes(bytes):
     pass
 
 
 _VALUES = [b"", b"\x00" * 5000, 0, -1, 2**63 - 1, -2**63, 2**63, 1.5, -0.0, float("inf"),
-           None, True, False, _Bytes(b"sub"), "str", bytearray(b"ba")]
+           None, True, False, _Bytes(b"sub"), "str", bytearray(b"ba"),
+           # Larger than a put or get copies holding the GIL (64 KiB): those wait without it.
+           b"\x01" * 200_000, "s" * 200_000, [7] * 50_000]
 _PUTS = {
     "put": lambda q, v: q.put(v),
     "put_nowait": lambda q, v: q.put_nowait(v),
