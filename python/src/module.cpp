@@ -4,10 +4,16 @@
 // queue made by a C++ Queue<T> opens here and the reverse. The Python package (shmq/__init__.py)
 // builds Queue, SimpleQueue and JoinableQueue on it.
 //
-// Every call that can wait releases the GIL and waits in slices of kSignalSlice, taking the GIL
-// back between slices to run Python's signal handlers, so Ctrl-C (KeyboardInterrupt) ends a
-// blocked put or get within that time. Messages are encoded before the wait and decoded after
-// it, with the GIL held: the ring's locks are never held while Python code runs.
+// A single put or get first tries once holding the GIL (Ring::put_at_once / get_at_once: one
+// attempt that never waits, not even for the ring's lock, so no thread that needs the GIL can be
+// kept waiting on this one). Only if that cannot finish at once does the call release the GIL and
+// wait, in slices of kSignalSlice, taking the GIL back between slices to run Python's signal
+// handlers, so Ctrl-C (KeyboardInterrupt) ends a blocked put or get within that time. Messages
+// are encoded before the wait and decoded after it, with the GIL held: the ring's locks are never
+// held while Python code runs. The one exception is a get that succeeds at once: it builds a
+// bytes, int, float, None, True or False straight from the ring (decode_untracked: no Python code
+// runs and the garbage collector is off meanwhile); everything else is copied out and decoded
+// after the lock is released.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -191,6 +197,12 @@ class PeerPoll {
 // The most a thread keeps allocated between gets for copying messages out of the ring.
 constexpr std::size_t kKeptBufferBytes = 1 << 20;
 
+// The largest message a put or get copies while it holds the GIL when it tries at once (a few
+// microseconds of copying): a larger one is copied without it, so that the process's other
+// threads run meanwhile. A get builds a bytes of any size at once all the same: that copy needs
+// the GIL anyway.
+constexpr std::size_t kGilHeldCopyBytes = 64 << 10;
+
 const TypeTag& pickle_tag() {
   static const TypeTag tag = detail::make_type_tag(typeid(PythonObject*).name() + 1);  // drop 'P'
   return tag;
@@ -275,6 +287,38 @@ void check_signals() {
   if (PyErr_CheckSignals() != 0) throw py::error_already_set();
 }
 
+// Thrown where a Python error is set but no Python code may run (under a ring lock held through
+// list_op_pending, where pybind11's error_already_set would format the error): the caller's
+// caller (set_python_error) leaves the error as it is.
+struct PythonErrorSet {};
+// Thrown by a get's try at once to leave a message it would rather copy without the GIL queued.
+struct TakeWithoutGil {};
+
+// What a get's try at once does with a message it copies out: copies it if it is small enough
+// to copy holding the GIL, else leaves it queued for the call's next try, without the GIL.
+template <class Copy>
+auto at_once_copy(Copy& copy) {
+  return [&copy](const std::byte* at, std::uint32_t bytes) {
+    if (bytes > kGilHeldCopyBytes) throw TakeWithoutGil{};
+    copy(at, bytes);
+  };
+}
+
+// Keeps the garbage collector from running for as long as it lives (see decode_untracked): with
+// the GIL held, no other thread turns it back on meanwhile.
+class NoCollection {
+ public:
+  NoCollection() : was_enabled_(PyGC_Disable() != 0) {}
+  NoCollection(const NoCollection&) = delete;
+  NoCollection& operator=(const NoCollection&) = delete;
+  ~NoCollection() {
+    if (was_enabled_) PyGC_Enable();
+  }
+
+ private:
+  bool was_enabled_;
+};
+
 class PyQueue {
  public:
   // how: "anonymous" (an unnamed queue), "create", "open", "open_or_create".
@@ -316,17 +360,30 @@ class PyQueue {
     put_encoded(messages.data(), messages.size(), deadline, "put_many");
   }
 
-  // ---- get: takes the messages' bytes while waiting without the GIL, then decodes them.
+  // ---- get: decodes a bytes, int, float, None, True or False straight from the ring when it
+  // takes it at once; otherwise takes the message's bytes (waiting without the GIL), then
+  // decodes them.
   py::object get(bool block, py::handle timeout) {
     // A buffer per thread, so that a get allocates nothing for messages the last one had room
     // for. Taken out while in use: unpickling may run code that calls get again on this thread.
     thread_local std::string kept;
     std::string message = std::move(kept);
-    take(1, deadline_from(block, timeout), block ? "get" : "get_nowait",
-         [&](const std::byte* at, std::uint32_t bytes) {
-           message.assign(reinterpret_cast<const char*>(at), bytes);
-         });
-    py::object value = decode(message);
+    const auto copy = [&](const std::byte* at, std::uint32_t bytes) {
+      message.assign(reinterpret_cast<const char*>(at), bytes);
+    };
+    py::object value;
+    take(
+        1, deadline_from(block, timeout), block ? "get" : "get_nowait",
+        [&](const std::byte* at, std::uint32_t bytes) {
+          PyObject* made = nullptr;
+          if (format_->cpp || !decode_untracked(reinterpret_cast<const char*>(at), bytes, &made)) {
+            return at_once_copy(copy)(at, bytes);
+          }
+          if (made == nullptr) throw PythonErrorSet{};  // the message stays queued
+          value = py::reinterpret_steal<py::object>(made);
+        },
+        copy);
+    if (!value) value = decode(message);
     if (message.capacity() <= kKeptBufferBytes) kept = std::move(message);
     return value;
   }
@@ -336,10 +393,10 @@ class PyQueue {
   py::list get_many(std::size_t max_items, bool block, const py::object& timeout) {
     if (max_items == 0) throw InvalidArgument("shmq: get_many of 0 items");
     std::vector<std::string> messages;
-    take(max_items, deadline_from(block, timeout), "get_many",
-         [&](const std::byte* at, std::uint32_t bytes) {
-           messages.emplace_back(reinterpret_cast<const char*>(at), bytes);
-         });
+    const auto copy = [&](const std::byte* at, std::uint32_t bytes) {
+      messages.emplace_back(reinterpret_cast<const char*>(at), bytes);
+    };
+    take(max_items, deadline_from(block, timeout), "get_many", at_once_copy(copy), copy);
     py::list items;
     std::optional<py::error_already_set> first_failure;
     for (const std::string& m : messages) {
@@ -485,21 +542,31 @@ class PyQueue {
     return ring.capacity() - now.bytes >= detail::frame_bytes(static_cast<std::uint32_t>(bytes));
   }
 
-  // The one wait of every put form: all of `messages`, in order.
+  // The one wait of every put form: all of `messages`, in order. The last one left is first
+  // tried at once, holding the GIL (write_to touches no Python object).
   void put_encoded(const Encoded* messages, std::size_t n, const Deadline& deadline,
                    const char* call) {
     std::size_t done = 0;
+    const auto size_of = [&](std::size_t i) {
+      return static_cast<std::uint32_t>(messages[done + i].size());
+    };
+    const auto fill = [&](std::size_t i, std::byte* dst, std::uint32_t) {
+      messages[done + i].write_to(dst);
+    };
     detail::SlicedWait sliced{deadline};
     const Outcome outcome = wait_in_slices(
         deadline, call,
+        [&] {
+          if (n - done != 1 || size_of(0) > kGilHeldCopyBytes ||
+              !segment_->ring().put_at_once(size_of(0), fill)) {
+            return false;
+          }
+          ++done;
+          return true;
+        },
         [&](const Deadline& slice) {
-          const detail::Progress progress = segment_->ring().put_many(
-              n - done,
-              [&](std::size_t i) { return static_cast<std::uint32_t>(messages[done + i].size()); },
-              [&](std::size_t i, std::byte* dst, std::uint32_t) {
-                messages[done + i].write_to(dst);
-              },
-              slice, &sliced);
+          const detail::Progress progress =
+              segment_->ring().put_many(n - done, size_of, fill, slice, &sliced);
           done += progress.count;
           return progress.outcome;
         },
@@ -507,13 +574,25 @@ class PyQueue {
     if (outcome != Outcome::done) segment_->throw_put_failure(outcome, deadline, call);
   }
 
-  // The one wait of every get form: up to `max` messages' bytes.
-  // `copy` runs without the GIL, under the consumers' lock: it only copies the bytes out.
-  template <class Copy>
-  void take(std::size_t max, const Deadline& deadline, const char* call, Copy&& copy) {
+  // The one wait of every get form: up to `max` messages. A single message is first tried at
+  // once, holding the GIL, with at_once(const std::byte*, std::uint32_t) (see decode_untracked
+  // for what it may do there); otherwise `copy` takes them, without the GIL, under the
+  // consumers' lock: it only copies the bytes out.
+  template <class AtOnce, class Copy>
+  void take(std::size_t max, const Deadline& deadline, const char* call, AtOnce&& at_once,
+            Copy&& copy) {
     detail::SlicedWait sliced{deadline};
     const Outcome outcome = wait_in_slices(
         deadline, call,
+        [&] {
+          if (max != 1) return false;
+          NoCollection no_collection;
+          try {
+            return segment_->ring().get_at_once(at_once);
+          } catch (const TakeWithoutGil&) {
+            return false;
+          }
+        },
         [&](const Deadline& slice) {
           return segment_->ring().get_many(max, copy, slice, &sliced).outcome;
         },
@@ -521,18 +600,21 @@ class PyQueue {
     if (outcome != Outcome::done) segment_->throw_get_failure(outcome, deadline, call);
   }
 
-  // Runs attempt(slice), one put or get of the ring, without the GIL until it is done, is shut
-  // down, or `deadline` passes; returns how the last attempt ended. The first attempt does not
-  // wait (no lock-free look at the ring first: the ring's own calls read the other side's word
-  // only when their cached copy says they must); if it finds no room or no message, the call
-  // polls for the peer (PeerPoll) until ready() says the next attempt may succeed, then waits in
-  // slices of kSignalSlice, running Python's signal handlers between them.
-  template <class Attempt, class Ready>
-  Outcome wait_in_slices(const Deadline& deadline, const char* call, Attempt&& attempt,
-                         Ready&& ready) {
+  // Until the put or get is done, is shut down, or `deadline` passes, tries at_once(), holding
+  // the GIL (true: done), then runs attempt(slice), one put or get of the ring, without the GIL;
+  // returns how the last attempt ended. The first attempt does not wait (no lock-free look at
+  // the ring first: the ring's own calls read the other side's word only when their cached copy
+  // says they must); if it finds no room or no message, the call polls for the peer (PeerPoll)
+  // until ready() says the next try may succeed, then waits in slices of kSignalSlice, running
+  // Python's signal handlers between them. at_once() must never wait: while it holds the GIL a
+  // thread of this process may hold the ring's lock, and wait for the GIL itself.
+  template <class AtOnce, class Attempt, class Ready>
+  Outcome wait_in_slices(const Deadline& deadline, const char* call, AtOnce&& at_once,
+                         Attempt&& attempt, Ready&& ready) {
     Deadline slice = Deadline::now();
     while (true) {
       check_open(call);
+      if (at_once()) return Outcome::done;
       Outcome outcome;
       {
         WithoutGil nogil;
@@ -568,6 +650,8 @@ void set_python_error(std::exception_ptr p) {
   };
   try {
     std::rethrow_exception(p);
+  } catch (const PythonErrorSet&) {
+    // set already
   } catch (py::error_already_set& e) {
     e.restore();
   } catch (const py::builtin_exception& e) {

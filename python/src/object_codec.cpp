@@ -37,15 +37,9 @@ py::object steal(PyObject* o) {
   return py::reinterpret_steal<py::object>(o);
 }
 
-template <class T>
-T fixed(const char* data, std::size_t size, const char* what) {
-  if (size != 1 + sizeof(T)) {
-    throw DecodeError("shmq: a tagged " + std::string(what) + " of " + std::to_string(size) +
-                      " bytes (it takes " + std::to_string(1 + sizeof(T)) + ")");
-  }
-  T v;
-  std::memcpy(&v, data + 1, sizeof v);
-  return v;
+DecodeError wrong_length(const char* what, std::size_t size, std::size_t payload) {
+  return DecodeError("shmq: a tagged " + std::string(what) + " of " + std::to_string(size) +
+                     " bytes (it takes " + std::to_string(1 + payload) + ")");
 }
 
 }  // namespace
@@ -86,15 +80,13 @@ Encoded encode_object(PyObject* obj) {
 }
 
 py::object decode_object(const char* data, std::size_t size) {
+  PyObject* untracked = nullptr;
+  if (decode_untracked(data, size, &untracked)) return steal(untracked);
   if (size == 0)
     throw DecodeError("shmq: an empty message (a Python object takes at least 1 byte)");
   switch (data[0]) {
     case kPickle:
       return pickle().loads(py::memoryview::from_memory(data, static_cast<py::ssize_t>(size)));
-    case 'i':
-      return steal(PyLong_FromLongLong(fixed<std::int64_t>(data, size, "int")));
-    case 'f':
-      return steal(PyFloat_FromDouble(fixed<double>(data, size, "float")));
     case 's': {
       PyObject* s = PyUnicode_DecodeUTF8(data + 1, static_cast<Py_ssize_t>(size - 1), "strict");
       if (s == nullptr) {
@@ -103,19 +95,52 @@ py::object decode_object(const char* data, std::size_t size) {
       }
       return steal(s);
     }
-    case 'b':
-      return steal(PyBytes_FromStringAndSize(data + 1, static_cast<Py_ssize_t>(size - 1)));
+    // The forms decode_untracked makes, when it refused them: malformed.
+    case 'i':
+      throw wrong_length("int", size, sizeof(std::int64_t));
+    case 'f':
+      throw wrong_length("float", size, sizeof(double));
     case 'n':
     case 'T':
     case 'F':
-      if (size != 1) throw DecodeError("shmq: a tagged None, True or False with bytes after it");
-      return py::reinterpret_borrow<py::object>(data[0] == 'n'   ? Py_None
-                                                : data[0] == 'T' ? Py_True
-                                                                 : Py_False);
+      throw DecodeError("shmq: a tagged None, True or False with bytes after it");
     default:
       throw DecodeError("shmq: a message starting with byte " +
                         std::to_string(static_cast<unsigned char>(data[0])) +
                         ", which is no Python object's tag");
+  }
+}
+
+bool decode_untracked(const char* data, std::size_t size, PyObject** out) {
+  if (size == 0) return false;
+  const auto exactly = [&](std::size_t payload) { return size == 1 + payload; };
+  switch (data[0]) {
+    case 'b':
+      *out = PyBytes_FromStringAndSize(data + 1, static_cast<Py_ssize_t>(size - 1));
+      return true;
+    case 'i': {
+      if (!exactly(sizeof(std::int64_t))) return false;
+      std::int64_t v;
+      std::memcpy(&v, data + 1, sizeof v);
+      *out = PyLong_FromLongLong(v);
+      return true;
+    }
+    case 'f': {
+      if (!exactly(sizeof(double))) return false;
+      double v;
+      std::memcpy(&v, data + 1, sizeof v);
+      *out = PyFloat_FromDouble(v);
+      return true;
+    }
+    case 'n':
+    case 'T':
+    case 'F':
+      if (!exactly(0)) return false;
+      *out = data[0] == 'n' ? Py_None : data[0] == 'T' ? Py_True : Py_False;
+      Py_INCREF(*out);
+      return true;
+    default:
+      return false;
   }
 }
 

@@ -57,4 +57,16 @@ Encoded encode_object(PyObject* obj);
 // tagged form of the wrong length.
 pybind11::object decode_object(const char* data, std::size_t size);
 
+// Decodes a message while it is still in the ring, under the consumers' lock held through
+// list_op_pending alone (Tracking::pending), where no Python code may run and no other robust lock
+// may be taken: a garbage collection could run a finalizer that calls get on this queue on this
+// thread. So only the forms whose objects the collector does not track and whose construction
+// runs no Python code are made here: a well-formed bytes, int, float, None, True or False.
+// Returns false, having done nothing, for any other message (a pickle, a str, a malformed tagged
+// form): the caller copies it out and calls decode_object once the lock is released. Else sets
+// *out to the new object, or to null with a Python error set (MemoryError) if it could not be
+// allocated: the caller then leaves the message queued. The caller keeps the collector disabled
+// meanwhile (NoCollection): raising MemoryError may allocate an exception object, which it tracks.
+bool decode_untracked(const char* data, std::size_t size, PyObject** out);
+
 }  // namespace shmq::python

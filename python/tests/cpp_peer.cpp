@@ -11,6 +11,11 @@
 //                                              a truncated one, then a good one
 //   shmq_python_peer raw   <queue> <hex>...    puts each <hex> as one message's bytes into any
 //                                              queue, whatever its type (a hostile writer)
+//   shmq_python_peer hold  <queue> put|get     holds the producers' lock (inside a put that
+//                                              writes nothing) or the consumers' lock (inside a
+//                                              get of a queued message, which stays queued) of
+//                                              any queue: prints "held" once it has it, lets go
+//                                              when stdin ends, then exits
 //
 // Exit status: 0 done, 1 a check failed (what differed on stderr), 2 usage, 3 a shmq error.
 #include <shmq/shmq.hpp>
@@ -140,6 +145,27 @@ int run(int argc, char** argv) {
             std::memcpy(at, bytes.data(), bytes.size());
           },
           shmq::detail::Deadline::never());
+    }
+    return 0;
+  }
+  if (cmd == "hold" && argc == 4 &&
+      (argv[3] == std::string_view("put") || argv[3] == std::string_view("get"))) {
+    auto segment = shmq::detail::Segment::open(argv[2], nullptr);
+    struct LetGo {};  // thrown to leave the queue as it was: nothing put, nothing taken
+    const auto hold = [](auto&&...) {
+      std::cout << "held" << std::endl;
+      while (std::cin.get() != std::char_traits<char>::eof()) {
+      }
+      throw LetGo{};
+    };
+    try {
+      if (argv[3] == std::string_view("put")) {
+        segment->ring().put_many(
+            1, [](std::size_t) { return 1u; }, hold, shmq::detail::Deadline::never());
+      } else {
+        segment->ring().get_many(1, hold, shmq::detail::Deadline::never());
+      }
+    } catch (const LetGo&) {
     }
     return 0;
   }

@@ -173,7 +173,7 @@ def test_sizes_out_of_range_are_refused():
 def test_hostile_bytes_in_a_queue_of_python_objects_raise_and_are_dropped_one_by_one(qname):
     name = qname()
     q = shmq.Queue.create(name)
-    hostile = ["", "69" + "01", "3f", "6e00", "54ff", "80ffffff", "73ff"]  # see object_codec.hpp
+    hostile = ["", "69" + "01", "66" + "00" * 9, "3f", "6e00", "54ff", "80ffffff", "73ff"]  # see object_codec.hpp
     good = "69" + (42).to_bytes(8, "little").hex()
     r = subprocess.run([peer(), "raw", name, *hostile, good], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -293,3 +293,104 @@ def test_a_daemon_thread_that_finalization_ends_inside_a_get_exits_cleanly():
         r = subprocess.run([sys.executable, "-c", _EXIT_WHILE_A_GET_WAITS_FOR_THE_GIL % futex],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and r.stderr == "", (r.returncode, r.stderr)
+
+
+def _hold(name, side):
+    """The C++ peer holding the producers' (put) or consumers' (get) lock of queue `name` until
+    its stdin closes; killed after 20 s whatever happens, so that a test whose call waits for
+    that lock holding the GIL fails instead of hanging (the kill frees the robust lock)."""
+    holder = subprocess.Popen(["timeout", "-s", "KILL", "20", peer(), "hold", name, side],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"held\n"
+    return holder
+
+
+_WAITING_CALLS = {
+    "put": lambda q: q.put("second"),
+    "put_timeout": lambda q: q.put("second", timeout=30),
+    "put_many": lambda q: q.put_many(["second"]),
+    "get": lambda q: q.get(),
+    "get_timeout": lambda q: q.get(timeout=30),
+    "get_many_1": lambda q: q.get_many(1)[0],
+}
+
+
+@pytest.mark.parametrize("call", _WAITING_CALLS)
+def test_a_call_that_finds_the_lock_held_by_another_process_waits_without_the_gil(qname, call):
+    # A put or get first tries once holding the GIL; one that found the lock held and then waited
+    # for it still holding the GIL would stop every thread of this process until the holder let go.
+    name = qname()
+    q = shmq.Queue.create(name)
+    q.put("queued")  # the holder's get leaves it queued
+    other = shmq.Queue()
+    holder = _hold(name, "put" if call.startswith("put") else "get")
+    result = []
+    t = threading.Thread(target=lambda: result.append(_WAITING_CALLS[call](q)))
+    try:
+        t.start()
+        start = time.monotonic()
+        for i in range(2000):  # Python work on this thread, while the other waits for the lock
+            other.put(i)
+            assert other.get() == i
+        took = time.monotonic() - start
+        assert t.is_alive(), "the call did not wait for the lock"
+    finally:
+        holder.stdin.close()
+        assert holder.wait(30) == 0, "the holder was killed: the call kept this thread waiting"
+    t.join(10)
+    assert not t.is_alive()
+    assert took < 5
+    if call.startswith("put"):
+        assert result == [None] and q.get_many(10) == ["queued", "second"]
+    else:
+        assert result == ["queued"] and q.empty()
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda q: q.put_nowait(1), shmq.Full), (lambda q: q.put(1, timeout=0.2), shmq.Full),
+    (lambda q: q.get_nowait(), shmq.Empty), (lambda q: q.get(timeout=0.2), shmq.Empty)])
+def test_a_call_that_may_not_wait_long_gives_up_on_a_lock_held_by_another_process(qname, call,
+                                                                                  error):
+    name = qname()
+    q = shmq.Queue.create(name)
+    q.put("queued")
+    holder = _hold(name, "put" if error is shmq.Full else "get")
+    try:
+        start = time.monotonic()
+        with pytest.raises(error):
+            call(q)
+        assert time.monotonic() - start < 5
+    finally:
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+    assert q.get_nowait() == "queued"
+
+
+_NO_MEMORY_FOR_THE_GET = r"""
+import resource, sys
+import shmq
+size = 48 << 20
+q = shmq.Queue(capacity_bytes=64 << 20)
+q.put(bytes(size))
+with open("/proc/self/status") as f:
+    vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (vm + (16 << 20), hard))
+for get in (q.get_nowait, q.get):
+    try:
+        get()
+        sys.exit("the get had room for the message after all")
+    except MemoryError:
+        pass
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+assert q.qsize() == 1, "the message was lost"
+m = q.get_nowait()
+assert len(m) == size and not any(m), "the message changed"
+print("kept")
+"""
+
+
+def test_a_get_with_no_memory_for_the_message_raises_memory_error_and_leaves_it_queued():
+    r = subprocess.run([sys.executable, "-c", _NO_MEMORY_FOR_THE_GET], capture_output=True,
+                       timeout=60, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0 and r.stdout == b"kept\n", r.stderr.decode()

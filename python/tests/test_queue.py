@@ -357,3 +357,57 @@ def test_threads_share_a_queue():
     for t in threads:
         t.join()
     assert sorted(got) == list(range(4 * n))
+
+
+# The values a get may build straight from the ring (bytes, int, float, None, True, False), their
+# neighbours that are pickled or copied out (a big int, a bytes subclass, str, bytearray), every
+# put form and every get form: each comes back equal and of the same type; and large ones.
+class _Bytes(bytes):
+    pass
+
+
+_VALUES = [b"", b"\x00" * 5000, 0, -1, 2**63 - 1, -2**63, 2**63, 1.5, -0.0, float("inf"),
+           None, True, False, _Bytes(b"sub"), "str", bytearray(b"ba"),
+           # Larger than a put or get copies holding the GIL (64 KiB): those wait without it.
+           b"\x01" * 200_000, "s" * 200_000, [7] * 50_000]
+_PUTS = {
+    "put": lambda q, v: q.put(v),
+    "put_nowait": lambda q, v: q.put_nowait(v),
+    "put_timeout": lambda q, v: q.put(v, timeout=5),
+    "put_block_false": lambda q, v: q.put(v, False),
+    "put_many": lambda q, v: q.put_many([v]),
+}
+_GETS = {
+    "get": lambda q: q.get(),
+    "get_nowait": lambda q: q.get_nowait(),
+    "get_timeout": lambda q: q.get(timeout=5),
+    "get_block_false": lambda q: q.get(False),
+    "get_many_1": lambda q: q.get_many(1)[0],
+    "get_many_2": lambda q: q.get_many(2)[0],
+}
+
+
+@pytest.mark.parametrize("put", _PUTS)
+@pytest.mark.parametrize("get", _GETS)
+def test_every_put_form_and_get_form_keep_every_value_and_its_type(put, get):
+    q = shmq.Queue()
+    for v in _VALUES:
+        _PUTS[put](q, v)
+        got = _GETS[get](q)
+        assert type(got) is type(v) and got == v, (put, get, v)
+    assert q.empty()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_get_leaves_the_garbage_collector_as_it_found_it(enabled):
+    import gc
+    q = shmq.Queue()
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        for v in (b"x", 1, 2.0, None, "s", [1]):
+            q.put(v)
+            assert q.get() == v
+            assert gc.isenabled() == enabled
+    finally:
+        gc.enable() if was else gc.disable()
