@@ -10,6 +10,7 @@
 #include <atomic>
 #include <future>
 #include <memory>
+#include <set>
 #include <optional>
 #include <numeric>
 #include <stdexcept>
@@ -61,6 +62,28 @@ int longest_result(std::size_t capacity) {
 }
 
 int initialised = 0;  // set by the initializer in each worker
+
+// A run of a task, as the task records it: its item and the pid of the worker that ran it.
+using Run = std::pair<int, int>;
+using OnceDoomed = std::tuple<int, int, Queue<Run>, Queue<int>>;
+// Records the run of item x in `runs`, then, if x is the doomed item and the one token is still in
+// `token`, kills its own worker: a first run of the doomed item dies, any later run would not (so
+// that a pool that reran it would show two runs instead of hanging).
+int record_run_die_once(OnceDoomed job) {
+  auto [x, doomed, runs, token] = job;
+  runs.put(Run{x, getpid()});
+  if (x == doomed && token.try_get()) raise(SIGKILL);
+  return x;
+}
+OnceDoomed once_doomed(int x, int doomed, const Queue<Run>& runs, const Queue<int>& token) {
+  return {x, doomed, runs, token};
+}
+// Every run recorded, once the pool has been joined (any rerun would have happened by then).
+std::multiset<Run> all_runs(Queue<Run>& runs) {
+  std::multiset<Run> out;
+  while (auto run = runs.try_get()) out.insert(*run);
+  return out;
+}
 
 
 }  // namespace
@@ -156,6 +179,62 @@ TEST_CASE("a worker killed mid-task: its result throws WorkerLost and a new work
   CHECK_THROWS_AS(doomed.get(), shmq::WorkerLost);
   const pid_t replacement = pool.apply(own_pid);
   CHECK(replacement != worker);
+}
+
+TEST_CASE("a task whose worker died is reported WorkerLost, with its pid and end, and never run again",
+          "[pool][fault]") {
+  Pool pool(1);
+  Queue<Run> runs;
+  Queue<int> token;
+  token.put(1);
+  auto doomed = pool.apply_async(record_run_die_once, once_doomed(7, 7, runs, token));
+  const auto first_run = runs.get(60s);
+  REQUIRE(first_run.first == 7);
+  CHECK_THROWS_WITH(doomed.get(60s), Catch::Contains("worker pid " + std::to_string(first_run.second)) &&
+                                         Catch::Contains("killed by signal 9"));
+  CHECK_THROWS_AS(doomed.get(), shmq::WorkerLost);
+  // The pool goes on serving, in a new worker.
+  CHECK(pool.apply(record_run_die_once, once_doomed(8, 7, runs, token)) == 8);
+  CHECK(pool.map(record_run_die_once, std::vector<OnceDoomed>{once_doomed(9, 7, runs, token),
+                                                              once_doomed(10, 7, runs, token)}) ==
+        std::vector<int>{9, 10});
+  pool.close();
+  pool.join();
+  const auto runs_made = all_runs(runs);
+  std::multiset<int> items;
+  for (const auto& [x, pid] : runs_made) {
+    items.insert(x);
+    if (x != 7) CHECK(pid != first_run.second);
+  }
+  CHECK(items == std::multiset<int>{8, 9, 10});  // 7's one run was taken above: none again
+  CHECK(token.empty());
+}
+
+TEST_CASE("imap: the items of a chunk whose worker died are WorkerLost at their positions, none rerun",
+          "[pool][imap][fault]") {
+  Pool pool(2);
+  Queue<Run> runs;
+  Queue<int> token;
+  token.put(1);
+  std::vector<OnceDoomed> items;
+  for (int i = 0; i < 12; ++i) items.push_back(once_doomed(i, 5, runs, token));
+  auto results = pool.imap(record_run_die_once, items, 2);  // item 5 is in the chunk {4, 5}
+  for (int i = 0; i < 12; ++i) {
+    if (i == 4 || i == 5) {
+      CHECK_THROWS_AS(results.next(60s), shmq::WorkerLost);
+    } else {
+      CHECK(results.next(60s) == i);
+    }
+  }
+  CHECK(results.next(60s) == std::nullopt);
+  CHECK(pool.apply(record_run_die_once, once_doomed(12, 5, runs, token)) == 12);
+  pool.close();
+  pool.join();
+  std::multiset<int> ran;
+  for (const auto& [x, pid] : all_runs(runs)) ran.insert(x);
+  std::multiset<int> each_once;
+  for (int i = 0; i <= 12; ++i) each_once.insert(i);
+  CHECK(ran == each_once);  // 4 and 5 ran once (5 died, taking 4's result with it), not again
 }
 
 TEST_CASE("maxtasksperchild replaces a worker after that many tasks", "[pool]") {
