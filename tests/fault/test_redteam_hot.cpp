@@ -341,6 +341,31 @@ TEST_CASE("an Event wait is released only by a set() that did not finish before 
   CHECK(after_set > 0);  // the stops reached the instructions after the flag's store
 }
 
+// A wait with a timeout of 0 or less is a look at the flag, as Python's wait(0): it used to poll
+// the Event's whole spin budget first (2000 polls, some 60 us, while counted as a sleeper, so
+// that a concurrent set() paid a wake-up syscall). Counted in instructions, run under ptrace.
+TEST_CASE("an Event wait with a timeout of 0 or less only looks at the flag",
+          "[sync][event][redteam]") {
+  shmq::Event event;
+  const auto instructions = [](const std::function<bool()>& look) {
+    SteppedChild child([] {}, [&] {
+      if (look()) std::abort();
+    });
+    REQUIRE(child.finished_within(kStepBudget));
+    return child.stepped();  // with the child's way out of raise(SIGSTOP) and into _exit
+  };
+  const long is_set = instructions([&] { return event.is_set(); });
+  const std::function<bool()> looks[] = {[&] { return event.wait(0.0); },
+                                         [&] { return event.wait(-1.0); },
+                                         [&] { return event.wait_for(0ms); }};
+  for (const auto& look : looks) {
+    const long wait = instructions(look);
+    INFO("is_set() took " << is_set << " instructions, the wait " << wait);
+    CHECK(wait < is_set + 500);  // no spin: 2000 polls would take ten thousand and more
+  }
+  CHECK(shmq::detail::sleepers_of(event.wakeup_count().sleep.load()) == 0);
+}
+
 TEST_CASE("a producer on a full ring goes on when the consumer frees just its frame",
           "[queue][wait][redteam]") {
   QueueOptions options;
