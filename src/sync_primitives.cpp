@@ -116,6 +116,9 @@ bool event_wait(SyncObject& object, const Deadline& deadline) {
   auto& word = object.header().count;
   const std::uint32_t start = word.load(std::memory_order_acquire);
   if (event_is_set(start)) return true;
+  // wait(0), or a negative timeout: a look, as Python's; no spin, and no sleeper counted that
+  // would cost a concurrent set() a wake-up syscall.
+  if (deadline.is_now()) return false;
   return sleep_until_released(object, count_sleeper(object), deadline, &object.spin(), [&] {
     const std::uint32_t now = word.load(std::memory_order_acquire);
     return event_is_set(now) || event_sets(now) != event_sets(start);

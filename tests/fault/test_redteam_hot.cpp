@@ -341,6 +341,66 @@ TEST_CASE("an Event wait is released only by a set() that did not finish before 
   CHECK(after_set > 0);  // the stops reached the instructions after the flag's store
 }
 
+// Eight set() and clear() pulses killed at any instruction: the waiter that was asleep is released, by the
+// killed set() (within kLongestSleep) or by the next one, and leaves the sleeper count as it found
+// it; a wait after that sleeps until the next set(), and is released by it.
+TEST_CASE("an Event set() killed at any instruction wedges no waiter", "[sync][event][fault]") {
+  kill_at_every_stride(60, [](long at) {
+    shmq::Event event;
+    const auto counted = [&] {
+      return shmq::detail::sleepers_of(event.wakeup_count().sleep.load()) != 0;
+    };
+    const auto released_by_next_set = [&](bool set_after) {
+      std::atomic<int> released{-1};
+      std::thread waiter([&] { released = event.wait(60.0) ? 1 : 0; });
+      REQUIRE(eventually(counted));
+      const long steps = set_after ? 0 : [&] {
+        SteppedChild setter([] {}, [&] {
+          for (int pulse = 0; pulse < 8; ++pulse) {
+            event.set();
+            event.clear();
+          }
+        });
+        return setter.finished_within(at) ? setter.stepped() : -1L;
+      }();
+      if (steps < 0 || set_after) event.set();
+      waiter.join();
+      CHECK(released == 1);
+      CHECK_FALSE(counted());
+      event.clear();
+      return steps;
+    };
+    const long length = released_by_next_set(false);
+    released_by_next_set(true);
+    return length;
+  });
+}
+
+// A wait with a timeout of 0 or less is a look at the flag, as Python's wait(0): it used to poll
+// the Event's whole spin budget first (2000 polls, some 60 us, while counted as a sleeper, so
+// that a concurrent set() paid a wake-up syscall). Counted in instructions, run under ptrace.
+TEST_CASE("an Event wait with a timeout of 0 or less only looks at the flag",
+          "[sync][event][redteam]") {
+  shmq::Event event;
+  const auto instructions = [](const std::function<bool()>& look) {
+    SteppedChild child([] {}, [&] {
+      if (look()) std::abort();
+    });
+    REQUIRE(child.finished_within(kStepBudget));
+    return child.stepped();  // with the child's way out of raise(SIGSTOP) and into _exit
+  };
+  const long is_set = instructions([&] { return event.is_set(); });
+  const std::function<bool()> looks[] = {[&] { return event.wait(0.0); },
+                                         [&] { return event.wait(-1.0); },
+                                         [&] { return event.wait_for(0ms); }};
+  for (const auto& look : looks) {
+    const long wait = instructions(look);
+    INFO("is_set() took " << is_set << " instructions, the wait " << wait);
+    CHECK(wait < is_set + 500);  // no spin: 2000 polls would take ten thousand and more
+  }
+  CHECK(shmq::detail::sleepers_of(event.wakeup_count().sleep.load()) == 0);
+}
+
 TEST_CASE("a producer on a full ring goes on when the consumer frees just its frame",
           "[queue][wait][redteam]") {
   QueueOptions options;

@@ -95,7 +95,10 @@ inline void notify(EventCount& ev) noexcept {
 // probes: it polls the whole spin_polls, and one that pays sets the budget to twice what it took.
 // A probe that does not pay doubles the interval to the next (up to kMaxProbeEvery), so where
 // polling never pays, as on a shared core, probes cost at most spin_polls / kMaxProbeEvery polls
-// a wait once the interval is long; any poll that pays starts the interval again.
+// a wait once the interval is long; any poll that pays starts the interval again. An answer found
+// at the first look changes nothing: no poll was needed, so it says nothing of whether they pay (it
+// used to count as one that paid, and restarted the probes where a peer on the same core answers
+// within the spin only by chance: 4 times the floor's spinning).
 class SpinBudget {
  public:
   explicit SpinBudget(unsigned max_polls) noexcept : max_(max_polls), polls_(max_polls) {}
@@ -104,12 +107,13 @@ class SpinBudget {
   template <class Ready>
   bool spin_until(Ready&& ready) {
     const unsigned budget = next_budget();
-    for (unsigned i = 0; i < budget; ++i) {
+    if (budget != 0 && ready()) return true;  // no poll needed: no sign either way
+    for (unsigned i = 1; i < budget; ++i) {
+      cpu_relax();
       if (ready()) {
         paid_off(i);
         return true;
       }
-      cpu_relax();
     }
     wasted();
     return false;
