@@ -171,9 +171,11 @@ void kill_at_every_stride(long points, Attempt&& attempt) {
   long at = first;
   long finished = -1;
   while ((finished = attempt(at)) < 0) at += stride;
-  // The whole sequence was stepped through: the last attempt ran to its end, about as long as the
-  // first (a few instructions may differ from run to run: a clock read, a /proc line's length).
-  CHECK(finished >= length - length / 100);
+  // The last attempt ran to its end (cleanly: finished_within checks), so every kill point before
+  // it fell inside the sequence. Its length may differ from the first's by a few percent under
+  // load (a lease area's periodic check that comes due or not, a /proc line's length), but a
+  // sequence that ended far earlier did not run what the first did.
+  CHECK(finished > length / 2);
 }
 
 }  // namespace
