@@ -22,6 +22,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -545,6 +546,34 @@ TEST_CASE("get into an existing value drops a hostile message and keeps the next
   }
 }
 
+// The lease kill tests' queue: 4 leases of 16-byte messages.
+QueueOptions small_leases() {
+  QueueOptions options;
+  options.max_leases = 4;
+  options.lease_message_bytes = 16;
+  return options;
+}
+
+// Acks leases of `q`, counting each value in `seen`: waiting up to 5 s for each (a dead holder's
+// lease comes back once its death is seen) while wanted(seen) holds, then as long as any is there
+// at once. Every value must be one of `expected`.
+template <class Wanted>
+std::map<long, int> ack_leases(Queue<long>& q, const std::vector<long>& expected, Wanted&& wanted) {
+  std::map<long, int> seen;
+  const auto take = [&](shmq::Lease<long>& lease) {
+    CHECK(std::find(expected.begin(), expected.end(), lease.value()) != expected.end());
+    ++seen[lease.value()];
+    lease.ack();
+  };
+  while (wanted(seen)) {
+    auto lease = q.try_get_leased();
+    if (!lease) lease = q.get_leased(5s);
+    take(*lease);
+  }
+  while (auto lease = q.try_get_leased()) take(*lease);
+  return seen;
+}
+
 // The leased get's claim and commit (lease_table.hpp) and the inline ack and nack, killed at any
 // instruction in a forked child that inherited its parent's next-free-slot hint: no lock is left
 // naming the dead process, and the queue keeps delivering: a new message arrives, exactly once,
@@ -556,10 +585,7 @@ TEST_CASE(
   // Each kill point also waits for the dead child's lease to come back (up to 100 ms): fewer
   // points.
   kill_at_every_stride(30, [](long at) {
-    QueueOptions options;
-    options.max_leases = 4;
-    options.lease_message_bytes = 16;
-    Queue<long> q(options);
+    Queue<long> q(small_leases());
     Header h(q.name());
     // The parent's hint moves past slot 0; the child inherits it.
     q.put(1);
@@ -580,26 +606,10 @@ TEST_CASE(
     q.put(9);
     // 6 was nacked (or never taken) and 9 is new: each comes exactly once; 5 at most once (the
     // child may have acked it). A lease of the dead child comes back once its death is seen.
-    int fives = 0, sixes = 0, nines = 0;
-    while (sixes == 0 || nines == 0) {
-      auto lease = q.try_get_leased();
-      if (!lease) lease = q.get_leased(5s);
-      const long v = lease->value();
-      CHECK((v == 5 || v == 6 || v == 9));
-      fives += v == 5;
-      sixes += v == 6;
-      nines += v == 9;
-      lease->ack();
-    }
-    while (auto lease = q.try_get_leased()) {
-      fives += lease->value() == 5;
-      sixes += lease->value() == 6;
-      nines += lease->value() == 9;
-      lease->ack();
-    }
-    CHECK(fives <= 1);
-    CHECK(sixes == 1);
-    CHECK(nines == 1);
+    auto seen = ack_leases(q, {5, 6, 9}, [](auto& n) { return n[6] == 0 || n[9] == 0; });
+    CHECK(seen[5] <= 1);
+    CHECK(seen[6] == 1);
+    CHECK(seen[9] == 1);
     return finished ? child.stepped() : -1L;
   });
 }
@@ -614,17 +624,14 @@ TEST_CASE(
     "robust locks, leaves the locks sane and the message delivered once",
     "[fault][lease][lock][redteam]") {
   kill_at_every_stride(30, [](long at) {
-    QueueOptions options;
-    options.max_leases = 4;
-    options.lease_message_bytes = 16;
     {
       // The same path once in this process first, so that the child inherits the symbols it
       // calls already bound (lazy binding would lengthen only the first sequence).
-      Queue<long> warm(options);
+      Queue<long> warm(small_leases());
       warm.put(1);
       warm.get_leased().ack();
     }
-    Queue<long> q(options);
+    Queue<long> q(small_leases());
     Queue<long> outer;
     q.put(7);
     Header hq(q.name()), houter(outer.name());
@@ -667,24 +674,13 @@ TEST_CASE(
     // 7 comes back once (from the ring, a settled take, or the dead holder's lease) unless the
     // child got as far as its ack; 9, put now, comes exactly once.
     q.put(9);
-    int sevens = 0, nines = 0;
-    while (nines == 0 || (sevens == 0 && acking->load() == 0)) {
-      auto lease = q.try_get_leased();
-      if (!lease) lease = q.get_leased(5s);
-      CHECK((lease->value() == 7 || lease->value() == 9));
-      sevens += lease->value() == 7;
-      nines += lease->value() == 9;
-      lease->ack();
-    }
-    while (auto lease = q.try_get_leased()) {
-      sevens += lease->value() == 7;
-      nines += lease->value() == 9;
-      lease->ack();
-    }
-    CHECK(nines == 1);
-    CHECK(sevens <= 1);
-    if (acking->load() == 0) CHECK(sevens == 1);
-    if (finished) CHECK(sevens == 0);
+    auto seen = ack_leases(q, {7, 9}, [&](auto& n) {
+      return n[9] == 0 || (n[7] == 0 && acking->load() == 0);
+    });
+    CHECK(seen[9] == 1);
+    CHECK(seen[7] <= 1);
+    if (acking->load() == 0) CHECK(seen[7] == 1);
+    if (finished) CHECK(seen[7] == 0);
     CHECK(q.stats().leases.empty());
     munmap(acking, sizeof(std::atomic<int>));
     // The outer queue works, its lock taken over if it had to be.
