@@ -394,3 +394,33 @@ def test_a_get_with_no_memory_for_the_message_raises_memory_error_and_leaves_it_
     r = subprocess.run([sys.executable, "-c", _NO_MEMORY_FOR_THE_GET], capture_output=True,
                        timeout=60, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert r.returncode == 0 and r.stdout == b"kept\n", r.stderr.decode()
+
+
+def _get_many_with_little_memory(q, conn):
+    import resource
+
+    with open("/proc/self/status") as status:
+        vm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    headroom = (vm_kib << 10) + (16 << 20)  # far less than the big message's copy needs
+    resource.setrlimit(resource.RLIMIT_AS, (headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    outcomes = []
+    for _ in range(2):
+        try:
+            outcomes.append([len(m) for m in q.get_many(2, timeout=5)])
+        except MemoryError:
+            outcomes.append("MemoryError")
+    conn.send(outcomes)
+
+
+def test_get_many_out_of_memory_on_a_later_message_loses_none_taken_before_it():
+    q = shmq.Queue(capacity_bytes=96 << 20)
+    q.put(b"small")
+    q.put(b"x" * (48 << 20))
+    ours, theirs = fork.Pipe()
+    p = fork.Process(target=_get_many_with_little_memory, args=(q, theirs))
+    p.start()
+    outcomes = ours.recv()
+    p.join()
+    # The small message comes back; the big one, which this process cannot copy, stays queued.
+    assert outcomes == [[len(b"small")], "MemoryError"]
+    assert len(q.get(timeout=5)) == 48 << 20
