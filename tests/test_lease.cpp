@@ -648,3 +648,31 @@ TEST_CASE("wait() returns a queue whose only message is a killed holder's lease"
   CHECK(again.deliveries() == 2);
   again.ack();
 }
+
+TEST_CASE("a stopped holder's timed-out lease comes back though every get finds a ring message",
+          "[lease][process]") {
+  QueueOptions o = leased(4);
+  o.lease_timeout = 50ms;
+  Queue<int> q(o);
+  Queue<int> report;
+  q.put(-1);
+  Child holder([&] {
+    auto lease = q.get_leased();
+    report.put(lease.value());
+    raise(SIGSTOP);
+  });
+  REQUIRE(report.get(10s) == -1);
+  REQUIRE(eventually([&] { return shmq::test::process_state(holder.pid()) == 'T'; }));
+  // Each get below may be taken at once (the ring is never empty): the redelivery must still
+  // come, within a few reclaim periods of the timeout.
+  bool back = false;
+  for (int i = 0; i < 1000000 && !back; ++i) {
+    q.put(i);
+    auto lease = q.try_get_leased();
+    REQUIRE(lease.has_value());
+    back = lease->value() == -1;
+    lease->ack();
+  }
+  CHECK(back);
+  holder.kill(SIGKILL);
+}
