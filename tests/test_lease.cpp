@@ -648,3 +648,62 @@ TEST_CASE("wait() returns a queue whose only message is a killed holder's lease"
   CHECK(again.deliveries() == 2);
   again.ack();
 }
+
+TEST_CASE("a stopped holder's timed-out lease comes back though every get finds a ring message",
+          "[lease][process]") {
+  QueueOptions o = leased(4);
+  o.lease_timeout = 50ms;
+  Queue<int> q(o);
+  Queue<int> report;
+  q.put(-1);
+  Child holder([&] {
+    auto lease = q.get_leased();
+    report.put(lease.value());
+    raise(SIGSTOP);
+  });
+  REQUIRE(report.get(10s) == -1);
+  REQUIRE(eventually([&] { return shmq::test::process_state(holder.pid()) == 'T'; }));
+  // Each get below may be taken at once (the ring is never empty): the redelivery must still
+  // come, within a few reclaim periods of the timeout.
+  bool back = false;
+  for (int i = 0; i < 1000000 && !back; ++i) {
+    q.put(i);
+    auto lease = q.try_get_leased();
+    REQUIRE(lease.has_value());
+    back = lease->value() == -1;
+    lease->ack();
+  }
+  CHECK(back);
+  holder.kill(SIGKILL);
+}
+
+TEST_CASE("a message due for the dead-letter queue moves once it has room, though every get "
+          "finds a ring message",
+          "[lease]") {
+  NameGuard dead(unique_name("dead"));
+  auto dlq = Queue<int>::create(dead.name(), QueueOptions{1});
+  dlq.put(0);  // full
+  QueueOptions o = leased(4);
+  o.max_deliveries = 1;
+  o.dead_letter_queue = dead.name();
+  Queue<int> q(o);
+  q.put(-1);
+  q.get_leased().nack();  // due for the dead-letter queue, which has no room
+  q.put(100);
+  auto first = q.try_get_leased();  // tries to move it (and fails), taking the hint
+  REQUIRE(first.has_value());
+  CHECK(first->value() == 100);
+  first->ack();
+  CHECK(dlq.get() == 0);  // room now: only the periodic reclaim's hint brings a get to it
+  bool moved = false;
+  for (int i = 0; i < 1000000 && !moved; ++i) {
+    q.put(i);
+    auto lease = q.try_get_leased();
+    REQUIRE(lease.has_value());
+    CHECK(lease->value() == i);  // never -1 again
+    lease->ack();
+    moved = dlq.qsize() == 1;
+  }
+  CHECK(moved);
+  CHECK(dlq.get() == -1);
+}

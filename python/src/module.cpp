@@ -396,7 +396,14 @@ class PyQueue {
     const auto copy = [&](const std::byte* at, std::uint32_t bytes) {
       messages.emplace_back(reinterpret_cast<const char*>(at), bytes);
     };
-    take(max_items, deadline_from(block, timeout), "get_many", at_once_copy(copy), copy);
+    try {
+      take(max_items, deadline_from(block, timeout), "get_many", at_once_copy(copy), copy);
+    } catch (...) {
+      // The messages copied before the failure (no memory for a later one's copy, or a corrupt
+      // frame after them) have left the ring; the one that failed has not. Return those: the
+      // next get meets the failure again.
+      if (messages.empty()) throw;
+    }
     py::list items;
     std::optional<py::error_already_set> first_failure;
     for (const std::string& m : messages) {

@@ -394,3 +394,39 @@ def test_a_get_with_no_memory_for_the_message_raises_memory_error_and_leaves_it_
     r = subprocess.run([sys.executable, "-c", _NO_MEMORY_FOR_THE_GET], capture_output=True,
                        timeout=60, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert r.returncode == 0 and r.stdout == b"kept\n", r.stderr.decode()
+
+
+
+_LITTLE_MEMORY_CONSUMER = """
+import resource, shmq
+q = shmq.Queue(capacity_bytes=96 << 20)
+q.put(b"small")
+q.put(b"x" * (48 << 20))
+with open("/proc/self/status") as status:
+    vm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, ((vm_kib << 10) + (16 << 20), hard))
+outcomes = []
+for _ in range(2):
+    try:
+        outcomes.append([len(m) for m in q.get_many(2, timeout=5)])
+    except MemoryError:
+        outcomes.append("MemoryError")
+try:  # a single get builds the bytes straight from the ring, at once
+    outcomes.append(len(q.get(timeout=5)))
+except MemoryError:
+    outcomes.append("MemoryError")
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+outcomes.append(len(q.get(timeout=5)))
+print(outcomes)
+"""
+
+
+def test_get_many_out_of_memory_on_a_later_message_loses_none_taken_before_it():
+    # A fresh interpreter under RLIMIT_AS, so that no free heap left by earlier tests holds the
+    # big message's copy.
+    out = subprocess.run([sys.executable, "-c", _LITTLE_MEMORY_CONSUMER], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # The small message comes back; the big one, which the process cannot copy, stays queued.
+    assert out.stdout.strip() == str([[5], "MemoryError", "MemoryError", 48 << 20])
