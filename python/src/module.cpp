@@ -533,6 +533,15 @@ class PyQueue {
                         format_->tag.name + " and was dropped: " + e.what());
     } catch (py::error_already_set& e) {
       if (e.matches(PyExc_KeyboardInterrupt) || e.matches(PyExc_SystemExit)) throw;
+      if (e.matches(PyExc_MemoryError)) {
+        // Taken out of the queue before it could be decoded (a pickle can run code, so it is
+        // never decoded under the queue's lock): lost, as multiprocessing.Queue's would be.
+        const std::string what = "shmq: " + segment_->description() +
+                                 ": out of memory decoding a message of " +
+                                 std::to_string(message.size()) + " bytes, which is lost";
+        py::raise_from(e, PyExc_MemoryError, what.c_str());
+        throw py::error_already_set();
+      }
       // Raised from the unpickling error, so the traceback shows both.
       const std::string what =
           "shmq: " + segment_->description() + ": a message does not unpickle and was dropped";

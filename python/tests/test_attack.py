@@ -430,3 +430,32 @@ def test_get_many_out_of_memory_on_a_later_message_loses_none_taken_before_it():
     assert out.returncode == 0, out.stderr
     # The small message comes back; the big one, which the process cannot copy, stays queued.
     assert out.stdout.strip() == str([[5], "MemoryError", "MemoryError", 48 << 20])
+
+
+_NO_MEMORY_TO_DECODE = """
+import resource, shmq
+q = shmq.Queue(capacity_bytes=64 << 20)
+q.put(("x" * (24 << 20),))  # a pickle: copied out of the queue, then decoded
+q.put("next")
+with open("/proc/self/status") as status:
+    vm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, ((vm_kib << 10) + (36 << 20), hard))
+try:
+    q.get(timeout=5)
+    print("decoded")
+except MemoryError as e:
+    print("lost" if "out of memory decoding a message" in str(e) and "is lost" in str(e) else e)
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+print(q.get(timeout=5))
+"""
+
+
+def test_a_message_that_runs_out_of_memory_decoding_is_reported_lost_as_memory_error():
+    # The copy out of the queue fits under the limit, the object built from it does not: the
+    # error is MemoryError, saying the message is lost (not a DecodeError blaming the pickle),
+    # and the next message comes next.
+    out = subprocess.run([sys.executable, "-c", _NO_MEMORY_TO_DECODE], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["lost", "next"], out.stdout + out.stderr
