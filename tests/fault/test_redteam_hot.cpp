@@ -323,8 +323,11 @@ TEST_CASE("an Event wait is released only by a set() that did not finish before 
     return shmq::detail::sleepers_of(event.wakeup_count().sleep.load()) != 0;
   };
   // Where set() stores the flag: one setter stepped once, looking after each instruction. The
-  // stops run from the start to kAfterStore instructions past it (the rest of set(), its wake-up
-  // included, and then the child's exit, which would only make the test slow).
+  // stops run from kBeforeStore instructions before it (earlier ones are alike: the set() has not
+  // begun) to kAfterStore past it (the rest of set(), its wake-up included; then comes the
+  // child's exit). Each stop replays the sequence from its start, which the sanitizer builds make
+  // some thousands of instructions long.
+  constexpr long kBeforeStore = 16;
   constexpr long kAfterStore = 48;
   long store = 0;
   {
@@ -336,11 +339,12 @@ TEST_CASE("an Event wait is released only by a set() that did not finish before 
   }
   event.clear();
   long after_set = 0;  // stops found with the flag already set
-  for (long at = 0; at <= store + kAfterStore; ++at) {
+  long before_set = 0;  // stops found with the flag not yet set
+  for (long at = std::max(0L, store - kBeforeStore); at <= store + kAfterStore; ++at) {
     SteppedChild setter([] {}, [&] { event.set(); });
     if (!setter.step(at)) break;  // the whole set() ran before this stop
     const bool began_before = event.is_set();
-    after_set += began_before ? 1 : 0;
+    (began_before ? after_set : before_set) += 1;
     if (began_before) event.clear();
     std::atomic<int> released{-1};
     std::thread waiter([&] { released = event.wait(60.0) ? 1 : 0; });
@@ -357,7 +361,8 @@ TEST_CASE("an Event wait is released only by a set() that did not finish before 
     CHECK(released == 1);
     event.clear();
   }
-  CHECK(after_set > 0);  // the stops reached the instructions after the flag's store
+  CHECK(before_set > 0);  // the stops began before the flag's store
+  CHECK(after_set > 0);   // and reached the instructions after it
 }
 
 // Eight set() and clear() pulses killed at any instruction: the waiter that was asleep is released, by the
@@ -415,7 +420,9 @@ TEST_CASE("an Event wait with a timeout of 0 or less only looks at the flag",
   for (const auto& look : looks) {
     const long wait = instructions(look);
     INFO("is_set() took " << is_set << " instructions, the wait " << wait);
-    CHECK(wait < is_set + 500);  // no spin: 2000 polls would take ten thousand and more
+    // No spin: 2000 polls would take tens of thousands more. The margin is relative, as the
+    // sanitizer builds make both sequences some ten times longer.
+    CHECK(wait < is_set + is_set / 2);
   }
   CHECK(shmq::detail::sleepers_of(event.wakeup_count().sleep.load()) == 0);
 }
