@@ -276,15 +276,28 @@ TEST_CASE("max_deliveries: a message nacked that often goes to the dead-letter q
   CHECK(q.stats().dead_lettered == 1);
 }
 
+// A queue whose messages go to a dead-letter queue after one delivery, and that queue, full.
+struct FullDeadLetterQueue {
+  static QueueOptions options(const std::string& dead) {
+    QueueOptions o = leased(4);
+    o.max_deliveries = 1;
+    o.dead_letter_queue = dead;
+    return o;
+  }
+  static Queue<int> full(const std::string& name) {
+    auto q = Queue<int>::create(name, QueueOptions{1});
+    q.put(0);
+    return q;
+  }
+  NameGuard dead{unique_name("dead")};
+  Queue<int> dlq = full(dead.name());
+  Queue<int> q{options(dead.name())};
+};
+
 TEST_CASE("a full dead-letter queue keeps the message in its slot, undelivered, until it has room",
           "[lease]") {
-  NameGuard dead(unique_name("dead"));
-  auto dlq = Queue<int>::create(dead.name(), QueueOptions{1});
-  dlq.put(0);  // full
-  QueueOptions o = leased(4);
-  o.max_deliveries = 1;
-  o.dead_letter_queue = dead.name();
-  Queue<int> q(o);
+  FullDeadLetterQueue f;
+  auto& [dead, dlq, q] = f;
   q.put(21);
   q.get_leased().nack();
   CHECK_FALSE(q.try_get_leased().has_value());  // not delivered a second time
@@ -680,13 +693,8 @@ TEST_CASE("a stopped holder's timed-out lease comes back though every get finds 
 TEST_CASE("a message due for the dead-letter queue moves once it has room, though every get "
           "finds a ring message",
           "[lease]") {
-  NameGuard dead(unique_name("dead"));
-  auto dlq = Queue<int>::create(dead.name(), QueueOptions{1});
-  dlq.put(0);  // full
-  QueueOptions o = leased(4);
-  o.max_deliveries = 1;
-  o.dead_letter_queue = dead.name();
-  Queue<int> q(o);
+  FullDeadLetterQueue f;
+  auto& [dead, dlq, q] = f;
   q.put(-1);
   q.get_leased().nack();  // due for the dead-letter queue, which has no room
   q.put(100);

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <optional>
@@ -179,6 +180,31 @@ void kill_at_every_stride(long points, Attempt&& attempt) {
   CHECK(finished > length / 2);
 }
 
+// Runs body() inside outer's put_with callback, which puts 1: a listed shmq lock held meanwhile.
+template <class Body>
+void inside_put_with(Queue<long>& outer, Body&& body) {
+  outer.put_with(sizeof(long), [&](std::byte* dst, std::size_t) {
+    const long one = 1;
+    std::memcpy(dst, &one, sizeof one);
+    body();
+  });
+}
+
+// After a child holding glibc.m[0] was killed (unless it finished): no queue lock still names it,
+// and the glibc mutex comes back EOWNERDEAD (made consistent and released again).
+void check_locks_left_to_the_kernel(std::initializer_list<Header*> queues,
+                                    GlibcRobustMutexes& glibc, bool finished) {
+  for (Header* h : queues) {
+    REQUIRE(holder_of((*h)->put_lock) == 0);
+    REQUIRE(holder_of((*h)->get_lock) == 0);
+  }
+  if (!finished) {
+    REQUIRE(pthread_mutex_trylock(&glibc.m[0]) == EOWNERDEAD);
+    pthread_mutex_consistent(&glibc.m[0]);
+    pthread_mutex_unlock(&glibc.m[0]);
+  }
+}
+
 }  // namespace
 
 // Every instruction of a process's single puts and gets (at once, and through the general path on
@@ -206,9 +232,7 @@ TEST_CASE("a process killed at any instruction of its single puts and gets leave
           if (pthread_mutex_lock(&glibc.m[0]) != 0) throw std::runtime_error("lock failed");
         },
         [&] {
-          outer.put_with(sizeof(long), [&](std::byte* dst, std::size_t) {
-            const long one = 1;
-            std::memcpy(dst, &one, sizeof one);
+          inside_put_with(outer, [&] {
             q.put(7);
             long v = 0;
             q.get(v);
@@ -220,15 +244,7 @@ TEST_CASE("a process killed at any instruction of its single puts and gets leave
         });
     const bool finished = child.finished_within(at);
     INFO("killed after " << at << " instructions");
-    for (auto* h : {&hq, &hfull, &houter}) {
-      REQUIRE(holder_of((*h)->put_lock) == 0);
-      REQUIRE(holder_of((*h)->get_lock) == 0);
-    }
-    if (!finished) {
-      REQUIRE(pthread_mutex_trylock(&glibc.m[0]) == EOWNERDEAD);
-      pthread_mutex_consistent(&glibc.m[0]);
-      pthread_mutex_unlock(&glibc.m[0]);
-    }
+    check_locks_left_to_the_kernel({&hq, &hfull, &houter}, glibc, finished);
     // Every queue still works, each lock taken over if it had to be.
     for (auto* queue : {&q, &full, &outer}) {
       while (queue->try_get()) {
@@ -655,9 +671,7 @@ TEST_CASE(
           if (pthread_mutex_lock(&glibc.m[0]) != 0) throw std::runtime_error("lock failed");
         },
         [&] {
-          outer.put_with(sizeof(long), [&](std::byte* dst, std::size_t) {
-            const long one = 1;
-            std::memcpy(dst, &one, sizeof one);
+          inside_put_with(outer, [&] {
             auto lease = q.get_leased();  // the ring has a message and no redelivery: at once
             if (lease.value() != 7) throw std::runtime_error("wrong message");
             acking->store(1);
@@ -666,15 +680,7 @@ TEST_CASE(
         });
     const bool finished = child.finished_within(at);
     INFO("killed after " << at << " instructions");
-    for (auto* h : {&hq, &houter}) {
-      REQUIRE(holder_of((*h)->put_lock) == 0);
-      REQUIRE(holder_of((*h)->get_lock) == 0);
-    }
-    if (!finished) {
-      REQUIRE(pthread_mutex_trylock(&glibc.m[0]) == EOWNERDEAD);
-      pthread_mutex_consistent(&glibc.m[0]);
-      pthread_mutex_unlock(&glibc.m[0]);
-    }
+    check_locks_left_to_the_kernel({&hq, &houter}, glibc, finished);
     // 7 comes back once (from the ring, a settled take, or the dead holder's lease) unless the
     // child got as far as its ack; 9, put now, comes exactly once.
     q.put(9);
